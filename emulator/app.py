@@ -1,0 +1,791 @@
+"""The emulator's HTTP application: Power BI push API, token endpoints and the admin API.
+
+Routes (``{p}`` is ``/v1.0/myorg`` or ``/v1.0/myorg/groups/{groupId}``):
+
+====================================  ===================================================
+``GET/POST {p}/datasets``             Get Datasets / Create Dataset
+``GET/DELETE {p}/datasets/{id}``      Get Dataset / Delete Dataset
+``GET {p}/datasets/{id}/tables``      Get Tables
+``PUT {p}/datasets/{id}/tables/{t}``  Put Table (updates a table; never creates one)
+``POST/DELETE .../tables/{t}/rows``   Post Rows / Delete Rows (all rows)
+``GET /v1.0/myorg/groups``            Get Groups (``$filter``, ``$top``, ``$skip``)
+``GET /msi/token``                    App Service managed-identity endpoint
+``/{tenant}/v2.0/.well-known/...``    OpenID discovery; ``/{tenant}/oauth2/v2.0/token``
+``/_emulator/...``                    emulator-only admin and read API (not in Power BI)
+====================================  ===================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from emulator import limits
+from emulator.clock import ScaledClock
+from emulator.definitions import parse_dataset, parse_retention, parse_table
+from emulator.errors import (
+    ApiError,
+    bad_request,
+    dataset_not_found,
+    group_not_found,
+    not_push,
+    table_not_found,
+)
+from emulator.faults import FaultConfigError, FaultPlan
+from emulator.identity import POWERBI_RESOURCE, IdentityConfig, TokenIssuer, TokenRejected
+from emulator.quotas import QuotaBook, Throttle, retry_after_header
+from emulator.store import MY_WORKSPACE, Dataset, Store, Table
+from emulator.values import COERCERS, ValueRejected
+
+log = logging.getLogger("emulator")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_ERROR_DETAILS = 20
+_JSON_TYPES = re.compile(r"^(application|text)/([\w.+-]+\+)?json$")
+
+
+@dataclass
+class EmulatorConfig:
+    """Everything the emulator is started with."""
+
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    db_path: str = ":memory:"
+    time_scale: float = 1.0
+    workspaces: list[tuple[str, str | None]] = field(default_factory=list)
+    faults: FaultPlan = field(default_factory=FaultPlan)
+
+
+class Emulator:
+    """The state behind the routes: store, quotas, tokens, faults and counters."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.store = Store(config.db_path)
+        self.clock = ScaledClock(config.time_scale)
+        self.quotas = QuotaBook(self.clock)
+        key = self.store.secret("signing_key", uuid.uuid4().bytes + uuid.uuid4().bytes)
+        self.tokens = TokenIssuer(config.identity, key)
+        self.faults = config.faults
+        self.counters: dict[str, Counter[str]] = {}
+        self.auth_failures: Counter[str] = Counter()
+        for name, workspace_id in config.workspaces:
+            self.store.add_workspace(name, workspace_id)
+
+    def count(self, dataset_id: str, key: str, amount: int = 1) -> None:
+        self.counters.setdefault(dataset_id, Counter())[key] += amount
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def workspace(self, request: web.Request) -> str:
+        group_id = request.match_info.get("groupId")
+        if group_id is None:
+            return MY_WORKSPACE
+        if group_id.lower() not in self.store.workspaces:
+            raise group_not_found(group_id)
+        return group_id.lower()
+
+    def dataset(self, request: web.Request) -> Dataset:
+        workspace = self.workspace(request)
+        dataset_id = request.match_info["datasetId"]
+        dataset = self.store.datasets.get(dataset_id.lower())
+        if dataset is None or dataset.workspace != workspace:
+            raise dataset_not_found(dataset_id)
+        return dataset
+
+    def push_table(self, request: web.Request) -> tuple[Dataset, Table]:
+        dataset = self.dataset(request)
+        if not dataset.is_push:
+            raise not_push(dataset.id)
+        name = request.match_info["tableName"]
+        table = dataset.tables.get(name)  # case-sensitive, as the service is
+        if table is None:
+            raise table_not_found(name, dataset.id)
+        return dataset, table
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+def _odata(request: web.Request, entity: str, value: list[Any], **extra: Any) -> web.Response:
+    context = f"{request.scheme}://{request.host}/v1.0/myorg/$metadata#{entity}"
+    return _json({"@odata.context": context, **extra, "value": value})
+
+
+def _api_base(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}/v1.0/myorg"
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; a larger body is a 413 (drained first, so the client
+    sees the answer rather than a reset while it is still sending)."""
+    if request.content_length is not None and request.content_length > limit:
+        await _drain(request, 4 * limit)
+        raise ApiError(
+            413,
+            "RequestEntityTooLarge",
+            f"The request body is {request.content_length:,} bytes; at most {limit:,} are allowed.",
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            await _drain(request, 4 * limit)
+            raise ApiError(
+                413, "RequestEntityTooLarge", f"The request body exceeds {limit:,} bytes."
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _drain(request: web.Request, cap: int) -> None:
+    seen = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        seen += len(chunk)
+        if seen > cap:
+            break
+
+
+async def _read_json(request: web.Request, limit: int = limits.MAX_BODY_BYTES) -> Any:
+    content_type = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
+    if content_type and not _JSON_TYPES.match(content_type.lower()):
+        await _drain(request, 4 * limit)
+        raise ApiError(
+            415,
+            "UnsupportedMediaType",
+            f"The request entity's media type '{content_type}' is not supported for this "
+            "resource; send application/json.",
+        )
+    raw = await _read_body(request, limit)
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise bad_request("The request body is not UTF-8 encoded JSON.") from None
+    except json.JSONDecodeError as exc:
+        raise bad_request(
+            f"The request body is not valid JSON: {exc.msg} at line {exc.lineno}, column "
+            f"{exc.colno} (character {exc.pos}).",
+        ) from None
+    except RecursionError:
+        raise bad_request("The request body is nested too deeply.") from None
+
+
+def _drop_connection(request: web.Request) -> web.StreamResponse:
+    """Close the socket without an answer, as a lost connection looks to the client."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    raise asyncio.CancelledError
+
+
+def _throttled(emulator: Emulator, throttle: Throttle) -> ApiError:
+    return ApiError(
+        429,
+        "TooManyRequests",
+        throttle.message,
+        headers={
+            "Retry-After": retry_after_header(emulator.clock, throttle.retry_after),
+            "x-emulator-throttle-reason": throttle.reason,
+        },
+    )
+
+
+# -- middleware -------------------------------------------------------------------------------
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every error in the service's shape and tag every answer with a RequestId."""
+    request_id = str(uuid.uuid4())
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = _json(exc.body(), exc.status)
+        response.headers.update(exc.headers)
+    except web.HTTPException as exc:
+        code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status, exc.reason)
+        message = (
+            f"No HTTP resource was found that matches the request URI '{request.path}'."
+            if exc.status == 404
+            else f"The requested resource does not support http method '{request.method}'."
+            if exc.status == 405
+            else exc.reason
+        )
+        response = _json({"error": {"code": code, "message": message}}, exc.status)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        response = _json(
+            {"error": {"code": "InternalServerError", "message": "An internal error occurred."}},
+            500,
+        )
+    response.headers["RequestId"] = request_id
+    return response
+
+
+def auth_middleware(emulator: Emulator) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1.0/"):
+            try:
+                request["claims"] = emulator.tokens.verify(request.headers.get("Authorization"))
+            except TokenRejected as exc:
+                emulator.auth_failures[exc.code] += 1
+                await _drain(request, 4 * limits.MAX_BODY_BYTES)
+                raise ApiError(
+                    exc.status,
+                    exc.code,
+                    exc.message,
+                    headers={"WWW-Authenticate": f'Bearer realm="", error="{exc.code}"'},
+                ) from None
+        return await handler(request)
+
+    return middleware
+
+
+# -- Power BI push API ------------------------------------------------------------------------
+
+
+class PushApi:
+    """Handlers for the 17 push operations."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.em = emulator
+
+    async def inject(self, request: web.Request, operation: str, dataset_id: str) -> str | None:
+        """Apply the fault plan; return ``"accept_then_fail"`` if the answer must be lost."""
+        plan = self.em.faults
+        if not plan.applies_to(operation):
+            return None
+        delay = plan.draw_latency()
+        if delay:
+            self.em.count(dataset_id, "injected_latency")
+            await asyncio.sleep(delay)
+        fault = plan.draw()
+        if fault is None:
+            return None
+        self.em.count(dataset_id, f"injected_{fault}")
+        if fault == "throttle":
+            await _drain(request, 4 * limits.MAX_BODY_BYTES)
+            raise ApiError(
+                429,
+                "TooManyRequests",
+                "You have exceeded the amount of requests allowed in the current time frame and "
+                f"further requests will fail. Retry in {plan.retry_after} seconds.",
+                headers={"Retry-After": str(plan.retry_after), "x-emulator-fault": "throttle"},
+            )
+        if fault in ("error_500", "error_503"):
+            await _drain(request, 4 * limits.MAX_BODY_BYTES)
+            status = 500 if fault == "error_500" else 503
+            headers = {"x-emulator-fault": fault}
+            if status == 503:
+                headers["Retry-After"] = str(plan.retry_after)
+            raise ApiError(
+                status,
+                "InternalServerError" if status == 500 else "ServiceUnavailable",
+                "The service is temporarily unavailable (injected fault).",
+                headers=headers,
+            )
+        if fault == "drop":
+            _drop_connection(request)
+        return fault
+
+    async def get_groups(self, request: web.Request) -> web.Response:
+        groups = [
+            {
+                "id": gid,
+                "name": name,
+                "isReadOnly": False,
+                "isOnDedicatedCapacity": False,
+                "type": "Workspace",
+            }
+            for gid, name in sorted(self.em.store.workspaces.items(), key=lambda kv: kv[1])
+        ]
+        groups = [g for g in groups if _odata_filter(request.query.get("$filter"))(g)]
+        skip = _int_param(request, "$skip", 0)
+        top = _int_param(request, "$top", len(groups))
+        page = groups[skip : skip + top]
+        return _odata(request, "groups", page, **{"@odata.count": len(page)})
+
+    async def get_datasets(self, request: web.Request) -> web.Response:
+        workspace = self.em.workspace(request)
+        base = _api_base(request)
+        value = [
+            d.to_api(base) for d in self.em.store.datasets.values() if d.workspace == workspace
+        ]
+        return _odata(request, "datasets", value)
+
+    async def post_dataset(self, request: web.Request) -> web.Response:
+        workspace = self.em.workspace(request)
+        retention = parse_retention(request.query.get("defaultRetentionPolicy"))
+        body = await _read_json(request)
+        name, mode, tables = parse_dataset(body)
+        dataset = self.em.store.create_dataset(workspace, name, retention, mode, tables, body)
+        log.info("created dataset %s (%s) with %d tables", name, dataset.id, len(tables))
+        answer = dataset.to_api(_api_base(request))
+        answer["defaultRetentionPolicy"] = retention
+        answer = {"@odata.context": f"{_api_base(request)}/$metadata#datasets/$entity", **answer}
+        return _json(answer, 201)
+
+    async def get_dataset(self, request: web.Request) -> web.Response:
+        dataset = self.em.dataset(request)
+        body = dataset.to_api(_api_base(request))
+        return _json({"@odata.context": f"{_api_base(request)}/$metadata#datasets/$entity", **body})
+
+    async def delete_dataset(self, request: web.Request) -> web.Response:
+        dataset = self.em.dataset(request)
+        self.em.store.delete_dataset(dataset)
+        self.em.quotas.forget(dataset.id)
+        return web.Response(status=200)
+
+    async def get_tables(self, request: web.Request) -> web.Response:
+        dataset = self.em.dataset(request)
+        if not dataset.is_push:
+            raise not_push(dataset.id)
+        return _odata(request, "tables", [t.to_api() for t in dataset.tables.values()])
+
+    async def put_table(self, request: web.Request) -> web.Response:
+        dataset, table = self.em.push_table(request)
+        new = parse_table(await _read_json(request))
+        if new.name != table.name:
+            raise bad_request(
+                f"The table name in the body ('{new.name}') must match the URL ('{table.name}')."
+            )
+        self.em.store.replace_table(dataset, new)
+        return _json(new.to_api())
+
+    async def delete_rows(self, request: web.Request) -> web.Response:
+        dataset, table = self.em.push_table(request)
+        self.em.store.delete_rows(dataset, table)
+        return web.Response(status=200)
+
+    async def post_rows(self, request: web.Request) -> web.StreamResponse:
+        dataset, table = self.em.push_table(request)
+        self.em.count(dataset.id, "requests")
+        pending = self.em.quotas.begin(dataset.id)
+        if pending is not None:
+            self.em.count(dataset.id, f"throttled_{pending.reason}")
+            await _drain(request, 4 * limits.MAX_BODY_BYTES)
+            raise _throttled(self.em, pending)
+        try:
+            fault = await self.inject(request, "PostRows", dataset.id)
+            try:
+                rows = _check_rows(table, await _read_json(request))
+            except ApiError as exc:
+                self.em.count(dataset.id, f"rejected_{exc.status}")
+                raise
+            large = any(t.row_count >= limits.LARGE_TABLE_ROWS for t in dataset.tables.values())
+            throttle = self.em.quotas.check(dataset.id, len(rows), large)
+            if throttle is not None:
+                self.em.count(dataset.id, f"throttled_{throttle.reason}")
+                raise _throttled(self.em, throttle)
+            if (
+                dataset.retention == "None"
+                and table.row_count + len(rows) > limits.NONE_RETENTION_MAX_ROWS
+            ):
+                self.em.count(dataset.id, "rejected_400")
+                raise bad_request(
+                    f"Table '{table.name}' holds {table.row_count:,} rows; a table in a dataset "
+                    f"without a retention policy holds at most "
+                    f"{limits.NONE_RETENTION_MAX_ROWS:,}.",
+                    "rows",
+                )
+            self.em.store.add_rows(dataset, table, rows)
+            if dataset.retention == "basicFIFO":
+                self.em.store.trim_oldest(dataset, table, limits.FIFO_MAX_ROWS)
+            self.em.quotas.record(dataset.id, len(rows))
+            self.em.count(dataset.id, "posts_accepted")
+            self.em.count(dataset.id, "rows_accepted", len(rows))
+            if fault == "accept_then_fail":
+                _drop_connection(request)
+            return web.Response(status=200)
+        finally:
+            self.em.quotas.end(dataset.id)
+
+
+def _check_rows(table: Table, body: Any) -> list[dict[str, Any]]:
+    """Validate a Post Rows body against the table; return the rows as stored, or raise 400."""
+    if not isinstance(body, dict) or not isinstance(body.get("rows"), list):
+        raise bad_request("The body must be a JSON object with a 'rows' array.", "rows")
+    rows_in: list[Any] = body["rows"]
+    if len(rows_in) > limits.MAX_ROWS_PER_POST:
+        raise bad_request(
+            f"The request has {len(rows_in):,} rows; at most {limits.MAX_ROWS_PER_POST:,} rows "
+            "are allowed per POST rows request.",
+            "rows",
+        )
+    types = table.column_types()
+    empty = dict.fromkeys(types)
+    coercers = {name: COERCERS[data_type] for name, data_type in types.items()}
+    problems: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []
+    for index, row in enumerate(rows_in):
+        if not isinstance(row, dict):
+            problems.append({"message": "A row must be a JSON object.", "target": f"rows[{index}]"})
+        else:
+            stored = dict(empty)
+            for column, value in row.items():
+                coercer = coercers.get(column)
+                if coercer is None:
+                    problems.append(
+                        {
+                            "message": f"The column '{column}' does not exist in table "
+                            f"'{table.name}'.",
+                            "target": f"rows[{index}]",
+                        }
+                    )
+                    continue
+                if value is None:
+                    continue
+                try:
+                    stored[column] = coercer(value)
+                except ValueRejected as exc:
+                    problems.append({"message": str(exc), "target": f"rows[{index}].{column}"})
+            rows.append(stored)
+        if len(problems) >= MAX_ERROR_DETAILS:
+            break
+    if problems:
+        raise ApiError(400, "BadRequest", "Bad Request", details=problems)
+    return rows
+
+
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be a whole number, got {raw!r}.", name) from None
+    if not 0 <= value <= 2**31 - 1:
+        raise bad_request(f"{name} must be between 0 and 2147483647.", name)
+    return value
+
+
+_FILTER_TERM = re.compile(
+    r"^\s*(?:(name|id)\s+eq\s+'((?:[^']|'')*)'|contains\(\s*name\s*,\s*'((?:[^']|'')*)'\s*\))\s*$",
+    re.IGNORECASE,
+)
+
+
+def _odata_filter(expression: str | None) -> Callable[[dict[str, Any]], bool]:
+    """The ``$filter`` subset: ``name eq '..'``, ``id eq '..'``, ``contains(name,'..')``,
+    joined by ``or`` / ``and`` (``and`` binds tighter, as in OData)."""
+    if not expression:
+        return lambda group: True
+    # Each term is (field, operator, lower-cased value); a group matches when every term of
+    # at least one alternative holds.
+    alternatives: list[list[tuple[str, str, str]]] = []
+    for alternative in re.split(r"\s+or\s+", expression, flags=re.IGNORECASE):
+        terms: list[tuple[str, str, str]] = []
+        for term in re.split(r"\s+and\s+", alternative, flags=re.IGNORECASE):
+            match = _FILTER_TERM.match(term)
+            if match is None:
+                raise bad_request(
+                    f"Unsupported $filter term {term.strip()!r}; the emulator understands "
+                    "name eq '...', id eq '...' and contains(name,'...').",
+                    "$filter",
+                )
+            field_name, equal, contained = match.groups()
+            if contained is not None:
+                terms.append(("name", "contains", contained.replace("''", "'").lower()))
+            else:
+                terms.append((field_name.lower(), "eq", equal.replace("''", "'").lower()))
+        alternatives.append(terms)
+
+    def holds(group: dict[str, Any], term: tuple[str, str, str]) -> bool:
+        field_name, operator, value = term
+        actual = str(group[field_name]).lower()
+        return value in actual if operator == "contains" else actual == value
+
+    def matches(group: dict[str, Any]) -> bool:
+        return any(all(holds(group, term) for term in terms) for terms in alternatives)
+
+    return matches
+
+
+# -- token endpoints --------------------------------------------------------------------------
+
+
+class TokenApi:
+    """The managed-identity endpoint and the Entra-style client-credentials endpoints."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.em = emulator
+
+    def _tenant(self, request: web.Request) -> str:
+        tenant = request.match_info["tenant"]
+        if tenant.lower() not in (self.em.config.identity.tenant_id, "organizations"):
+            raise ApiError(400, "invalid_tenant", f"AADSTS90002: Tenant '{tenant}' not found.")
+        return tenant
+
+    async def msi_token(self, request: web.Request) -> web.Response:
+        query = request.query
+        if query.get("api-version") != "2019-08-01":
+            return _json({"statusCode": 400, "message": "api-version must be 2019-08-01"}, 400)
+        resource = query.get("resource", "").removesuffix("/.default")
+        if not resource:
+            return _json({"statusCode": 400, "message": "resource is required"}, 400)
+        try:
+            principal, client_id = self.em.tokens.managed_identity_principal(
+                request.headers.get("X-IDENTITY-HEADER"), query.get("client_id")
+            )
+        except TokenRejected as exc:
+            return _json({"statusCode": exc.status, "message": exc.message}, exc.status)
+        for other in ("principal_id", "object_id", "mi_res_id"):
+            if other in query:
+                return _json(
+                    {
+                        "statusCode": 400,
+                        "message": f"{other} is not supported by the emulator; "
+                        "select a user-assigned identity by client_id.",
+                    },
+                    400,
+                )
+        token, expires_on = self.em.tokens.issue(
+            audience=resource, subject=principal, app_id=client_id
+        )
+        return _json(
+            {
+                "access_token": token,
+                "expires_on": str(expires_on),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": client_id,
+            }
+        )
+
+    async def openid_configuration(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        base = f"{request.scheme}://{request.host}/{tenant}"
+        return _json(
+            {
+                "issuer": f"{base}/v2.0",
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "jwks_uri": f"{base}/discovery/v2.0/keys",
+                "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
+                "response_types_supported": ["code", "id_token", "token"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "tenant_region_scope": "EU",
+            }
+        )
+
+    async def token(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        endpoint = f"{request.scheme}://{request.host}/{tenant}/oauth2/v2.0/token"
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        if form.get("grant_type") != "client_credentials":
+            return _oauth_error(400, "unsupported_grant_type", "Only client_credentials is served.")
+        scope = form.get("scope", "").split()
+        defaults = [s for s in scope if s.endswith("/.default")]
+        if len(defaults) != 1:
+            return _oauth_error(
+                400,
+                "invalid_scope",
+                "AADSTS1002012: Use one scope of the form <resource>/.default.",
+            )
+        try:
+            app = self.em.tokens.authenticate_client(form, endpoint)
+        except TokenRejected as exc:
+            return _oauth_error(exc.status, exc.code, exc.message)
+        token, expires_on = self.em.tokens.issue(
+            audience=defaults[0].removesuffix("/.default"),
+            subject=f"sp-{app.client_id}",
+            app_id=app.client_id,
+        )
+        lifetime = expires_on - int(time.time())
+        return _json(
+            {
+                "token_type": "Bearer",
+                "expires_in": lifetime,
+                "ext_expires_in": lifetime,
+                "access_token": token,
+            }
+        )
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    return _json({"error": error, "error_description": description, "error_codes": []}, status)
+
+
+# -- emulator-only admin and read API ---------------------------------------------------------
+
+
+class AdminApi:
+    """``/_emulator/...``: what tests, benchmarks and the dashboard use to look inside."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.em = emulator
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok", "timeScale": self.em.clock.scale, "db": self.em.store.path})
+
+    async def add_workspace(self, request: web.Request) -> web.Response:
+        body = await _read_json(request, 1 << 20)
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise bad_request('Send {"name": "...", "id": "<optional uuid>"}.')
+        try:
+            workspace_id = self.em.store.add_workspace(body["name"], body.get("id"))
+        except (ValueError, TypeError, AttributeError):
+            raise bad_request("'id' must be a UUID.", "id") from None
+        return _json({"id": workspace_id, "name": body["name"]}, 201)
+
+    async def token(self, request: web.Request) -> web.Response:
+        body = await _read_json(request, 1 << 20) if request.can_read_body else {}
+        if not isinstance(body, dict):
+            raise bad_request("Send a JSON object.")
+        lifetime = body.get("lifetime", self.em.config.identity.token_lifetime)
+        if not isinstance(lifetime, int):
+            raise bad_request("'lifetime' must be whole seconds.", "lifetime")
+        token, expires_on = self.em.tokens.issue(
+            audience=str(body.get("audience", POWERBI_RESOURCE)),
+            subject=str(body.get("subject", "emulator-user")),
+            app_id="emulator-admin",
+            identity_type="user",
+            lifetime=lifetime,
+        )
+        return _json({"access_token": token, "expires_on": expires_on})
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return _json(self.em.faults.to_json())
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        try:
+            self.em.faults = FaultPlan.from_json(await _read_json(request, 1 << 20))
+        except FaultConfigError as exc:
+            raise bad_request(str(exc), "faults") from None
+        log.info("fault plan set: %s", self.em.faults.to_json())
+        return _json(self.em.faults.to_json())
+
+    async def clear_faults(self, request: web.Request) -> web.Response:
+        self.em.faults = FaultPlan()
+        return _json(self.em.faults.to_json())
+
+    async def clock(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            body = await _read_json(request, 1 << 20)
+            seconds = body.get("advance") if isinstance(body, dict) else None
+            if not isinstance(seconds, int | float) or seconds < 0:
+                raise bad_request('Send {"advance": <emulated seconds, 0 or more>}.', "advance")
+            self.em.clock.advance(float(seconds))
+        return _json({"now": self.em.clock.now(), "scale": self.em.clock.scale})
+
+    def _dataset_state(self, dataset: Dataset) -> dict[str, Any]:
+        return {
+            "id": dataset.id,
+            "name": dataset.name,
+            "workspace": dataset.workspace or None,
+            "retention": dataset.retention,
+            "mode": dataset.mode,
+            "tables": [
+                {
+                    "name": t.name,
+                    "rows": t.row_count,
+                    "columns": [{"name": c.name, "dataType": c.data_type} for c in t.columns],
+                }
+                for t in dataset.tables.values()
+            ],
+            "usage": self.em.quotas.usage(dataset.id),
+            "counters": dict(self.em.counters.get(dataset.id, Counter())),
+        }
+
+    async def state(self, request: web.Request) -> web.Response:
+        return _json(
+            {
+                "workspaces": [{"id": k, "name": v} for k, v in self.em.store.workspaces.items()],
+                "datasets": [self._dataset_state(d) for d in self.em.store.datasets.values()],
+                "authFailures": dict(self.em.auth_failures),
+                "faults": self.em.faults.to_json(),
+            }
+        )
+
+    async def dataset_state(self, request: web.Request) -> web.Response:
+        dataset = self.em.store.datasets.get(request.match_info["datasetId"].lower())
+        if dataset is None:
+            raise dataset_not_found(request.match_info["datasetId"])
+        return _json(self._dataset_state(dataset))
+
+    async def rows(self, request: web.Request) -> web.Response:
+        dataset = self.em.store.datasets.get(request.match_info["datasetId"].lower())
+        if dataset is None:
+            raise dataset_not_found(request.match_info["datasetId"])
+        table = dataset.tables.get(request.match_info["tableName"])
+        if table is None:
+            raise table_not_found(request.match_info["tableName"], dataset.id)
+        offset = _int_param(request, "offset", 0)
+        limit = _int_param(request, "limit", table.row_count)
+        rows = self.em.store.read_rows(dataset, table, offset, limit)
+        return _json({"count": table.row_count, "offset": offset, "rows": rows})
+
+    async def reset(self, request: web.Request) -> web.Response:
+        for dataset in list(self.em.store.datasets.values()):
+            self.em.store.delete_dataset(dataset)
+            self.em.quotas.forget(dataset.id)
+        self.em.counters.clear()
+        self.em.auth_failures.clear()
+        self.em.faults = FaultPlan()
+        return _json({"status": "reset"})
+
+
+def create_app(config: EmulatorConfig | None = None) -> web.Application:
+    """Build the emulator's aiohttp application."""
+    emulator = Emulator(config or EmulatorConfig())
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware(emulator)],
+        # Bodies are read and limited by the handlers themselves, to answer 413 in the
+        # service's shape instead of aiohttp's own.
+        client_max_size=8 * limits.MAX_BODY_BYTES,
+    )
+    app["emulator"] = emulator
+    push, tokens, admin = PushApi(emulator), TokenApi(emulator), AdminApi(emulator)
+    for prefix in ("/v1.0/myorg", "/v1.0/myorg/groups/{groupId}"):
+        app.router.add_get(f"{prefix}/datasets", push.get_datasets)
+        app.router.add_post(f"{prefix}/datasets", push.post_dataset)
+        app.router.add_get(f"{prefix}/datasets/{{datasetId}}", push.get_dataset)
+        app.router.add_delete(f"{prefix}/datasets/{{datasetId}}", push.delete_dataset)
+        app.router.add_get(f"{prefix}/datasets/{{datasetId}}/tables", push.get_tables)
+        app.router.add_put(f"{prefix}/datasets/{{datasetId}}/tables/{{tableName}}", push.put_table)
+        rows = f"{prefix}/datasets/{{datasetId}}/tables/{{tableName}}/rows"
+        app.router.add_post(rows, push.post_rows)
+        app.router.add_delete(rows, push.delete_rows)
+    app.router.add_get("/v1.0/myorg/groups", push.get_groups)
+    app.router.add_get("/msi/token", tokens.msi_token)
+    app.router.add_get(
+        "/{tenant}/v2.0/.well-known/openid-configuration", tokens.openid_configuration
+    )
+    app.router.add_post("/{tenant}/oauth2/v2.0/token", tokens.token)
+    app.router.add_get("/_emulator/health", admin.health)
+    app.router.add_post("/_emulator/workspaces", admin.add_workspace)
+    app.router.add_post("/_emulator/token", admin.token)
+    app.router.add_get("/_emulator/faults", admin.get_faults)
+    app.router.add_put("/_emulator/faults", admin.set_faults)
+    app.router.add_delete("/_emulator/faults", admin.clear_faults)
+    app.router.add_get("/_emulator/clock", admin.clock)
+    app.router.add_post("/_emulator/clock", admin.clock)
+    app.router.add_get("/_emulator/state", admin.state)
+    app.router.add_get("/_emulator/datasets/{datasetId}", admin.dataset_state)
+    app.router.add_get("/_emulator/datasets/{datasetId}/tables/{tableName}/rows", admin.rows)
+    app.router.add_post("/_emulator/reset", admin.reset)
+    app.on_cleanup.append(lambda _app: _close(emulator))
+    return app
+
+
+async def _close(emulator: Emulator) -> None:
+    emulator.store.close()
