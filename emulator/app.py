@@ -182,6 +182,8 @@ async def _read_json(request: web.Request, limit: int = limits.MAX_BODY_BYTES) -
         ) from None
     except RecursionError:
         raise bad_request("The request body is nested too deeply.") from None
+    except ValueError as exc:  # e.g. an integer literal over Python's 4,300-digit limit
+        raise bad_request(f"The request body is not valid JSON: {exc}.") from None
 
 
 def _drop_connection(request: web.Request) -> web.StreamResponse:

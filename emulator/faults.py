@@ -42,7 +42,7 @@ class FaultPlan:
             rate = getattr(self, name)
             if not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
                 raise FaultConfigError(f"fault rate {name!r} must be a number from 0 to 1")
-        if sum(getattr(self, name) for name in KINDS) > 1.0:
+        if sum(getattr(self, name) for name in KINDS) > 1.0 + 1e-9:
             raise FaultConfigError("the fault rates add up to more than 1")
         if not isinstance(self.latency_ms, int | float) or self.latency_ms < 0:
             raise FaultConfigError("latency_ms must be a number of milliseconds, 0 or more")

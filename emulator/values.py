@@ -71,7 +71,10 @@ def _double(value: Any) -> float:
             raise ValueRejected(f"expected a Double, got the string {value[:40]!r}") from None
     if not isinstance(value, int | float):
         raise ValueRejected(f"expected a Double, got {type(value).__name__}")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:
+        raise ValueRejected("the number is beyond the range of a Double") from None
     if math.isnan(result):
         raise ValueRejected("NaN is not supported")
     if math.isinf(result) or abs(result) >= DOUBLE_MAX:
@@ -106,10 +109,14 @@ _TICKS_PER_QUANTUM = (
 
 
 def _quantise(moment: datetime) -> datetime:
+    """Round the time of day to a whole 1/300 s, then to the millisecond we store (half up,
+    in integers: float seconds would misround values such as .005)."""
     midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    seconds = (moment - midnight).total_seconds()
-    quantised = round(seconds / _TICKS_PER_QUANTUM) * _TICKS_PER_QUANTUM
-    return midnight + timedelta(seconds=round(quantised, 6))
+    delta = moment - midnight
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    quanta = (micros * 300 + 500_000) // 1_000_000
+    millis = (quanta * 1000 + 150) // 300
+    return midnight + timedelta(milliseconds=millis)
 
 
 def parse_datetime(value: str) -> datetime:

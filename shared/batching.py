@@ -1,0 +1,96 @@
+"""Packing a stream of rows into the fewest legal Add Rows bodies.
+
+Each row is serialised exactly once, to compact UTF-8 JSON; a body is those bytes joined inside
+``{"rows":[...]}``, so its size is known exactly before it is sent. A body closes when adding
+the next row would pass 10,000 rows or the byte limit, so wide rows split earlier
+(https://learn.microsoft.com/en-us/power-bi/developer/embedded/push-datasets-limitations).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from shared import limits
+from shared.errors import RowProblem
+
+_OPEN = b'{"rows":['
+_CLOSE = b"]}"
+_ENVELOPE = len(_OPEN) + len(_CLOSE)
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One Add Rows body and the input positions of the rows it carries."""
+
+    body: bytes
+    indices: tuple[int, ...]
+    rows: tuple[dict[str, Any], ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.indices)
+
+
+def serialise(row: dict[str, Any]) -> bytes:
+    """A row as compact UTF-8 JSON (NaN and infinities refused, as Power BI refuses them)."""
+    return _encode(row).encode("utf-8")
+
+
+def pack(
+    rows: Iterable[tuple[int, dict[str, Any]]],
+    *,
+    max_rows: int = limits.MAX_ROWS_PER_POST,
+    max_bytes: int = limits.MAX_BODY_BYTES,
+    on_reject: Callable[[RowProblem, dict[str, Any]], None] | None = None,
+) -> Iterator[Batch]:
+    """Lazily yield :class:`Batch` es from ``(index, row)`` pairs, in order.
+
+    A row that cannot be serialised, or that alone exceeds ``max_bytes``, is passed to
+    ``on_reject`` with the reason (or raises ``ValueError`` when no callback is given).
+    """
+    parts: list[bytes] = []
+    indices: list[int] = []
+    kept: list[dict[str, Any]] = []
+    size = _ENVELOPE
+
+    for index, row in rows:
+        try:
+            part = serialise(row)
+        except (TypeError, ValueError) as exc:
+            _reject(on_reject, RowProblem(index, f"row cannot be sent as JSON: {exc}"), row)
+            continue
+        cost = len(part) + (1 if parts else 0)  # the comma before every row but the first
+        if _ENVELOPE + len(part) > max_bytes:
+            _reject(
+                on_reject,
+                RowProblem(
+                    index, f"row of {len(part):,} bytes exceeds the {max_bytes:,}-byte limit"
+                ),
+                row,
+            )
+            continue
+        if parts and (len(parts) >= max_rows or size + cost > max_bytes):
+            yield Batch(_OPEN + b",".join(parts) + _CLOSE, tuple(indices), tuple(kept))
+            parts, indices, kept, size = [], [], [], _ENVELOPE
+            cost = len(part)
+        parts.append(part)
+        indices.append(index)
+        kept.append(row)
+        size += cost
+    if parts:
+        yield Batch(_OPEN + b",".join(parts) + _CLOSE, tuple(indices), tuple(kept))
+
+
+def _reject(
+    callback: Callable[[RowProblem, dict[str, Any]], None] | None,
+    problem: RowProblem,
+    row: dict[str, Any],
+) -> None:
+    if callback is None:
+        raise ValueError(problem.reason)
+    callback(problem, row)

@@ -1,0 +1,159 @@
+"""Per-dataset pacing, so that a dataset's quotas are not exceeded by this process.
+
+Power BI counts per dataset: 120 POST rows requests per rolling minute (120 per hour once a
+table holds 250,000 rows), 5 pending POSTs, 1,000,000 rows per hour (limits page:
+https://learn.microsoft.com/en-us/power-bi/developer/embedded/push-datasets-limitations).
+The Functions Python worker runs invocations on a thread pool, so every caller for a dataset
+goes through one :class:`Governor` that makes it wait for its turn: a POST starts only when it
+fits every window, and a 429's ``Retry-After`` pauses every caller of that dataset.
+
+Windows are rolling (stricter than fixed ones). The clock and the sleep are injected, so tests
+run on a fake clock with no real waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from shared import limits
+from shared.errors import TransientError
+
+
+@dataclass
+class _DatasetPace:
+    posts: deque[float] = field(default_factory=deque)
+    rows: deque[tuple[float, int]] = field(default_factory=deque)
+    rows_in_hour: int = 0
+    pending: int = 0
+    paused_until: float = 0.0
+    large_table: bool = False
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """The numbers a governor enforces. ``time_scale`` shrinks the windows (emulator only)."""
+
+    posts_per_minute: int = limits.MAX_POSTS_PER_MINUTE
+    posts_per_hour_large_table: int = limits.MAX_POSTS_PER_HOUR_LARGE_TABLE
+    max_pending: int = limits.MAX_PENDING_POSTS
+    rows_per_hour: int = limits.MAX_ROWS_PER_HOUR
+    time_scale: float = 1.0
+
+    @property
+    def minute(self) -> float:
+        return limits.MINUTE / self.time_scale
+
+    @property
+    def hour(self) -> float:
+        return limits.HOUR / self.time_scale
+
+
+class Governor:
+    """Makes callers wait until a POST of ``rows`` rows fits the dataset's quotas."""
+
+    def __init__(
+        self,
+        quotas: Quotas | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.quotas = quotas or Quotas()
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self._datasets: dict[str, _DatasetPace] = {}
+        #: Total seconds callers were made to wait, for PushResult and logs.
+        self.waited = 0.0
+
+    def _pace(self, dataset: str) -> _DatasetPace:
+        return self._datasets.setdefault(dataset, _DatasetPace())
+
+    def wait_needed(self, dataset: str, rows: int) -> float:
+        """Seconds until a POST of ``rows`` rows fits every time window (0 when it fits now)."""
+        with self._lock:
+            return self._wait_needed(self._pace(dataset), rows, self._clock())
+
+    def _wait_needed(self, pace: _DatasetPace, rows: int, now: float) -> float:
+        q = self.quotas
+        while pace.posts and pace.posts[0] <= now - q.hour:
+            pace.posts.popleft()
+        while pace.rows and pace.rows[0][0] <= now - q.hour:
+            pace.rows_in_hour -= pace.rows.popleft()[1]
+        waits = [pace.paused_until - now]
+        in_minute = [t for t in pace.posts if t > now - q.minute]
+        if len(in_minute) >= q.posts_per_minute:
+            waits.append(in_minute[-q.posts_per_minute] + q.minute - now)
+        if pace.large_table and len(pace.posts) >= q.posts_per_hour_large_table:
+            waits.append(pace.posts[-q.posts_per_hour_large_table] + q.hour - now)
+        excess = pace.rows_in_hour + rows - q.rows_per_hour
+        if excess > 0:
+            freed = 0
+            for stamp, count in pace.rows:
+                freed += count
+                if freed >= excess:
+                    waits.append(stamp + q.hour - now)
+                    break
+        return max(0.0, *waits)
+
+    @contextmanager
+    def slot(self, dataset: str, rows: int, deadline: float | None = None) -> Iterator[None]:
+        """Hold one of the dataset's POST slots for the body of the ``with`` block.
+
+        Waits (sleeping on the injected clock) until the POST fits; raises
+        :class:`TransientError` with ``retry_after`` when that would pass ``deadline``. The
+        POST is counted when the slot is taken, whatever its outcome, because the service
+        counts requests, not successes.
+        """
+        with self._lock:
+            pace = self._pace(dataset)
+        while True:
+            with self._lock:
+                now = self._clock()
+                wait = self._wait_needed(pace, rows, now)
+                if wait <= 0 and pace.pending < self.quotas.max_pending:
+                    pace.pending += 1
+                    pace.posts.append(now)
+                    pace.rows.append((now, rows))
+                    pace.rows_in_hour += rows
+                    break
+                if wait <= 0:
+                    # Only the pending limit is in the way: wait for a slot to be released.
+                    if deadline is not None and now >= deadline:
+                        raise TransientError(
+                            f"dataset {dataset}: {self.quotas.max_pending} POSTs already pending",
+                            retry_after=1.0,
+                        )
+                    timeout = None if deadline is None else deadline - now
+                    self._freed.wait(timeout)
+                    continue
+            if deadline is not None and now + wait > deadline:
+                raise TransientError(
+                    f"dataset {dataset}: its quota frees up in {wait:.1f} s, after the deadline",
+                    retry_after=wait,
+                )
+            self.waited += wait
+            self._sleep(wait)
+        try:
+            yield
+        finally:
+            with self._lock:
+                pace.pending -= 1
+                self._freed.notify()
+
+    def pause(self, dataset: str, seconds: float) -> None:
+        """The service said "retry after ``seconds``": hold every caller of this dataset."""
+        with self._lock:
+            pace = self._pace(dataset)
+            pace.paused_until = max(pace.paused_until, self._clock() + seconds)
+
+    def mark_large_table(self, dataset: str) -> None:
+        """A table of this dataset holds 250,000 rows or more: 120 POSTs per hour from now."""
+        with self._lock:
+            self._pace(dataset).large_table = True

@@ -1,0 +1,198 @@
+"""App settings, read once into one frozen object.
+
+Every setting the bundle reads is named here (and listed in ``local.settings.example.json`` and
+the README). A missing or malformed setting is a :class:`ConfigError` that names it.
+
+Cloud endpoints: "Embed for your customers in national clouds",
+https://learn.microsoft.com/en-us/power-bi/developer/embedded/embed-sample-for-customers-national-clouds
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from shared.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """Where a Power BI cloud lives: API root, token scope (resource) and Entra authority."""
+
+    api_root: str
+    resource: str
+    authority_host: str
+
+    @property
+    def scope(self) -> str:
+        return f"{self.resource}/.default"
+
+
+CLOUDS: Final[dict[str, Cloud]] = {
+    "Public": Cloud(
+        "https://api.powerbi.com",
+        "https://analysis.windows.net/powerbi/api",
+        "https://login.microsoftonline.com",
+    ),
+    "USGov": Cloud(
+        "https://api.powerbigov.us",
+        "https://analysis.usgovcloudapi.net/powerbi/api",
+        "https://login.microsoftonline.com",
+    ),
+    "USGovHigh": Cloud(
+        "https://api.high.powerbigov.us",
+        "https://high.analysis.usgovcloudapi.net/powerbi/api",
+        "https://login.microsoftonline.us",
+    ),
+    "USGovDoD": Cloud(
+        "https://api.mil.powerbigov.us",
+        "https://mil.analysis.usgovcloudapi.net/powerbi/api",
+        "https://login.microsoftonline.us",
+    ),
+    "China": Cloud(
+        "https://api.powerbi.cn",
+        "https://analysis.chinacloudapi.cn/powerbi/api",
+        "https://login.chinacloudapi.cn",
+    ),
+}
+
+AUTH_MODES: Final = ("managed_identity", "service_principal", "static")
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is a loopback address (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bundle reads from app settings. Build with :meth:`from_env`."""
+
+    cloud: str
+    api_root: str
+    resource: str
+    authority: str | None
+    auth_mode: str
+    client_id: str | None
+    tenant_id: str | None
+    client_secret: str | None
+    client_certificate_path: str | None
+    static_token: str | None
+    ca_bundle: str | None
+    workspace_id: str | None
+    workspace_name: str | None
+    datasets_dir: Path
+    request_timeout: float
+    quota_time_scale: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and check the settings; raise :class:`ConfigError` naming the first bad one."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        cloud_name = get("POWERBI_CLOUD") or "Public"
+        cloud = CLOUDS.get(cloud_name)
+        if cloud is None:
+            raise ConfigError("POWERBI_CLOUD", f"must be one of {', '.join(CLOUDS)}")
+        api_root = (get("POWERBI_API_URL") or cloud.api_root).rstrip("/")
+        if urlsplit(api_root).scheme not in ("http", "https") or not urlsplit(api_root).hostname:
+            raise ConfigError(
+                "POWERBI_API_URL", "must be an http(s) URL such as https://api.powerbi.com"
+            )
+        if urlsplit(api_root).scheme == "http" and not is_loopback(api_root):
+            # Bearer tokens travel only over https; plain http is allowed for a local emulator.
+            raise ConfigError("POWERBI_API_URL", "must use https unless it is a loopback address")
+        auth_mode = get("POWERBI_AUTH") or "managed_identity"
+        if auth_mode not in AUTH_MODES:
+            raise ConfigError("POWERBI_AUTH", f"must be one of {', '.join(AUTH_MODES)}")
+        tenant_id = get("POWERBI_TENANT_ID")
+        client_id = get("POWERBI_CLIENT_ID")
+        secret = get("POWERBI_CLIENT_SECRET")
+        certificate = get("POWERBI_CLIENT_CERTIFICATE_PATH")
+        static_token = get("POWERBI_STATIC_TOKEN")
+        authority = get("POWERBI_AUTHORITY_URL")
+        if auth_mode == "service_principal":
+            if client_id is None:
+                raise ConfigError("POWERBI_CLIENT_ID", "is required for a service principal")
+            if tenant_id is None and authority is None:
+                raise ConfigError("POWERBI_TENANT_ID", "is required for a service principal")
+            if (secret is None) == (certificate is None):
+                raise ConfigError(
+                    "POWERBI_CLIENT_SECRET",
+                    "set exactly one of POWERBI_CLIENT_SECRET and POWERBI_CLIENT_CERTIFICATE_PATH",
+                )
+            if certificate is not None and not Path(certificate).is_file():
+                raise ConfigError("POWERBI_CLIENT_CERTIFICATE_PATH", "is not a readable file")
+            authority = authority or f"{cloud.authority_host}/{tenant_id}"
+        if auth_mode == "static":
+            if static_token is None:
+                raise ConfigError("POWERBI_STATIC_TOKEN", "is required when POWERBI_AUTH=static")
+            if not is_loopback(api_root):
+                raise ConfigError(
+                    "POWERBI_AUTH", "static tokens are for the local emulator (a loopback API URL)"
+                )
+        return cls(
+            cloud=cloud_name,
+            api_root=api_root,
+            resource=get("POWERBI_RESOURCE") or cloud.resource,
+            authority=authority,
+            auth_mode=auth_mode,
+            client_id=client_id,
+            tenant_id=tenant_id,
+            client_secret=secret,
+            client_certificate_path=certificate,
+            static_token=static_token,
+            ca_bundle=get("POWERBI_CA_BUNDLE"),
+            workspace_id=get("POWERBI_WORKSPACE_ID"),
+            workspace_name=get("POWERBI_WORKSPACE_NAME"),
+            datasets_dir=Path(
+                get("DATASETS_DIR") or Path(__file__).resolve().parents[1] / "datasets"
+            ),
+            request_timeout=_positive(get, "POWERBI_TIMEOUT_SECONDS", 30.0),
+            quota_time_scale=_positive(get, "POWERBI_QUOTA_TIME_SCALE", 1.0),
+        )
+
+    def describe(self) -> dict[str, object]:
+        """A summary safe to log or show: names and URLs, never a secret or a token."""
+        return {
+            "cloud": self.cloud,
+            "api_root": self.api_root,
+            "auth_mode": self.auth_mode,
+            "client_id": self.client_id,
+            "tenant_id": self.tenant_id,
+            "client_secret": "set" if self.client_secret else None,
+            "client_certificate_path": self.client_certificate_path,
+            "static_token": "set" if self.static_token else None,
+            "workspace_id": self.workspace_id,
+            "workspace_name": self.workspace_name,
+            "datasets_dir": str(self.datasets_dir),
+        }
+
+
+def _positive(get: object, name: str, default: float) -> float:
+    assert callable(get)
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(name, "must be greater than 0")
+    return value
