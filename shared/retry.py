@@ -72,7 +72,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Back-off before retry number ``attempt`` (1 for the first retry), capped."""
-        delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        delay = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         return min(self.max_delay, delay * (1 + self.jitter * self.rand()))
 
     def delay(self, error: TransientError, attempt: int) -> float:

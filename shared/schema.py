@@ -62,7 +62,10 @@ def _int64(value: Any) -> int:
 
 def _double(value: Any) -> float:
     if type(value) is float or type(value) is int:
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:
+            raise Rejected("the number is beyond the range of a Double") from None
     elif isinstance(value, str):
         try:
             result = float(value.strip())

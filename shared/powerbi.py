@@ -1,0 +1,296 @@
+"""A client for Power BI's push-dataset operations, with errors translated in one place.
+
+One pooled ``requests.Session`` per client, explicit timeouts, the bearer token from a
+:class:`~shared.auth.TokenProvider` (dropped and fetched again once when the service says it
+expired), and every HTTP status or transport failure mapped by :func:`translate` into the
+bundle's error hierarchy (``shared.errors``). Idempotent calls are retried by the
+:class:`~shared.retry.RetryPolicy`; Add Rows is sent once per call, because only its caller
+knows whether a re-send is safe (see ``retry``).
+
+Endpoints: https://learn.microsoft.com/en-us/rest/api/power-bi/push-datasets
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from shared.auth import TokenProvider, check_token_destination
+from shared.errors import (
+    AuthError,
+    ConfigError,
+    NotFoundError,
+    PermanentError,
+    PushError,
+    TransientError,
+    ValidationError,
+)
+from shared.retry import RetryPolicy, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+#: (connect, read) seconds. Connect is short: a refused or silent host should fail fast.
+DEFAULT_TIMEOUT = (5.0, 30.0)
+
+
+def translate(
+    exc_or_response: requests.Response | requests.RequestException, what: str
+) -> PushError:
+    """Map a failed HTTP exchange to the bundle's error hierarchy (the one place that does).
+
+    ``what`` names the call (``"POST rows to dataset X"``) for the message. Never includes a
+    header value: tokens stay out of errors.
+    """
+    if isinstance(exc_or_response, requests.RequestException):
+        exc = exc_or_response
+        name = type(exc).__name__
+        if isinstance(exc, requests.exceptions.SSLError):
+            return ConfigError("POWERBI_CA_BUNDLE", f"{what}: TLS verification failed ({name})")
+        if isinstance(exc, requests.exceptions.ConnectTimeout) or (
+            isinstance(exc, requests.exceptions.ConnectionError) and _never_connected(exc)
+        ):
+            return TransientError(f"{what}: could not connect ({name})", maybe_delivered=False)
+        if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+            return ConfigError("POWERBI_API_URL", f"{what}: invalid URL ({name})")
+        # Read timeouts, connections reset or closed after the request was written, truncated
+        # answers: the service may have acted on the request.
+        return TransientError(
+            f"{what}: no complete answer ({name}); the request may have been processed",
+            maybe_delivered=True,
+        )
+    response = exc_or_response
+    status = response.status_code
+    code, message, details = _error_body(response)
+    request_id = response.headers.get("RequestId")
+    text = f"{what}: Power BI answered {status}{f' {code}' if code else ''}: {message}"
+    if details:
+        text += " — " + "; ".join(details[:5])
+    kwargs: dict[str, Any] = {"status": status, "code": code, "request_id": request_id}
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if status == 429 or status == 503:
+        return TransientError(text, retry_after=retry_after, maybe_delivered=False, **kwargs)
+    if status >= 500 or status == 408:
+        return TransientError(text, retry_after=retry_after, maybe_delivered=True, **kwargs)
+    if status in (401, 403):
+        return AuthError(text + _auth_hint(status, code), **kwargs)
+    if status == 404:
+        return NotFoundError(text, **kwargs)
+    if status in (400, 413):
+        return ValidationError(text, **kwargs)
+    return PermanentError(text, **kwargs)
+
+
+def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
+    """True when the connection was refused or never opened, so nothing was sent."""
+    import urllib3.exceptions
+
+    reason: object = exc.args[0] if exc.args else None
+    if isinstance(reason, urllib3.exceptions.MaxRetryError):
+        reason = reason.reason
+    return isinstance(
+        reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
+    )
+
+
+def _error_body(response: requests.Response) -> tuple[str | None, str, list[str]]:
+    try:
+        body = response.json()
+    except ValueError:
+        return None, (response.text[:300] or response.reason or "no details"), []
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        message = body.get("message") if isinstance(body, dict) else None
+        return None, str(message or response.reason or "no details")[:300], []
+    details = [
+        f"{d.get('target', '')}: {d.get('message', '')}".strip(": ")
+        for d in error.get("details") or []
+        if isinstance(d, dict)
+    ]
+    return error.get("code"), str(error.get("message", ""))[:300], details
+
+
+def _auth_hint(status: int, code: str | None) -> str:
+    if code == "TokenExpired":
+        return " (the token expired and a fresh one was refused too)"
+    if status == 401:
+        return (
+            " (is 'Service principals can use Fabric APIs' enabled for this identity in the "
+            "tenant settings?)"
+        )
+    return " (is the identity a Member or Contributor of the workspace?)"
+
+
+class PowerBIClient:
+    """The push operations, in My workspace (``workspace=None``) or a workspace (group id)."""
+
+    def __init__(
+        self,
+        api_root: str,
+        tokens: TokenProvider,
+        *,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        check_token_destination(api_root)
+        self.api_root = api_root.rstrip("/")
+        self.tokens = tokens
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.session = session or requests.Session()
+        self._group_ids: dict[str, str] = {}
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def url(self, path: str, workspace: str | None = None) -> str:
+        group = f"/groups/{quote(workspace, safe='')}" if workspace else ""
+        return f"{self.api_root}/v1.0/myorg{group}{path}"
+
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        body: bytes | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> requests.Response:
+        """One exchange; a 401/403 TokenExpired drops the token and retries exactly once."""
+        for attempt in (1, 2):
+            headers = {"Authorization": f"Bearer {self.tokens.token()}"}
+            if body is not None:
+                headers["Content-Type"] = "application/json; charset=utf-8"
+            try:
+                response = self.session.request(
+                    method, url, data=body, params=params, headers=headers, timeout=self.timeout
+                )
+            except requests.RequestException as exc:
+                raise translate(exc, what) from exc
+            if response.ok:
+                return response
+            error = translate(response, what)
+            if attempt == 1 and response.status_code in (401, 403) and error.code == "TokenExpired":
+                log.info("%s: token expired; fetching a new one", what)
+                self.tokens.invalidate()
+                continue
+            raise error
+        raise AssertionError("unreachable")
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        workspace: str | None = None,
+        payload: Any = None,
+        params: dict[str, Any] | None = None,
+        idempotent: bool = True,
+    ) -> Any:
+        url = self.url(path, workspace)
+        body = None if payload is None else json.dumps(payload).encode("utf-8")
+        response = self.retry.run(
+            lambda: self._send_once(method, url, what, body=body, params=params),
+            idempotent=idempotent,
+            on_retry=lambda error, wait: log.warning(
+                "%s: %s; retrying in %.1f s", what, error, wait
+            ),
+        )
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise TransientError(f"{what}: the answer is not JSON", maybe_delivered=True) from exc
+
+    # -- operations -----------------------------------------------------------------------
+
+    def get_groups(self, filter: str | None = None, top: int | None = None) -> list[dict[str, Any]]:
+        """Workspaces the identity can see (Get Groups)."""
+        params: dict[str, Any] = {}
+        if filter:
+            params["$filter"] = filter
+        if top is not None:
+            params["$top"] = top
+        body = self._call("GET", "/groups", "list workspaces", params=params)
+        return list(body.get("value", []))
+
+    def group_id(self, name: str) -> str:
+        """The id of the workspace called ``name``, looked up once and cached."""
+        if name not in self._group_ids:
+            escaped = name.replace("'", "''")
+            groups = [g for g in self.get_groups(f"name eq '{escaped}'") if g.get("name") == name]
+            if not groups:
+                raise NotFoundError(f"no workspace named {name!r} is visible to this identity")
+            if len(groups) > 1:
+                raise ConfigError(
+                    "POWERBI_WORKSPACE_NAME", f"{name!r} names several workspaces; use the id"
+                )
+            self._group_ids[name] = str(groups[0]["id"])
+        return self._group_ids[name]
+
+    def get_datasets(self, workspace: str | None = None) -> list[dict[str, Any]]:
+        body = self._call("GET", "/datasets", "list datasets", workspace=workspace)
+        return list(body.get("value", []))
+
+    def get_dataset(self, dataset_id: str, workspace: str | None = None) -> dict[str, Any]:
+        path = f"/datasets/{quote(dataset_id, safe='')}"
+        body: dict[str, Any] = self._call(
+            "GET", path, f"get dataset {dataset_id}", workspace=workspace
+        )
+        return body
+
+    def create_dataset(
+        self,
+        definition: dict[str, Any],
+        workspace: str | None = None,
+        retention: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a push dataset. Not retried after an ambiguous failure: it could duplicate."""
+        params = {"defaultRetentionPolicy": retention} if retention else None
+        body: dict[str, Any] = self._call(
+            "POST",
+            "/datasets",
+            f"create dataset {definition.get('name')!r}",
+            workspace=workspace,
+            payload=definition,
+            params=params,
+            idempotent=False,
+        )
+        return body
+
+    def delete_dataset(self, dataset_id: str, workspace: str | None = None) -> None:
+        path = f"/datasets/{quote(dataset_id, safe='')}"
+        self._call("DELETE", path, f"delete dataset {dataset_id}", workspace=workspace)
+
+    def get_tables(self, dataset_id: str, workspace: str | None = None) -> list[dict[str, Any]]:
+        path = f"/datasets/{quote(dataset_id, safe='')}/tables"
+        body = self._call("GET", path, f"list tables of {dataset_id}", workspace=workspace)
+        return list(body.get("value", []))
+
+    def put_table(
+        self, dataset_id: str, table: dict[str, Any], workspace: str | None = None
+    ) -> dict[str, Any]:
+        path = f"/datasets/{quote(dataset_id, safe='')}/tables/{quote(table['name'], safe='')}"
+        body: dict[str, Any] = self._call(
+            "PUT", path, f"update table {table['name']!r}", workspace=workspace, payload=table
+        )
+        return body
+
+    def post_rows(
+        self, dataset_id: str, table: str, body: bytes, workspace: str | None = None
+    ) -> None:
+        """Add Rows with a ready-made body, sent once (see the module docstring)."""
+        path = f"/datasets/{quote(dataset_id, safe='')}/tables/{quote(table, safe='')}/rows"
+        self._send_once(
+            "POST", self.url(path, workspace), f"add rows to {table!r} of {dataset_id}", body=body
+        )
+
+    def delete_rows(self, dataset_id: str, table: str, workspace: str | None = None) -> None:
+        """Delete every row of a table (the service has no per-row delete)."""
+        path = f"/datasets/{quote(dataset_id, safe='')}/tables/{quote(table, safe='')}/rows"
+        self._call("DELETE", path, f"delete rows of {table!r}", workspace=workspace)
