@@ -172,7 +172,7 @@ async def _read_json(request: web.Request, limit: int = limits.MAX_BODY_BYTES) -
         )
     raw = await _read_body(request, limit)
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8-sig"))  # JSON on the wire is UTF-8 (RFC 8259)
     except UnicodeDecodeError:
         raise bad_request("The request body is not UTF-8 encoded JSON.") from None
     except json.JSONDecodeError as exc:
