@@ -74,7 +74,7 @@ def pack(
                 row,
             )
             continue
-        if parts and (len(parts) >= max_rows or size + cost > max_bytes):
+        if parts and size + cost > max_bytes:
             yield Batch(_OPEN + b",".join(parts) + _CLOSE, tuple(indices), tuple(kept))
             parts, indices, kept, size = [], [], [], _ENVELOPE
             cost = len(part)
@@ -82,6 +82,11 @@ def pack(
         indices.append(index)
         kept.append(row)
         size += cost
+        if len(parts) >= max_rows:
+            # Full by count: hand it on now rather than after reading one more row, so a
+            # failing or slow source never holds back a complete batch.
+            yield Batch(_OPEN + b",".join(parts) + _CLOSE, tuple(indices), tuple(kept))
+            parts, indices, kept, size = [], [], [], _ENVELOPE
     if parts:
         yield Batch(_OPEN + b",".join(parts) + _CLOSE, tuple(indices), tuple(kept))
 

@@ -72,7 +72,8 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Back-off before retry number ``attempt`` (1 for the first retry), capped."""
-        delay = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        # The exponent is capped so that a huge attempt number cannot overflow a float.
+        delay = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 64))
         return min(self.max_delay, delay * (1 + self.jitter * self.rand()))
 
     def delay(self, error: TransientError, attempt: int) -> float:

@@ -113,10 +113,10 @@ def _datetime(value: Any) -> str:
             )
         else:
             moment = datetime.fromisoformat(text)
-    except ValueError:
+        # A value without an offset is taken as UTC, the only zone the bundle writes.
+        moment = moment.astimezone(UTC) if moment.tzinfo else moment
+    except (ValueError, OverflowError):  # OverflowError: outside years 1-9999 once in UTC
         raise Rejected(f"expected an ISO 8601 or MM/dd/yyyy date-time, got {text[:40]!r}") from None
-    # A value without an offset is taken as UTC, the only zone the bundle writes.
-    moment = moment.astimezone(UTC) if moment.tzinfo else moment
     return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
@@ -131,7 +131,10 @@ def _string(value: Any) -> str:
         raise Rejected(f"expected text, got {_describe(value)}")
     # A str of at most 2,000 code points cannot exceed 4,000 UTF-16 units: skip the encode.
     if len(result) > limits.MAX_STRING_LENGTH // 2:
-        units = len(result.encode("utf-16-le")) // 2
+        try:
+            units = len(result.encode("utf-16-le")) // 2
+        except UnicodeEncodeError:
+            raise Rejected("text contains an unpaired surrogate") from None
         if units > limits.MAX_STRING_LENGTH:
             raise Rejected(
                 f"text of {units:,} characters; Power BI allows {limits.MAX_STRING_LENGTH:,}"
@@ -218,12 +221,21 @@ class DatasetDefinition:
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
             raise ConfigError(source, "a dataset definition needs a 'name' and 'tables'")
         tables: dict[str, TableSchema] = {}
-        for table in body.get("tables") or []:
-            if not isinstance(table, dict) or not isinstance(table.get("name"), str):
-                raise ConfigError(source, "every table needs a 'name' and 'columns'")
+        tables_in = body.get("tables") or []
+        if not isinstance(tables_in, list):
+            raise ConfigError(source, "'tables' must be an array")
+        for table in tables_in:
+            if (
+                not isinstance(table, dict)
+                or not isinstance(table.get("name"), str)
+                or not isinstance(table.get("columns") or [], list)
+            ):
+                raise ConfigError(source, "every table needs a 'name' and a 'columns' array")
             columns = []
             for column in table.get("columns") or []:
-                data_type = canonical_type(column.get("dataType"))
+                data_type = (
+                    canonical_type(column.get("dataType")) if isinstance(column, dict) else None
+                )
                 if data_type is None or not isinstance(column.get("name"), str):
                     raise ConfigError(
                         source,

@@ -1,0 +1,375 @@
+"""Unit tests for shared.governor: per-dataset pacing under Power BI's push quotas."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from shared.errors import TransientError
+from shared.governor import Governor, Quotas
+from tests.unit.fakes import FakeClock
+
+
+def make_governor(quotas: Quotas | None = None) -> tuple[Governor, FakeClock]:
+    clock = FakeClock()
+    return Governor(quotas, clock=clock, sleep=clock.sleep), clock
+
+
+def take(governor: Governor, dataset: str, rows: int = 1, deadline: float | None = None) -> None:
+    """Take one slot and release it at once (one POST that completes immediately)."""
+    with governor.slot(dataset, rows, deadline=deadline):
+        pass
+
+
+def test_quota_defaults_are_the_documented_limits() -> None:
+    """Quotas default to 120/min, 120/h for large tables, 5 pending, 1,000,000 rows/h."""
+    quotas = Quotas()
+
+    assert quotas.posts_per_minute == 120
+    assert quotas.posts_per_hour_large_table == 120
+    assert quotas.max_pending == 5
+    assert quotas.rows_per_hour == 1_000_000
+    assert (quotas.minute, quotas.hour) == (60.0, 3600.0)
+
+
+# --- posts per minute -------------------------------------------------------------------------
+
+
+def test_120_posts_in_a_minute_do_not_wait() -> None:
+    """120 POSTs in the same instant fit the per-minute quota with no wait."""
+    governor, clock = make_governor()
+
+    for _ in range(120):
+        take(governor, "ds")
+
+    assert clock.sleeps == []
+    assert governor.waited == 0.0
+
+
+def test_121st_post_waits_until_the_first_leaves_the_minute() -> None:
+    """The 121st POST waits exactly until the oldest of the last 120 is 60 s old."""
+    governor, clock = make_governor()
+    take(governor, "ds")  # t = 0
+    clock.now = 10.0
+    for _ in range(119):
+        take(governor, "ds")  # t = 10
+    assert clock.sleeps == []
+
+    assert governor.wait_needed("ds", 1) == 50.0
+    take(governor, "ds")
+
+    assert clock.sleeps == [50.0]
+    assert clock.now == 60.0
+
+
+def test_minute_window_is_rolling() -> None:
+    """After the 121st POST, the 122nd waits for the next-oldest POST to leave the minute."""
+    governor, clock = make_governor()
+    take(governor, "ds")  # t = 0
+    clock.now = 10.0
+    for _ in range(119):
+        take(governor, "ds")  # t = 10
+    take(governor, "ds")  # waits to t = 60
+
+    take(governor, "ds")  # the 119 POSTs of t = 10 plus the one of t = 60 fill the minute
+
+    assert clock.sleeps == [50.0, 10.0]
+    assert clock.now == 70.0
+
+
+def test_time_scale_shrinks_the_minute() -> None:
+    """With time_scale=60 the minute is 1 s, so the 121st POST waits 1 s."""
+    governor, clock = make_governor(Quotas(time_scale=60))
+    assert governor.quotas.minute == 1.0
+
+    for _ in range(120):
+        take(governor, "ds")
+    take(governor, "ds")
+
+    assert clock.sleeps == [1.0]
+
+
+# --- large tables: posts per hour -------------------------------------------------------------
+
+
+def _120_posts_ten_seconds_apart(governor: Governor, clock: FakeClock, dataset: str) -> None:
+    for i in range(120):
+        clock.now = 10.0 * i  # t = 0, 10, ..., 1190: never 120 in one minute
+        take(governor, dataset)
+    clock.now = 1200.0
+
+
+def test_large_table_121st_post_in_an_hour_waits_for_the_hour() -> None:
+    """Once marked large, the 121st POST within an hour waits until the first is an hour old."""
+    governor, clock = make_governor()
+    governor.mark_large_table("ds")
+    _120_posts_ten_seconds_apart(governor, clock, "ds")
+    assert clock.sleeps == []
+
+    take(governor, "ds")
+
+    assert clock.sleeps == [2400.0]
+    assert clock.now == 3600.0
+
+
+def test_hourly_post_limit_applies_only_to_large_tables() -> None:
+    """Without mark_large_table, 121 POSTs spread over 20 minutes do not wait."""
+    governor, clock = make_governor()
+    _120_posts_ten_seconds_apart(governor, clock, "ds")
+
+    take(governor, "ds")
+
+    assert clock.sleeps == []
+
+
+def test_mark_large_table_is_per_dataset() -> None:
+    """Marking one dataset large leaves another dataset on the per-minute quota only."""
+    governor, clock = make_governor()
+    governor.mark_large_table("big")
+    _120_posts_ten_seconds_apart(governor, clock, "small")
+
+    take(governor, "small")
+
+    assert clock.sleeps == []
+
+
+# --- rows per hour ----------------------------------------------------------------------------
+
+
+def test_one_million_rows_in_an_hour_do_not_wait() -> None:
+    """100 POSTs of 10,000 rows (exactly 1,000,000) fit the hourly row quota."""
+    governor, clock = make_governor()
+
+    for _ in range(100):
+        take(governor, "ds", rows=10_000)
+
+    assert clock.sleeps == []
+    assert governor.wait_needed("ds", 0) == 0.0
+
+
+def test_one_row_past_a_million_waits_for_the_hour() -> None:
+    """After 1,000,000 rows at t=0, one more row at t=100 waits until t=3600."""
+    governor, clock = make_governor()
+    for _ in range(100):
+        take(governor, "ds", rows=10_000)
+    clock.now = 100.0
+
+    take(governor, "ds", rows=1)
+
+    assert clock.sleeps == [3500.0]
+    assert clock.now == 3600.0
+
+
+@pytest.mark.parametrize(
+    ("rows", "wait"), [(400_000, 3400.0), (600_000, 3400.0), (600_001, 3500.0)]
+)
+def test_row_quota_waits_only_until_enough_rows_free(rows: int, wait: float) -> None:
+    """A POST waits for the oldest POSTs whose rows, once out of the hour, make room for it."""
+    governor, clock = make_governor()
+    take(governor, "ds", rows=600_000)  # t = 0
+    clock.now = 100.0
+    take(governor, "ds", rows=400_000)  # t = 100
+    clock.now = 200.0
+
+    assert governor.wait_needed("ds", rows) == wait
+    take(governor, "ds", rows=rows)
+
+    assert clock.sleeps == [wait]
+
+
+# --- pause (Retry-After) ----------------------------------------------------------------------
+
+
+def test_pause_makes_the_next_post_wait() -> None:
+    """pause(ds, 30) makes the next POST to ds wait 30 s."""
+    governor, clock = make_governor()
+    governor.pause("ds", 30)
+
+    take(governor, "ds")
+
+    assert clock.sleeps == [30.0]
+
+
+def test_pause_does_not_affect_other_datasets() -> None:
+    """A pause of one dataset leaves every other dataset free to post."""
+    governor, clock = make_governor()
+    governor.pause("ds", 30)
+
+    take(governor, "other")
+
+    assert clock.sleeps == []
+    assert governor.wait_needed("ds", 1) == 30.0
+    assert governor.wait_needed("other", 1) == 0.0
+
+
+def test_a_shorter_pause_does_not_cut_a_longer_one() -> None:
+    """pause() only ever extends the hold: 30 s then 10 s still waits 30 s."""
+    governor, clock = make_governor()
+    governor.pause("ds", 30)
+    governor.pause("ds", 10)
+
+    take(governor, "ds")
+
+    assert clock.sleeps == [30.0]
+
+
+# --- deadline ---------------------------------------------------------------------------------
+
+
+def test_slot_past_the_deadline_raises_with_the_wait_as_retry_after() -> None:
+    """A POST that would wait past the deadline raises TransientError(retry_after=wait)."""
+    governor, clock = make_governor()
+    governor.pause("ds", 30)
+
+    with pytest.raises(TransientError) as caught:
+        take(governor, "ds", deadline=29.9)
+
+    assert caught.value.retry_after == 30.0
+    assert clock.sleeps == []
+    assert governor.waited == 0.0
+
+
+def test_refused_slot_is_not_counted() -> None:
+    """A slot refused for its deadline does not count as a POST or as rows."""
+    governor, clock = make_governor()
+    for _ in range(100):
+        take(governor, "ds", rows=10_000)
+    clock.now = 100.0
+    with pytest.raises(TransientError) as caught:
+        take(governor, "ds", rows=1, deadline=200.0)
+    assert caught.value.retry_after == 3500.0
+
+    clock.now = 3600.0
+    assert governor.wait_needed("ds", 1_000_000) == 0.0
+
+
+def test_slot_waiting_exactly_until_the_deadline_is_allowed() -> None:
+    """A wait ending exactly at the deadline is taken."""
+    governor, clock = make_governor()
+    governor.pause("ds", 30)
+
+    take(governor, "ds", deadline=30.0)
+
+    assert clock.sleeps == [30.0]
+
+
+def test_slot_that_fits_now_ignores_a_passed_deadline() -> None:
+    """A POST that needs no wait is allowed even when the deadline is already past."""
+    governor, clock = make_governor()
+    clock.now = 50.0
+
+    take(governor, "ds", deadline=10.0)
+
+    assert clock.sleeps == []
+
+
+def test_waited_accumulates_the_sleeps() -> None:
+    """governor.waited is the total of every wait the governor imposed."""
+    governor, clock = make_governor()
+    governor.pause("ds", 30)
+    take(governor, "ds")
+    governor.pause("ds", 12.5)
+    take(governor, "ds")
+    take(governor, "other")
+
+    assert clock.sleeps == [30.0, 12.5]
+    assert governor.waited == 42.5
+
+
+# --- pending (real threads) -------------------------------------------------------------------
+
+
+def test_sixth_pending_post_waits_for_a_release() -> None:
+    """With 5 POSTs in flight a 6th waits until one ends, and fails fast past its deadline."""
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"the pending limit must not sleep ({seconds} s)")
+
+    governor = Governor(clock=time.monotonic, sleep=no_sleep)
+    bound = time.monotonic() + 30.0
+    entered = [threading.Event() for _ in range(5)]
+    release = [threading.Event() for _ in range(5)]
+    sixth_entered = threading.Event()
+    order: list[str] = []
+    errors: list[BaseException] = []
+
+    def hold(i: int) -> None:
+        try:
+            with governor.slot("ds", 1, deadline=bound):
+                entered[i].set()
+                release[i].wait(30.0)
+                order.append(f"release {i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    def sixth() -> None:
+        try:
+            with governor.slot("ds", 1, deadline=bound):
+                order.append("sixth")
+                sixth_entered.set()
+        except BaseException as exc:
+            errors.append(exc)
+
+    holders = [threading.Thread(target=hold, args=(i,), daemon=True) for i in range(5)]
+    waiter = threading.Thread(target=sixth, daemon=True)
+    try:
+        for thread in holders:
+            thread.start()
+        for event in entered:
+            assert event.wait(10.0)
+
+        # Five slots are taken: one with an already-passed deadline fails at once.
+        with (
+            pytest.raises(TransientError) as caught,
+            governor.slot("ds", 1, deadline=time.monotonic() - 1.0),
+        ):
+            pytest.fail("a sixth slot was granted while five were pending")
+        assert caught.value.retry_after is not None
+
+        waiter.start()
+        assert not sixth_entered.wait(0.2)
+
+        release[2].set()
+        assert sixth_entered.wait(10.0)
+        assert order == ["release 2", "sixth"]
+    finally:
+        for event in release:
+            event.set()
+        for thread in [*holders, waiter]:
+            if thread.is_alive() or thread.ident is not None:
+                thread.join(10.0)
+
+    assert errors == []
+    assert governor.waited == 0.0
+
+
+def test_pending_slots_are_per_dataset() -> None:
+    """Five POSTs in flight for one dataset do not block another dataset."""
+    governor, clock = make_governor()
+
+    with (
+        governor.slot("ds", 1),
+        governor.slot("ds", 1),
+        governor.slot("ds", 1),
+        governor.slot("ds", 1),
+        governor.slot("ds", 1),
+    ):
+        take(governor, "other", deadline=clock.now)
+        with pytest.raises(TransientError):
+            take(governor, "ds", deadline=clock.now)
+
+    take(governor, "ds", deadline=clock.now)
+    assert clock.sleeps == []
+
+
+def test_slot_is_released_when_the_body_raises() -> None:
+    """A POST that fails still frees its pending slot (and still counts as a request)."""
+    governor, clock = make_governor(Quotas(max_pending=1))
+
+    with pytest.raises(RuntimeError), governor.slot("ds", 1):
+        raise RuntimeError("POST failed")
+
+    take(governor, "ds", deadline=clock.now)
+    assert clock.sleeps == []
