@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -184,8 +184,7 @@ class Settings:
         }
 
 
-def _positive(get: object, name: str, default: float) -> float:
-    assert callable(get)
+def _positive(get: Callable[[str], str | None], name: str, default: float) -> float:
     raw = get(name)
     if raw is None:
         return default
