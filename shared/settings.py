@@ -95,6 +95,8 @@ class Settings:
     datasets_dir: Path
     request_timeout: float
     quota_time_scale: float
+    deadletter_connection: str
+    deadletter_container: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -165,6 +167,8 @@ class Settings:
             ),
             request_timeout=_positive(get, "POWERBI_TIMEOUT_SECONDS", 30.0),
             quota_time_scale=_positive(get, "POWERBI_QUOTA_TIME_SCALE", 1.0),
+            deadletter_connection=get("DEADLETTER_CONNECTION") or "AzureWebJobsStorage",
+            deadletter_container=get("DEADLETTER_CONTAINER") or "deadletter",
         )
 
     def describe(self) -> dict[str, object]:
@@ -181,6 +185,7 @@ class Settings:
             "workspace_id": self.workspace_id,
             "workspace_name": self.workspace_name,
             "datasets_dir": str(self.datasets_dir),
+            "deadletter": f"{self.deadletter_connection} -> {self.deadletter_container}",
         }
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.azurite import drain
+
 REPO = Path(__file__).resolve().parents[2]
 TENANT = "00000000-0000-0000-0000-00000000e1e1"
 IDENTITY_HEADER = "test-identity-header"
@@ -93,6 +95,7 @@ def start_emulator(*args: str, tmp: Path) -> EmulatorProcess:
     if base is None:
         process.kill()
         raise AssertionError("emulator did not start:\n" + "\n".join(lines))
+    drain(process, lines)
     return EmulatorProcess(process, base, tls_base, cert, lines)
 
 

@@ -1,0 +1,80 @@
+"""The values every trigger and the core exchange: where rows go, and what became of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import RowProblem
+
+#: How many row problems a PushResult lists; the rest are counted (and dead-lettered).
+MAX_LISTED_PROBLEMS = 100
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where rows go: a dataset (name or id) and a table, in a workspace (name or id) or, when
+    ``workspace`` is None, in My workspace."""
+
+    dataset: str
+    table: str
+    workspace: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"workspace": self.workspace, "dataset": self.dataset, "table": self.table}
+
+
+@dataclass
+class PushResult:
+    """What happened to the rows of one :func:`shared.ingest.Ingestor.push` call.
+
+    Every row received is accounted for: ``sent + rejected + unsent == received``. Rejected
+    rows were refused for good (by validation, or by Power BI with a 4xx, or because the target
+    cannot be used) and are ``dead_lettered`` when a store is configured; ``unsent`` rows were
+    not delivered because delivery stopped on a transient failure (see ``stopped``).
+    """
+
+    target: Target
+    dataset_id: str | None = None
+    received: int = 0
+    sent: int = 0
+    rejected: int = 0  # refused by validation (before sending) or by Power BI with a 4xx
+    dead_lettered: int = 0
+    batches: int = 0
+    retries: int = 0
+    throttle_wait: float = 0.0
+    #: Rows of a batch whose Add Rows failed ambiguously: they may already be stored.
+    unconfirmed: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+    dead_letter_location: str | None = None
+    #: Why delivery stopped before the end (a transient failure), or None when it finished.
+    stopped: str | None = None
+
+    @property
+    def unsent(self) -> int:
+        return self.received - self.sent - self.rejected
+
+    def note_problem(self, problem: RowProblem) -> None:
+        self.rejected += 1
+        if len(self.problems) < MAX_LISTED_PROBLEMS:
+            self.problems.append(problem)
+
+    def to_json(self) -> dict[str, Any]:
+        """A summary for HTTP answers and the one structured log line per invocation."""
+        return {
+            "target": self.target.to_json(),
+            "datasetId": self.dataset_id,
+            "received": self.received,
+            "sent": self.sent,
+            "rejected": self.rejected,
+            "deadLettered": self.dead_lettered,
+            "unsent": self.unsent,
+            "unconfirmed": self.unconfirmed,
+            "batches": self.batches,
+            "retries": self.retries,
+            "throttleWaitSeconds": round(self.throttle_wait, 3),
+            "problems": [p.to_json() for p in self.problems],
+            "problemsListed": len(self.problems),
+            "deadLetterLocation": self.dead_letter_location,
+            "stopped": self.stopped,
+        }
