@@ -103,8 +103,9 @@ class Governor:
         return max(0.0, *waits)
 
     @contextmanager
-    def slot(self, dataset: str, rows: int, deadline: float | None = None) -> Iterator[None]:
-        """Hold one of the dataset's POST slots for the body of the ``with`` block.
+    def slot(self, dataset: str, rows: int, deadline: float | None = None) -> Iterator[float]:
+        """Hold one of the dataset's POST slots for the body of the ``with`` block, which is
+        given the seconds it waited for the slot.
 
         Waits (sleeping on the injected clock) until the POST fits; raises
         :class:`TransientError` with ``retry_after`` when that would pass ``deadline``. The
@@ -113,6 +114,7 @@ class Governor:
         """
         with self._lock:
             pace = self._pace(dataset)
+            started = self._clock()
         while True:
             with self._lock:
                 now = self._clock()
@@ -141,7 +143,7 @@ class Governor:
             self.waited += wait
             self._sleep(wait)
         try:
-            yield
+            yield now - started
         finally:
             with self._lock:
                 pace.pending -= 1

@@ -1,0 +1,432 @@
+"""The one core function the triggers call: push rows to a table, and account for every row.
+
+:meth:`Ingestor.push` resolves the target (workspace by name or id, dataset by name or id,
+created from ``datasets/<name>.json`` when missing, widened with Put Table when the definition
+gained columns), validates and coerces each row, packs the valid ones into the fewest Add Rows
+bodies, paces them through the :class:`~shared.governor.Governor`, sends them, and dead-letters
+what cannot be delivered. It returns a :class:`~shared.contracts.PushResult`; it raises only
+:class:`PushIncomplete` (transient: the caller should redeliver the rows not sent).
+
+Add Rows is not idempotent. A batch is re-sent in place only when the failure proves it was not
+stored (never sent, 429, 503). After an ambiguous failure (a timeout, a lost answer, a 500) its
+rows are counted as ``unconfirmed`` and delivery stops: re-sending is the caller's decision
+(the queue host redelivers; a blob resumes from its checkpoint), and the caller knows those rows
+may arrive twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import limits
+from shared.batching import Batch, pack
+from shared.contracts import PushResult, Target
+from shared.deadletter import DeadLetter, DeadLetterStore
+from shared.errors import (
+    ConfigError,
+    NotFoundError,
+    PermanentError,
+    PushError,
+    RowProblem,
+    TransientError,
+    ValidationError,
+)
+from shared.governor import Governor
+from shared.powerbi import PowerBIClient
+from shared.retry import REFUSED_STATUSES, RetryPolicy
+from shared.schema import Column, DatasetDefinition, RowValidator, TableSchema, canonical_type
+
+log = logging.getLogger(__name__)
+
+_ROW_TARGET = re.compile(r"rows\[(\d+)\]")
+
+
+class PushIncomplete(TransientError):
+    """Delivery stopped on a transient failure; ``result`` says what was sent before it.
+
+    Rows ``result.sent`` were acknowledged; the failed batch's rows are ``unconfirmed`` when
+    the failure was ambiguous; the rest were not sent.
+    """
+
+    def __init__(self, result: PushResult, cause: TransientError) -> None:
+        super().__init__(
+            f"delivery to {result.target.dataset}/{result.target.table} stopped after "
+            f"{result.sent} of {result.received} rows: {cause.message}",
+            retry_after=cause.retry_after,
+            maybe_delivered=cause.maybe_delivered,
+            status=cause.status,
+            code=cause.code,
+            request_id=cause.request_id,
+        )
+        self.result = result
+
+
+@dataclass
+class _Resolved:
+    """A target's dataset as found (or created) once, and its tables' compiled validators."""
+
+    dataset_id: str
+    workspace_id: str | None
+    tables: dict[str, TableSchema | None]
+    created: bool = False
+    validators: dict[str, RowValidator] = field(default_factory=dict)
+
+    def validator(self, table: str) -> RowValidator | None:
+        schema = self.tables[table]
+        if schema is None:
+            return None
+        if table not in self.validators:
+            self.validators[table] = schema.validator()
+        return self.validators[table]
+
+
+def _looks_like_id(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+class Ingestor:
+    """Long-lived (one per process): holds the client, the governor and the resolved targets."""
+
+    def __init__(
+        self,
+        client: PowerBIClient,
+        *,
+        definitions: Mapping[str, DatasetDefinition] | None = None,
+        governor: Governor | None = None,
+        dead_letters: DeadLetterStore | None = None,
+        retry: RetryPolicy | None = None,
+        default_workspace: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.definitions = dict(definitions or {})
+        self.governor = governor or Governor(clock=clock, sleep=sleep)
+        self.dead_letters = dead_letters
+        self.retry = retry or RetryPolicy()
+        self.default_workspace = default_workspace
+        self._clock = clock
+        self._sleep = sleep
+        self._resolved: dict[tuple[str | None, str], _Resolved] = {}
+        self._resolve_lock = threading.Lock()
+        self._sent_per_table: dict[tuple[str, str], int] = {}
+
+    # -- resolution -------------------------------------------------------------------------
+
+    def resolve(self, target: Target) -> _Resolved:
+        """Find (or create) the target's dataset once per process; check the table exists."""
+        workspace = target.workspace or self.default_workspace
+        key = (workspace, target.dataset)
+        with self._resolve_lock:  # one creation, however many invocations race for it
+            resolved = self._resolved.get(key)
+            if resolved is None:
+                resolved = self._resolve(workspace, target.dataset)
+                self._resolved[key] = resolved
+        if target.table not in resolved.tables:
+            raise NotFoundError(
+                f"dataset {target.dataset!r} has no table {target.table!r} (tables: "
+                f"{', '.join(sorted(resolved.tables))}); a push dataset cannot gain tables, "
+                "so define a new dataset"
+            )
+        return resolved
+
+    def provision(self, definition: DatasetDefinition, workspace: str | None = None) -> _Resolved:
+        """Make sure ``definition``'s dataset exists (created if missing, never overwritten;
+        widened when the definition added columns). Returns what was found or made."""
+        self.definitions[definition.name] = definition
+        first_table = next(iter(definition.tables))
+        return self.resolve(Target(definition.name, first_table, workspace))
+
+    def workspace_id(self, workspace: str | None) -> str | None:
+        """A workspace given by id or by name (looked up once), or None for My workspace."""
+        if not workspace:
+            return None
+        return workspace if _looks_like_id(workspace) else self.client.group_id(workspace)
+
+    def forget(self, target: Target) -> None:
+        """Drop a cached resolution (e.g. after the dataset was deleted)."""
+        with self._resolve_lock:
+            self._resolved.pop((target.workspace or self.default_workspace, target.dataset), None)
+
+    def _resolve(self, workspace: str | None, dataset: str) -> _Resolved:
+        workspace_id = self.workspace_id(workspace)
+        where = f"workspace {workspace!r}" if workspace else "My workspace"
+        found = self.client.get_datasets(workspace_id)
+        matches = [d for d in found if d.get("id") == dataset] or [
+            d for d in found if d.get("name") == dataset
+        ]
+        name = matches[0].get("name", dataset) if matches else dataset
+        definition = self.definitions.get(name)
+        if not matches:
+            if definition is None:
+                raise NotFoundError(
+                    f"dataset {dataset!r} does not exist in {where}, and there is no definition "
+                    f"datasets/{dataset}.json to create it from"
+                )
+            created = self.client.create_dataset(definition.body, workspace_id)
+            log.info("created dataset %s (%s) in %s", name, created["id"], where)
+            return _Resolved(
+                str(created["id"]), workspace_id, dict(definition.tables), created=True
+            )
+        if len(matches) > 1:
+            raise ConfigError(
+                "target", f"{len(matches)} datasets are named {dataset!r} in {where}; use the id"
+            )
+        dataset_id = str(matches[0]["id"])
+        live = {t["name"]: t for t in self.client.get_tables(dataset_id, workspace_id)}
+        tables: dict[str, TableSchema | None] = {
+            table: _schema_from_service(table, body) for table, body in live.items()
+        }
+        if definition is not None:
+            for table, schema in definition.tables.items():
+                if table in live and self._widen(dataset_id, workspace_id, definition, live[table]):
+                    tables[table] = schema
+        return _Resolved(dataset_id, workspace_id, tables)
+
+    def _widen(
+        self,
+        dataset_id: str,
+        workspace_id: str | None,
+        definition: DatasetDefinition,
+        live: dict[str, Any],
+    ) -> bool:
+        """Apply an additive column change with Put Table; never remove or retype a column.
+        Returns whether the definition's schema now describes the live table."""
+        name = live["name"]
+        wanted = next(t for t in definition.body["tables"] if t["name"] == name)
+        have = {c.get("name"): canonical_type(c.get("dataType")) for c in live.get("columns", [])}
+        want = {c["name"]: canonical_type(c["dataType"]) for c in wanted["columns"]}
+        if not live.get("columns") or have == want:
+            return True
+        if any(want.get(column) != data_type for column, data_type in have.items()):
+            log.warning(
+                "table %s of dataset %s differs from its definition in more than added columns; "
+                "left as it is (the service checks the values)",
+                name,
+                dataset_id,
+            )
+            return False
+        self.client.put_table(dataset_id, wanted, workspace_id)
+        log.info(
+            "table %s of dataset %s: added columns %s",
+            name,
+            dataset_id,
+            sorted(set(want) - set(have)),
+        )
+        return True
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def push(
+        self,
+        target: Target,
+        rows: Iterable[Any],
+        *,
+        deadline: float | None = None,
+        source: str | None = None,
+    ) -> PushResult:
+        """Push ``rows`` (an iterable: a list, or a stream read lazily) to ``target``.
+
+        ``deadline`` is a value of the ingestor's clock (a trigger's remaining time budget):
+        no wait goes past it. ``source`` is recorded with dead letters (a file and line, a
+        message id). Permanent failures are dead-lettered and reported in the result; a
+        transient one raises :class:`PushIncomplete`, after dead-lettering what was refused.
+        """
+        run = _Run(target, rows)
+        try:
+            self._run(run, deadline)
+        except TransientError as error:
+            run.result.stopped = error.message
+            self._store(run, source)
+            raise PushIncomplete(run.result, error) from error
+        except Exception as error:
+            # The rows' source itself failed (an unreadable file, say): keep what was already
+            # refused, then let the caller see the failure.
+            run.result.stopped = str(error)
+            self._store(run, source)
+            raise
+        self._store(run, source)
+        return run.result
+
+    def _run(self, run: _Run, deadline: float | None) -> None:
+        target = run.result.target
+        try:
+            resolved = self.resolve(target)
+        except PermanentError as error:
+            run.reject_all(run.rows(), error)
+            return
+        run.result.dataset_id = resolved.dataset_id
+        validator = resolved.validator(target.table)
+
+        def valid() -> Iterator[tuple[int, dict[str, Any]]]:
+            for index, row in run.rows():
+                checked = validator(row, index) if validator else _plain(row, index)
+                if isinstance(checked, RowProblem):
+                    run.reject(checked, row)
+                else:
+                    yield index, checked
+
+        batches = pack(valid(), on_reject=run.reject)
+        for batch in batches:
+            try:
+                self._deliver(resolved, batch, run, deadline)
+            except PermanentError as error:
+                # The dataset, the table or the identity is not usable: this batch and every
+                # row after it go to the dead letters with this reason.
+                run.reject_all(zip(batch.indices, batch.rows, strict=True), error)
+                for later in batches:
+                    run.reject_all(zip(later.indices, later.rows, strict=True), error)
+                if isinstance(error, NotFoundError):
+                    self.forget(target)
+                return
+
+    def _deliver(
+        self, resolved: _Resolved, batch: Batch, run: _Run, deadline: float | None
+    ) -> None:
+        """Send one batch; split out the rows the service names as bad and send the rest."""
+        try:
+            self._send(resolved, run.result.target, batch, run.result, deadline)
+        except ValidationError as error:
+            named = {int(m) for m in _ROW_TARGET.findall(str(error)) if int(m) < batch.count}
+            keep: list[tuple[int, dict[str, Any]]] = []
+            for position, (index, row) in enumerate(zip(batch.indices, batch.rows, strict=True)):
+                if not named or position in named:
+                    run.reject(
+                        RowProblem(index, f"refused by Power BI: {error.message}"), row, error
+                    )
+                else:
+                    keep.append((index, row))
+            for smaller in pack(keep):
+                self._deliver(resolved, smaller, run, deadline)
+
+    def _send(
+        self,
+        resolved: _Resolved,
+        target: Target,
+        batch: Batch,
+        result: PushResult,
+        deadline: float | None,
+    ) -> None:
+        """Add Rows for one batch, paced, re-sent only where it cannot duplicate rows."""
+        dataset_id = resolved.dataset_id
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self.governor.slot(dataset_id, batch.count, deadline) as waited:
+                    result.throttle_wait += waited
+                    self.client.post_rows(
+                        dataset_id, target.table, batch.body, resolved.workspace_id
+                    )
+            except TransientError as error:
+                if not self.retry.retryable(error, idempotent=False):
+                    result.unconfirmed += batch.count
+                    raise
+                if attempt >= self.retry.max_attempts:
+                    raise
+                paced = error.status in REFUSED_STATUSES and error.retry_after is not None
+                if paced:
+                    # The service said when: every caller of this dataset waits, not only
+                    # this one, and the next slot() does the waiting.
+                    assert error.retry_after is not None
+                    self.governor.pause(dataset_id, error.retry_after)
+                wait = error.retry_after if paced else self.retry.backoff(attempt)
+                assert wait is not None
+                if deadline is not None and self._clock() + wait > deadline:
+                    raise
+                result.retries += 1
+                log.warning("%s/%s: %s; retry %d", target.dataset, target.table, error, attempt)
+                if not paced:
+                    self._sleep(wait)
+                continue
+            result.sent += batch.count
+            result.batches += 1
+            self._note_sent(dataset_id, target.table, batch.count)
+            return
+
+    def _note_sent(self, dataset_id: str, table: str, rows: int) -> None:
+        key = (dataset_id, table)
+        self._sent_per_table[key] = self._sent_per_table.get(key, 0) + rows
+        if self._sent_per_table[key] >= limits.LARGE_TABLE_ROWS:
+            # Counted from what this process sent: the table may hold 250,000 rows, after which
+            # the service allows only 120 POSTs per hour (stricter, never looser).
+            self.governor.mark_large_table(dataset_id)
+
+    def _store(self, run: _Run, source: str | None) -> None:
+        if not run.letters or self.dead_letters is None:
+            return
+        result = run.result
+        result.dead_letter_location = self.dead_letters.write(result.target, run.letters, source)
+        result.dead_lettered += len(run.letters)
+        log.warning(
+            "%d rows for %s/%s dead-lettered to %s",
+            len(run.letters),
+            result.target.dataset,
+            result.target.table,
+            result.dead_letter_location,
+        )
+
+
+class _Run:
+    """One push() call: its result, and the dead letters it collects on the way."""
+
+    def __init__(self, target: Target, rows: Iterable[Any]) -> None:
+        self.result = PushResult(target)
+        self.letters: list[DeadLetter] = []
+        self._rows = rows
+        self._sized = isinstance(rows, Sized)
+        if isinstance(rows, Sized):
+            self.result.received = len(rows)
+
+    def rows(self) -> Iterator[tuple[int, Any]]:
+        """The input with positions; a stream is counted as it is read."""
+        for index, row in enumerate(self._rows):
+            if not self._sized:
+                self.result.received += 1
+            yield index, row
+
+    def reject(self, problem: RowProblem, row: Any, error: PushError | None = None) -> None:
+        self.result.note_problem(problem)
+        self.letters.append(
+            DeadLetter(
+                problem.reason,
+                row,
+                problem.index,
+                problem.column,
+                error.status if error else None,
+                error.code if error else None,
+            )
+        )
+
+    def reject_all(self, rows: Iterable[tuple[int, Any]], error: PushError) -> None:
+        for index, row in rows:
+            self.reject(RowProblem(index, error.message), row, error)
+
+
+def _plain(row: Any, index: int) -> dict[str, Any] | RowProblem:
+    """Without a schema the service checks values; a row must still be a JSON object."""
+    if isinstance(row, dict):
+        return row
+    return RowProblem(index, "a row must be a JSON object")
+
+
+def _schema_from_service(name: str, table: dict[str, Any]) -> TableSchema | None:
+    """The schema Get Tables reported, when it reported columns with known types."""
+    columns = []
+    for column in table.get("columns") or []:
+        data_type = canonical_type(column.get("dataType"))
+        if data_type is None or not isinstance(column.get("name"), str):
+            return None
+        columns.append(Column(column["name"], data_type))
+    return TableSchema(name, tuple(columns)) if columns else None
