@@ -1,0 +1,101 @@
+"""``python -m shared``: the operator's commands, run as a real process against the emulator
+(with the managed-identity token endpoint) and Azurite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.azurite import Azurite
+from tests.emulator.conftest import IDENTITY_HEADER, REPO, WORKSPACE_ID, WORKSPACE_NAME, Api
+
+
+@pytest.fixture
+def run(api: Api, azurite: Azurite, tmp_path: Path) -> Any:
+    """Run the command line with settings that point it at the emulator and Azurite."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("POWERBI_", "AZURE_", "MSI_", "IDENTITY_", "DEADLETTER_"))
+    }
+    env.update(
+        POWERBI_API_URL=api.emulator.base,
+        POWERBI_AUTH="managed_identity",
+        IDENTITY_ENDPOINT=f"{api.emulator.base}/msi/token",
+        IDENTITY_HEADER=IDENTITY_HEADER,
+        AzureWebJobsStorage=azurite.connection_string,
+        DEADLETTER_CONTAINER=f"cli-{uuid.uuid4().hex[:10]}",
+    )
+
+    def call(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shared", "--settings", str(tmp_path / "none.json"), *args],
+            cwd=REPO,
+            env={**env, **overrides},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    return call
+
+
+def test_operator_steps_provision_find_push_delete(run: Any, api: Api, tmp_path: Path) -> None:
+    """groups, provision (idempotent), datasets, push (with a bad row), delete-rows."""
+    groups = run("groups")
+    assert groups.returncode == 0, groups.stderr
+    assert {"id": WORKSPACE_ID, "name": WORKSPACE_NAME} in json.loads(groups.stdout)
+
+    name = f"Cli-{uuid.uuid4().hex[:6]}"
+    seed = json.loads((REPO / "datasets" / "SalesMarketing.json").read_text())
+    definition = tmp_path / f"{name}.json"
+    definition.write_text(json.dumps({**seed, "name": name}))
+    first = run("provision", str(definition), "--workspace", WORKSPACE_NAME)
+    again = run("provision", str(definition), "--workspace", WORKSPACE_NAME)
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    made, found = json.loads(first.stdout), json.loads(again.stdout)
+    assert made["created"] is True and found["created"] is False and made["id"] == found["id"]
+
+    listed = json.loads(run("datasets", "--workspace", WORKSPACE_ID).stdout)
+    assert {"id": made["id"], "name": name} in listed
+
+    rows = tmp_path / "rows.ndjson"
+    good = [{"ProductID": i, "Product": f"P{i}", "IsCompete": "true"} for i in range(3)]
+    rows.write_text("\n".join(json.dumps(r) for r in [*good, {"ProductID": "x"}]) + "\n")
+    push = run(
+        "push", str(rows), "--dataset", name, "--table", "Product", "--workspace", WORKSPACE_NAME
+    )
+    assert push.returncode == 1, push.stderr  # one row rejected
+    result = json.loads(push.stdout)
+    assert (result["sent"], result["rejected"], result["deadLettered"]) == (3, 1, 1)
+    assert result["problems"][0]["index"] == 3 and result["deadLetterLocation"]
+    stored = api.stored_rows(made["id"], "Product")
+    assert [(r["ProductID"], r["IsCompete"]) for r in stored] == [(0, True), (1, True), (2, True)]
+
+    deleted = run(
+        "delete-rows", "--dataset", name, "--table", "Product", "--workspace", WORKSPACE_NAME
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    assert api.stored_rows(made["id"], "Product") == []
+
+
+def test_a_bad_setting_is_named_and_exits_2(run: Any) -> None:
+    """A malformed setting stops the command with exit code 2 and the setting's name."""
+    result = run("groups", POWERBI_AUTH="password")
+    assert result.returncode == 2
+    assert "POWERBI_AUTH" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_token_or_secret_in_the_output(run: Any, api: Api) -> None:
+    """The command's output and errors never carry the bearer token or the identity header."""
+    result = run("push", "/nonexistent.json", "--dataset", "x", "--table", "y")
+    assert result.returncode == 2 and "nonexistent" in result.stderr
+    for output in (result.stdout, result.stderr):
+        assert IDENTITY_HEADER not in output and api.token not in output
