@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,15 @@ def definition(name: str) -> DatasetDefinition:
     """The seed's SalesMarketing definition under a fresh name, so each test gets its own."""
     body = load_definitions(REPO / "datasets")["SalesMarketing"].body
     return DatasetDefinition.from_body({**body, "name": name})
+
+
+@pytest.fixture(autouse=True)
+def no_token_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every log line these tests produce, at any level, is free of bearer tokens."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    for record in caplog.records:
+        assert "eyJ" not in record.getMessage(), f"a JWT reached a log line: {record.name}"
 
 
 @pytest.fixture
