@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from shared.contracts import Target
-from shared.errors import ConfigError, TransientError
+from shared.errors import TransientError
+from shared.storage import blob_service
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -61,26 +62,7 @@ class BlobDeadLetterStore:
         """Build from a Functions-style connection: the setting ``connection`` holds a
         connection string, or ``<connection>__blobServiceUri`` (``__serviceUri``) names the
         account for the managed identity (``<connection>__clientId`` for a user-assigned one)."""
-        from azure.storage.blob import BlobServiceClient
-
-        value = env.get(connection, "").strip()
-        uri = env.get(f"{connection}__blobServiceUri") or env.get(f"{connection}__serviceUri")
-        if value:
-            try:
-                service = BlobServiceClient.from_connection_string(value)
-            except ValueError as exc:
-                raise ConfigError(connection, "is not a valid storage connection string") from exc
-        elif uri:
-            from azure.identity import ManagedIdentityCredential
-
-            credential = ManagedIdentityCredential(client_id=env.get(f"{connection}__clientId"))
-            service = BlobServiceClient(uri, credential=credential)
-        else:
-            raise ConfigError(
-                connection,
-                "is required for the dead-letter store (a connection string, or "
-                f"{connection}__blobServiceUri for a managed identity)",
-            )
+        service = blob_service(connection, env)
         return cls(service.get_container_client(container))
 
     def write(self, target: Target, letters: Sequence[DeadLetter], source: str | None) -> str:
