@@ -1,8 +1,11 @@
-"""Entry point the Functions worker imports: the one FunctionApp of this bundle."""
+"""Entry point the Functions worker imports: the one FunctionApp of this bundle.
+
+Each trigger family lives in a Blueprint under ``functions/``; nothing else belongs here.
+"""
 
 import azure.functions as func
 
-app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+from functions.http import bp as http_functions
 
-# The Blueprints in functions/ are registered here (app.register_functions(bp))
-# as the triggers are added.
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(http_functions)

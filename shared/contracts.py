@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import RowProblem
+from shared.errors import PushError, RowProblem
 
 #: How many row problems a PushResult lists; the rest are counted (and dead-lettered).
 MAX_LISTED_PROBLEMS = 100
@@ -49,6 +49,9 @@ class PushResult:
     dead_letter_location: str | None = None
     #: Why delivery stopped before the end (a transient failure), or None when it finished.
     stopped: str | None = None
+    #: The permanent failure that made every remaining row undeliverable (a dataset that does
+    #: not exist and has no definition, a refused identity), if there was one.
+    failure: PushError | None = None
 
     @property
     def unsent(self) -> int:
@@ -77,4 +80,5 @@ class PushResult:
             "problemsListed": len(self.problems),
             "deadLetterLocation": self.dead_letter_location,
             "stopped": self.stopped,
+            "error": str(self.failure) if self.failure else None,
         }

@@ -235,15 +235,18 @@ class Ingestor:
         *,
         deadline: float | None = None,
         source: str | None = None,
+        dead_letter: bool = True,
     ) -> PushResult:
         """Push ``rows`` (an iterable: a list, or a stream read lazily) to ``target``.
 
         ``deadline`` is a value of the ingestor's clock (a trigger's remaining time budget):
         no wait goes past it. ``source`` is recorded with dead letters (a file and line, a
-        message id). Permanent failures are dead-lettered and reported in the result; a
-        transient one raises :class:`PushIncomplete`, after dead-lettering what was refused.
+        message id). Permanent failures are dead-lettered (unless ``dead_letter`` is False: a
+        synchronous HTTP caller gets its rejected rows back instead) and reported in the
+        result; a transient one raises :class:`PushIncomplete`, after dead-lettering what was
+        refused.
         """
-        run = _Run(target, rows)
+        run = _Run(target, rows, dead_letter)
         try:
             self._run(run, deadline)
         except TransientError as error:
@@ -264,6 +267,7 @@ class Ingestor:
         try:
             resolved = self.resolve(target)
         except PermanentError as error:
+            run.result.failure = error
             run.reject_all(run.rows(), error)
             return
         run.result.dataset_id = resolved.dataset_id
@@ -284,6 +288,7 @@ class Ingestor:
             except PermanentError as error:
                 # The dataset, the table or the identity is not usable: this batch and every
                 # row after it go to the dead letters with this reason.
+                run.result.failure = error
                 run.reject_all(zip(batch.indices, batch.rows, strict=True), error)
                 for later in batches:
                     run.reject_all(zip(later.indices, later.rows, strict=True), error)
@@ -364,7 +369,7 @@ class Ingestor:
             self.governor.mark_large_table(dataset_id)
 
     def _store(self, run: _Run, source: str | None) -> None:
-        if not run.letters or self.dead_letters is None:
+        if not run.letters or self.dead_letters is None or not run.dead_letter:
             return
         result = run.result
         result.dead_letter_location = self.dead_letters.write(result.target, run.letters, source)
@@ -381,8 +386,9 @@ class Ingestor:
 class _Run:
     """One push() call: its result, and the dead letters it collects on the way."""
 
-    def __init__(self, target: Target, rows: Iterable[Any]) -> None:
+    def __init__(self, target: Target, rows: Iterable[Any], dead_letter: bool = True) -> None:
         self.result = PushResult(target)
+        self.dead_letter = dead_letter
         self.letters: list[DeadLetter] = []
         self._rows = rows
         self._sized = isinstance(rows, Sized)

@@ -209,6 +209,10 @@ class PowerBIClient:
 
     # -- operations -----------------------------------------------------------------------
 
+    def ping(self) -> None:
+        """One quick authenticated call (Get Groups, top 1), not retried: for health checks."""
+        self._send_once("GET", self.url("/groups"), "reach Power BI", params={"$top": 1})
+
     def get_groups(self, filter: str | None = None, top: int | None = None) -> list[dict[str, Any]]:
         """Workspaces the identity can see (Get Groups)."""
         params: dict[str, Any] = {}

@@ -21,6 +21,16 @@ from shared.settings import Settings
 
 _lock = threading.Lock()
 _ingestor: Ingestor | None = None
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment (ConfigError if malformed)."""
+    global _settings
+    with _lock:
+        if _settings is None:
+            _settings = Settings.from_env()
+        return _settings
 
 
 def build_ingestor(
@@ -54,5 +64,14 @@ def get_ingestor() -> Ingestor:
     global _ingestor
     with _lock:
         if _ingestor is None:
-            _ingestor = build_ingestor(Settings.from_env())
+            settings = _settings if _settings is not None else Settings.from_env()
+            _ingestor = build_ingestor(settings)
         return _ingestor
+
+
+def reset() -> None:
+    """Forget the process's settings and ingestor (tests change the environment between runs)."""
+    global _ingestor, _settings
+    with _lock:
+        _ingestor = None
+        _settings = None

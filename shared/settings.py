@@ -97,6 +97,13 @@ class Settings:
     quota_time_scale: float
     deadletter_connection: str
     deadletter_container: str
+    storage_connection: str
+    rows_queue: str
+    claimcheck_container: str
+    http_mode: str
+    http_max_body_bytes: int
+    http_time_budget: float
+    webhook_secret: str | None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -169,6 +176,15 @@ class Settings:
             quota_time_scale=_positive(get, "POWERBI_QUOTA_TIME_SCALE", 1.0),
             deadletter_connection=get("DEADLETTER_CONNECTION") or "AzureWebJobsStorage",
             deadletter_container=get("DEADLETTER_CONTAINER") or "deadletter",
+            storage_connection=get("STORAGE_CONNECTION") or "AzureWebJobsStorage",
+            rows_queue=get("ROWS_QUEUE") or "rows",
+            claimcheck_container=get("CLAIMCHECK_CONTAINER") or "rows-payloads",
+            http_mode=_choice(get, "HTTP_MODE", ("sync", "queue"), "sync"),
+            http_max_body_bytes=int(_positive(get, "HTTP_MAX_BODY_BYTES", 32 * 1024 * 1024)),
+            # The HTTP front end gives up after 230 s (functions-bindings-http-webhook-trigger,
+            # Limits): answer before it does.
+            http_time_budget=_positive(get, "HTTP_TIME_BUDGET_SECONDS", 200.0),
+            webhook_secret=get("WEBHOOK_SECRET"),
         )
 
     def describe(self) -> dict[str, object]:
@@ -186,7 +202,20 @@ class Settings:
             "workspace_name": self.workspace_name,
             "datasets_dir": str(self.datasets_dir),
             "deadletter": f"{self.deadletter_connection} -> {self.deadletter_container}",
+            "rows_queue": self.rows_queue,
+            "http_mode": self.http_mode,
+            "http_max_body_bytes": self.http_max_body_bytes,
+            "webhook_signature": "required" if self.webhook_secret else "off",
         }
+
+
+def _choice(
+    get: Callable[[str], str | None], name: str, allowed: tuple[str, ...], default: str
+) -> str:
+    value = get(name) or default
+    if value not in allowed:
+        raise ConfigError(name, f"must be one of {', '.join(allowed)}")
+    return value
 
 
 def _positive(get: Callable[[str], str | None], name: str, default: float) -> float:

@@ -1,0 +1,70 @@
+"""HTTP triggers: thin adapters from ``func.HttpRequest`` to :mod:`shared.webhook` and back.
+
+Routes (under the host's ``api`` prefix; auth level FUNCTION, so callers send a function key):
+``POST datasets/{dataset}/tables/{table}/rows``, ``POST rows``, ``GET health``. The two POST
+routes carry a queue output binding for asynchronous mode (``?mode=queue``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import azure.functions as func
+
+from shared.claimcheck import ClaimCheckStore
+from shared.runtime import get_ingestor, get_settings
+from shared.webhook import Webhook, WebRequest, WebResponse
+
+bp = func.Blueprint()  # type: ignore[no-untyped-call]  # the library leaves __init__ untyped
+
+_webhook = Webhook(
+    settings=get_settings,
+    ingestor=get_ingestor,
+    claim_checks=lambda: ClaimCheckStore.from_settings(
+        get_settings().storage_connection, get_settings().claimcheck_container, os.environ
+    ),
+)
+
+
+def _request(req: func.HttpRequest) -> WebRequest:
+    return WebRequest(
+        method=req.method,
+        body=req.get_body(),
+        headers={k.lower(): v for k, v in req.headers.items()},
+        query=dict(req.params),
+        route=dict(req.route_params),
+    )
+
+
+def _response(answer: WebResponse, queued: func.Out[list[str]] | None = None) -> func.HttpResponse:
+    if queued is not None and answer.messages:
+        queued.set(answer.messages)
+    return func.HttpResponse(
+        answer.body_bytes(),
+        status_code=answer.status,
+        headers=answer.headers,
+        mimetype="application/json",
+    )
+
+
+@bp.function_name("add_rows")
+@bp.route(route="datasets/{dataset}/tables/{table}/rows", methods=["POST"])
+@bp.queue_output(arg_name="queued", queue_name="%ROWS_QUEUE%", connection="AzureWebJobsStorage")
+def add_rows(req: func.HttpRequest, queued: func.Out[list[str]]) -> func.HttpResponse:
+    """Power BI's Add Rows body, re-pointed at this function."""
+    return _response(_webhook.add_rows(_request(req)), queued)
+
+
+@bp.function_name("post_rows")
+@bp.route(route="rows", methods=["POST"])
+@bp.queue_output(arg_name="queued", queue_name="%ROWS_QUEUE%", connection="AzureWebJobsStorage")
+def post_rows(req: func.HttpRequest, queued: func.Out[list[str]]) -> func.HttpResponse:
+    """Envelopes, arrays of envelopes, or NDJSON rows with the target in the query string."""
+    return _response(_webhook.rows(_request(req)), queued)
+
+
+@bp.function_name("health")
+@bp.route(route="health", methods=["GET"])
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Configuration summary (no secrets) and whether Power BI and storage answer."""
+    return _response(_webhook.health(_request(req)))

@@ -1,0 +1,71 @@
+"""Claim checks: a payload too big for a queue message waits in a blob, and the message carries
+its name. A storage-queue message holds at most 64 KB, and base64 (the Functions default
+encoding) takes a third of that (https://learn.microsoft.com/azure/storage/queues/storage-queues-introduction).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from shared.errors import NotFoundError, TransientError, ValidationError
+from shared.storage import blob_service
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
+
+#: The largest message body, in bytes, that stays under 64 KB once base64-encoded (with room
+#: for the queue's own envelope).
+MAX_INLINE_MESSAGE_BYTES = 45_000
+
+
+class ClaimCheckStore:
+    """Payloads parked in one blob container, named by date and a random id."""
+
+    def __init__(self, container: ContainerClient) -> None:
+        self.container = container
+        self._ready = False
+
+    @classmethod
+    def from_settings(
+        cls, connection: str, container: str, env: Mapping[str, str]
+    ) -> ClaimCheckStore:
+        return cls(blob_service(connection, env).get_container_client(container))
+
+    def put(self, payload: bytes) -> str:
+        """Store ``payload``; return its reference, ``<container>/<name>``."""
+        from azure.core.exceptions import AzureError, ResourceExistsError
+
+        name = f"{datetime.now(UTC):%Y/%m/%d}/{uuid.uuid4().hex}.json"
+        try:
+            if not self._ready:
+                with contextlib.suppress(ResourceExistsError):
+                    self.container.create_container()
+                self._ready = True
+            self.container.upload_blob(name, payload)
+        except AzureError as exc:
+            raise TransientError(
+                f"could not store a claim-check payload: {type(exc).__name__}"
+            ) from exc
+        return f"{self.container.container_name}/{name}"
+
+    def get(self, reference: str) -> bytes:
+        """The payload a reference names (raises NotFoundError when it is gone)."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        container, _, name = reference.partition("/")
+        if container != self.container.container_name or not name:
+            raise ValidationError(
+                f"claim check {reference!r} is not in container {self.container.container_name!r}"
+            )
+        try:
+            return bytes(self.container.download_blob(name).readall())
+        except ResourceNotFoundError as exc:
+            raise NotFoundError(f"claim-check payload {reference!r} does not exist") from exc
+        except AzureError as exc:
+            raise TransientError(
+                f"could not read claim check {reference!r}: {type(exc).__name__}"
+            ) from exc

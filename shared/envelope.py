@@ -1,0 +1,129 @@
+"""Parsing what senders send: JSON bodies, NDJSON, and row envelopes.
+
+An envelope names a target and carries rows, inline or by a claim-check reference:
+``{"dataset": "SalesMarketing", "table": "Product", "workspace": "<optional>", "rows": [...]}``
+or ``{"dataset", "table", "workspace"?, "blob": "<container/name>"}``. Errors are
+:class:`~shared.errors.ValidationError` s whose message a person can act on: the JSON parse
+position, or the field that is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from shared.contracts import Target
+from shared.errors import ValidationError
+
+
+class BodyError(ValidationError):
+    """The body cannot be read as what the endpoint expects; ``field`` says where."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A target and its rows (or the claim check that holds them)."""
+
+    target: Target
+    rows: list[Any] | None = None
+    blob: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"dataset": self.target.dataset, "table": self.target.table}
+        if self.target.workspace:
+            body["workspace"] = self.target.workspace
+        if self.blob is not None:
+            body["blob"] = self.blob
+        else:
+            body["rows"] = self.rows
+        return body
+
+
+def loads(body: bytes) -> Any:
+    """JSON from UTF-8 bytes (a BOM is allowed); a clear error with the position otherwise."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BodyError(f"the body is not UTF-8 text (byte {exc.start} is invalid)") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BodyError(
+            f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} "
+            f"(character {exc.pos})"
+        ) from None
+    except RecursionError:
+        raise BodyError("the body is nested too deeply to be rows") from None
+    except ValueError as exc:  # e.g. an integer literal over Python's digit limit
+        raise BodyError(f"the body is not usable JSON: {exc}") from None
+
+
+def loads_ndjson(body: bytes) -> list[Any]:
+    """One JSON value per non-empty line."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BodyError(f"the body is not UTF-8 text (byte {exc.start} is invalid)") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise BodyError(
+                f"line {number} is not valid JSON: {exc.msg} at column {exc.colno}"
+            ) from None
+        except (RecursionError, ValueError) as exc:
+            raise BodyError(f"line {number} is not usable JSON: {type(exc).__name__}") from None
+    return rows
+
+
+def rows_of(body: Any, where: str = "body") -> list[Any]:
+    """The ``rows`` array of a Power BI Add Rows body, ``{"rows": [...]}``."""
+    if not isinstance(body, dict):
+        raise BodyError(f"{where} must be a JSON object with a 'rows' array", where)
+    rows = body.get("rows")
+    if not isinstance(rows, list):
+        raise BodyError(f"{where}.rows must be an array of row objects", f"{where}.rows")
+    return rows
+
+
+def _text(body: dict[str, Any], key: str, where: str, required: bool) -> str | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise BodyError(f"{where}.{key} must be a non-empty string", f"{where}.{key}")
+    return value
+
+
+def envelope(body: Any, where: str = "body") -> Envelope:
+    """One envelope, checked field by field."""
+    if not isinstance(body, dict):
+        raise BodyError(f"{where} must be an object with 'dataset', 'table' and 'rows'", where)
+    dataset = _text(body, "dataset", where, True)
+    table = _text(body, "table", where, True)
+    workspace = _text(body, "workspace", where, False)
+    assert dataset is not None and table is not None
+    target = Target(dataset, table, workspace)
+    if "blob" in body and "rows" not in body:
+        return Envelope(target, blob=_text(body, "blob", where, True))
+    rows = body.get("rows")
+    if not isinstance(rows, list):
+        raise BodyError(f"{where}.rows must be an array of row objects", f"{where}.rows")
+    return Envelope(target, rows=rows)
+
+
+def envelopes(body: Any) -> list[Envelope]:
+    """An envelope, or a non-empty array of them."""
+    if isinstance(body, list):
+        if not body:
+            raise BodyError("the body is an empty array; send at least one envelope", "body")
+        return [envelope(item, f"body[{i}]") for i, item in enumerate(body)]
+    return [envelope(body)]

@@ -1,0 +1,288 @@
+"""The HTTP ingestion endpoints, independent of any web framework.
+
+The function app's HTTP triggers turn a ``func.HttpRequest`` into a :class:`WebRequest`, call
+one method here, and turn the :class:`WebResponse` back (plus any queue messages for the output
+binding). Everything a sender can get wrong is answered with a 4xx whose message says what to
+fix; nothing is pushed for a refused request.
+
+- ``add_rows``: ``POST /api/datasets/{dataset}/tables/{table}/rows`` with Power BI's own body,
+  ``{"rows": [...]}``: a sender that calls Power BI today only changes the URL.
+- ``rows``: ``POST /api/rows`` with an envelope, an array of envelopes, or NDJSON rows
+  (``Content-Type: application/x-ndjson``) with ``?dataset=&table=[&workspace=]``.
+- ``health``: ``GET /api/health``: the configuration (no secrets) and whether Power BI and
+  storage answer.
+
+Synchronous by default: the rows are pushed now and the answer is the PushResult (200 when
+every valid row was accepted; invalid rows listed with index and reason, not sent; 429/503 with
+``Retry-After`` when Power BI throttles past the time budget). ``?mode=queue`` (or
+``HTTP_MODE=queue``) checks the shape, queues the envelopes (a claim check for big ones) and
+answers 202.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.claimcheck import MAX_INLINE_MESSAGE_BYTES, ClaimCheckStore
+from shared.contracts import PushResult, Target
+from shared.envelope import BodyError, Envelope, envelopes, loads, loads_ndjson, rows_of
+from shared.errors import AuthError, ConfigError, NotFoundError, PushError
+from shared.ingest import Ingestor, PushIncomplete
+from shared.settings import Settings
+from shared.storage import blob_service
+
+SIGNATURE_HEADER = "x-signature-256"
+_NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+_JSON_TYPES = ("application/json", "text/json", "text/plain", "")
+
+
+@dataclass(frozen=True)
+class WebRequest:
+    """An HTTP request, as the endpoints need it. Header names are lower-case."""
+
+    method: str
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+    route: Mapping[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@dataclass
+class WebResponse:
+    """The answer, and the messages to put on the rows queue (async mode)."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    def body_bytes(self) -> bytes:
+        return json.dumps(self.body, ensure_ascii=False).encode("utf-8")
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> WebResponse:
+    """An error answer: ``{"error": {"code", "message", ...}}``."""
+    return WebResponse(status, {"error": {"code": code, "message": message, **extra}})
+
+
+class Webhook:
+    """The endpoints. Built once per process; the ingestor and stores are made on first use."""
+
+    def __init__(
+        self,
+        settings: Callable[[], Settings],
+        ingestor: Callable[[], Ingestor],
+        claim_checks: Callable[[], ClaimCheckStore],
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._ingestor = ingestor
+        self._claim_checks = claim_checks
+        self._env = env
+        self._clock = clock
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    def add_rows(self, request: WebRequest) -> WebResponse:
+        """Power BI's Add Rows, re-pointed: ``{"rows": [...]}`` to the route's table."""
+
+        def parse(body: bytes, content_type: str) -> list[Envelope]:
+            target = Target(
+                request.route.get("dataset", ""),
+                request.route.get("table", ""),
+                request.query.get("workspace") or None,
+            )
+            if content_type in _NDJSON_TYPES:
+                return [Envelope(target, rows=loads_ndjson(body))]
+            return [Envelope(target, rows=rows_of(loads(body)))]
+
+        return self._handle(request, parse, single=True)
+
+    def rows(self, request: WebRequest) -> WebResponse:
+        """Envelopes (one or an array), or NDJSON rows with the target in the query string."""
+
+        def parse(body: bytes, content_type: str) -> list[Envelope]:
+            if content_type in _NDJSON_TYPES:
+                missing = [k for k in ("dataset", "table") if not request.query.get(k)]
+                if missing:
+                    raise BodyError(
+                        f"NDJSON rows need the target in the query string: ?{missing[0]}=...",
+                        f"query.{missing[0]}",
+                    )
+                target = Target(
+                    request.query["dataset"],
+                    request.query["table"],
+                    request.query.get("workspace") or None,
+                )
+                return [Envelope(target, rows=loads_ndjson(body))]
+            found = envelopes(loads(body))
+            if any(e.blob is not None for e in found):
+                raise BodyError("claim-check references are for queue messages, not HTTP", "blob")
+            return found
+
+        parsed_single = not request.body.lstrip().startswith(b"[")
+        return self._handle(request, parse, single=parsed_single)
+
+    def health(self, request: WebRequest) -> WebResponse:
+        """Configuration summary (no secrets) and reachability of Power BI and storage."""
+        try:
+            settings = self._settings()
+        except ConfigError as exc:
+            return error(500, "ConfigError", str(exc))
+        checks = {
+            "powerbi": _probe(lambda: self._ingestor().client.ping()),
+            "storage": _probe(
+                lambda: next(
+                    iter(
+                        blob_service(
+                            settings.storage_connection, self._environment(), retry_total=0
+                        ).list_containers(results_per_page=1, timeout=5)
+                    ),
+                    None,
+                )
+            ),
+        }
+        healthy = all(check["reachable"] for check in checks.values())
+        body = {
+            "status": "ok" if healthy else "degraded",
+            "settings": settings.describe(),
+            **checks,
+        }
+        return WebResponse(200 if healthy else 503, body)
+
+    # -- the common path --------------------------------------------------------------------
+
+    def _handle(
+        self,
+        request: WebRequest,
+        parse: Callable[[bytes, str], list[Envelope]],
+        *,
+        single: bool,
+    ) -> WebResponse:
+        try:
+            settings = self._settings()
+        except ConfigError as exc:
+            return error(500, "ConfigError", str(exc))
+        if len(request.body) > settings.http_max_body_bytes:
+            return error(
+                413,
+                "PayloadTooLarge",
+                f"the body is {len(request.body):,} bytes; at most "
+                f"{settings.http_max_body_bytes:,} are accepted (HTTP_MAX_BODY_BYTES). Split it, "
+                "or upload a file to the ingest container.",
+            )
+        refused = _check_signature(settings.webhook_secret, request)
+        if refused is not None:
+            return refused
+        mode = request.query.get("mode") or settings.http_mode
+        if mode not in ("sync", "queue"):
+            return error(400, "InvalidMode", "mode must be 'sync' or 'queue'", field="query.mode")
+        content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+        if content_type not in _JSON_TYPES and content_type not in _NDJSON_TYPES:
+            return error(
+                415,
+                "UnsupportedMediaType",
+                f"Content-Type {content_type!r} is not supported: send application/json, or "
+                "application/x-ndjson for one row per line",
+            )
+        try:
+            found = parse(request.body, content_type)
+        except BodyError as exc:
+            return error(400, "InvalidBody", exc.message, field=exc.field)
+        try:
+            if mode == "queue":
+                return self._enqueue(found)
+            return self._push(found, settings, single=single)
+        except ConfigError as exc:
+            return error(500, "ConfigError", str(exc))
+
+    def _push(self, found: list[Envelope], settings: Settings, *, single: bool) -> WebResponse:
+        ingestor = self._ingestor()
+        deadline = self._clock() + settings.http_time_budget
+        results: list[PushResult] = []
+        incomplete: PushIncomplete | None = None
+        for item in found:
+            assert item.rows is not None
+            try:
+                results.append(
+                    ingestor.push(item.target, item.rows, deadline=deadline, dead_letter=False)
+                )
+            except PushIncomplete as exc:
+                results.append(exc.result)
+                incomplete = exc
+                break  # the budget is spent; later envelopes are not attempted
+        bodies = [r.to_json() for r in results]
+        body: Any = bodies[0] if single and len(bodies) == 1 else {"results": bodies}
+        if len(results) < len(found):
+            body = {"results": bodies, "notAttempted": len(found) - len(results)}
+        if incomplete is not None:
+            throttled = incomplete.status == 429 or (
+                incomplete.status is None and incomplete.retry_after is not None
+            )
+            wait = max(1, math.ceil(incomplete.retry_after or 1))
+            response = WebResponse(429 if throttled else 503, body, {"Retry-After": str(wait)})
+            return response
+        failures = [r.failure for r in results if r.failure is not None]
+        status = 200
+        if any(isinstance(f, NotFoundError) for f in failures):
+            status = 404
+        elif any(isinstance(f, AuthError) for f in failures):
+            status = 502  # Power BI refused this app's identity: not the sender's fault
+        elif any(isinstance(f, ConfigError) for f in failures):
+            status = 500
+        return WebResponse(status, body)
+
+    def _enqueue(self, found: list[Envelope]) -> WebResponse:
+        messages: list[str] = []
+        for item in found:
+            text = json.dumps(item.to_json(), ensure_ascii=False, separators=(",", ":"))
+            if len(text.encode("utf-8")) > MAX_INLINE_MESSAGE_BYTES:
+                reference = self._claim_checks().put(text.encode("utf-8"))
+                text = json.dumps(Envelope(item.target, blob=reference).to_json())
+            messages.append(text)
+        rows = sum(len(item.rows or []) for item in found)
+        return WebResponse(202, {"queued": len(messages), "rows": rows}, messages=messages)
+
+    def _environment(self) -> Mapping[str, str]:
+        import os
+
+        return os.environ if self._env is None else self._env
+
+
+def _check_signature(secret: str | None, request: WebRequest) -> WebResponse | None:
+    """With a secret configured, require ``X-Signature-256: sha256=<hex HMAC of the body>``."""
+    if not secret:
+        return None
+    provided = (request.header(SIGNATURE_HEADER) or "").strip()
+    if not provided:
+        return error(401, "SignatureRequired", "this endpoint requires an X-Signature-256 header")
+    expected = "sha256=" + hmac.new(secret.encode(), request.body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(provided.lower().encode(), expected.encode()):
+        return error(
+            401,
+            "SignatureMismatch",
+            "X-Signature-256 does not match the body: sign the exact bytes sent with "
+            "HMAC-SHA256 and the shared secret, as sha256=<hex>",
+        )
+    return None
+
+
+def _probe(check: Callable[[], object]) -> dict[str, Any]:
+    try:
+        check()
+    except PushError as exc:
+        return {"reachable": False, "detail": str(exc)[:300]}
+    except Exception as exc:  # storage SDK and transport errors: report, never raise
+        return {"reachable": False, "detail": type(exc).__name__}
+    return {"reachable": True}
