@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import PushError, RowProblem
+from shared.errors import PushError, RowProblem, TransientError
 
 #: How many row problems a PushResult lists; the rest are counted (and dead-lettered).
 MAX_LISTED_PROBLEMS = 100
@@ -52,6 +52,8 @@ class PushResult:
     #: The permanent failure that made every remaining row undeliverable (a dataset that does
     #: not exist and has no definition, a refused identity), if there was one.
     failure: PushError | None = None
+    #: The transient error that stopped delivery, when ``stopped`` is set by one.
+    cause: TransientError | None = None
 
     @property
     def unsent(self) -> int:

@@ -16,12 +16,13 @@ may arrive twice.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,31 +247,50 @@ class Ingestor:
         result; a transient one raises :class:`PushIncomplete`, after dead-lettering what was
         refused.
         """
-        run = _Run(target, rows, dead_letter)
+        (result,) = self.push_parts(
+            target, [Part(rows, source)], deadline=deadline, dead_letter=dead_letter
+        )
+        if result.stopped is not None and result.cause is not None:
+            raise PushIncomplete(result, result.cause)
+        return result
+
+    def push_parts(
+        self,
+        target: Target,
+        parts: Sequence[Part],
+        *,
+        deadline: float | None = None,
+        dead_letter: bool = True,
+    ) -> list[PushResult]:
+        """Push several callers' rows together (the fewest POSTs for all of them) and account
+        for each part separately: one :class:`PushResult` per part, in order.
+
+        A transient failure does not raise here: each part whose rows were not all delivered
+        has ``stopped`` set (and ``cause``), so each caller can decide on its own.
+        """
+        run = _Run(target, parts, dead_letter)
         try:
             self._run(run, deadline)
         except TransientError as error:
-            run.result.stopped = error.message
-            self._store(run, source)
-            raise PushIncomplete(run.result, error) from error
+            run.stop(error)
         except Exception as error:
             # The rows' source itself failed (an unreadable file, say): keep what was already
             # refused, then let the caller see the failure.
-            run.result.stopped = str(error)
-            self._store(run, source)
+            run.stop(None, str(error))
+            self._store(run)
             raise
-        self._store(run, source)
-        return run.result
+        self._store(run)
+        return run.results
 
     def _run(self, run: _Run, deadline: float | None) -> None:
-        target = run.result.target
+        target = run.target
         try:
             resolved = self.resolve(target)
         except PermanentError as error:
-            run.result.failure = error
+            run.fail(error)
             run.reject_all(run.rows(), error)
             return
-        run.result.dataset_id = resolved.dataset_id
+        run.dataset(resolved.dataset_id)
         validator = resolved.validator(target.table)
 
         def valid() -> Iterator[tuple[int, dict[str, Any]]]:
@@ -288,7 +308,7 @@ class Ingestor:
             except PermanentError as error:
                 # The dataset, the table or the identity is not usable: this batch and every
                 # row after it go to the dead letters with this reason.
-                run.result.failure = error
+                run.fail(error)
                 run.reject_all(zip(batch.indices, batch.rows, strict=True), error)
                 for later in batches:
                     run.reject_all(zip(later.indices, later.rows, strict=True), error)
@@ -301,7 +321,7 @@ class Ingestor:
     ) -> None:
         """Send one batch; split out the rows the service names as bad and send the rest."""
         try:
-            self._send(resolved, run.result.target, batch, run.result, deadline)
+            self._send(resolved, batch, run, deadline)
         except ValidationError as error:
             named = {int(m) for m in _ROW_TARGET.findall(str(error)) if int(m) < batch.count}
             keep: list[tuple[int, dict[str, Any]]] = []
@@ -315,28 +335,19 @@ class Ingestor:
             for smaller in pack(keep):
                 self._deliver(resolved, smaller, run, deadline)
 
-    def _send(
-        self,
-        resolved: _Resolved,
-        target: Target,
-        batch: Batch,
-        result: PushResult,
-        deadline: float | None,
-    ) -> None:
+    def _send(self, resolved: _Resolved, batch: Batch, run: _Run, deadline: float | None) -> None:
         """Add Rows for one batch, paced, re-sent only where it cannot duplicate rows."""
-        dataset_id = resolved.dataset_id
+        dataset_id, table = resolved.dataset_id, run.target.table
         attempt = 0
         while True:
             attempt += 1
             try:
                 with self.governor.slot(dataset_id, batch.count, deadline) as waited:
-                    result.throttle_wait += waited
-                    self.client.post_rows(
-                        dataset_id, target.table, batch.body, resolved.workspace_id
-                    )
+                    run.waited(batch, waited)
+                    self.client.post_rows(dataset_id, table, batch.body, resolved.workspace_id)
             except TransientError as error:
                 if not self.retry.retryable(error, idempotent=False):
-                    result.unconfirmed += batch.count
+                    run.unconfirmed(batch)
                     raise
                 if attempt >= self.retry.max_attempts:
                     raise
@@ -350,14 +361,13 @@ class Ingestor:
                 assert wait is not None
                 if deadline is not None and self._clock() + wait > deadline:
                     raise
-                result.retries += 1
-                log.warning("%s/%s: %s; retry %d", target.dataset, target.table, error, attempt)
+                run.retried(batch)
+                log.warning("%s/%s: %s; retry %d", run.target.dataset, table, error, attempt)
                 if not paced:
                     self._sleep(wait)
                 continue
-            result.sent += batch.count
-            result.batches += 1
-            self._note_sent(dataset_id, target.table, batch.count)
+            run.acknowledged(batch)
+            self._note_sent(dataset_id, table, batch.count)
             return
 
     def _note_sent(self, dataset_id: str, table: str, rows: int) -> None:
@@ -368,48 +378,103 @@ class Ingestor:
             # the service allows only 120 POSTs per hour (stricter, never looser).
             self.governor.mark_large_table(dataset_id)
 
-    def _store(self, run: _Run, source: str | None) -> None:
-        if not run.letters or self.dead_letters is None or not run.dead_letter:
+    def _store(self, run: _Run) -> None:
+        if self.dead_letters is None or not run.dead_letter:
             return
-        result = run.result
-        result.dead_letter_location = self.dead_letters.write(result.target, run.letters, source)
-        result.dead_lettered += len(run.letters)
-        log.warning(
-            "%d rows for %s/%s dead-lettered to %s",
-            len(run.letters),
-            result.target.dataset,
-            result.target.table,
-            result.dead_letter_location,
-        )
+        for part, result, letters in zip(run.parts, run.results, run.letters, strict=True):
+            if not letters:
+                continue
+            result.dead_letter_location = self.dead_letters.write(run.target, letters, part.source)
+            result.dead_lettered += len(letters)
+            log.warning(
+                "%d rows for %s/%s dead-lettered to %s",
+                len(letters),
+                run.target.dataset,
+                run.target.table,
+                result.dead_letter_location,
+            )
+
+
+@dataclass(frozen=True)
+class Part:
+    """One caller's rows in a :meth:`Ingestor.push_parts` call, and where they came from."""
+
+    rows: Iterable[Any]
+    source: str | None = None
 
 
 class _Run:
-    """One push() call: its result, and the dead letters it collects on the way."""
+    """One delivery: the parts' rows numbered as one stream, and each part's result and dead
+    letters, attributed row by row (a batch may carry rows of several parts)."""
 
-    def __init__(self, target: Target, rows: Iterable[Any], dead_letter: bool = True) -> None:
-        self.result = PushResult(target)
+    def __init__(self, target: Target, parts: Sequence[Part], dead_letter: bool = True) -> None:
+        self.target = target
+        self.parts = list(parts)
         self.dead_letter = dead_letter
-        self.letters: list[DeadLetter] = []
-        self._rows = rows
-        self._sized = isinstance(rows, Sized)
-        if isinstance(rows, Sized):
-            self.result.received = len(rows)
+        self.results = [PushResult(target) for _ in self.parts]
+        self.letters: list[list[DeadLetter]] = [[] for _ in self.parts]
+        self._starts: list[int] = []  # first stream index of each part, filled while reading
+        self._read: set[int] = set()  # parts read to their end
+        for part, result in zip(self.parts, self.results, strict=True):
+            if isinstance(part.rows, Sized):
+                result.received = len(part.rows)
 
     def rows(self) -> Iterator[tuple[int, Any]]:
-        """The input with positions; a stream is counted as it is read."""
-        for index, row in enumerate(self._rows):
-            if not self._sized:
-                self.result.received += 1
-            yield index, row
+        """Every part's rows in order, numbered as one stream; streams are counted as read."""
+        index = 0
+        for number, part in enumerate(self.parts):
+            self._starts.append(index)
+            sized = isinstance(part.rows, Sized)
+            for row in part.rows:
+                if not sized:
+                    self.results[number].received += 1
+                yield index, row
+                index += 1
+            self._read.add(number)
+
+    def _owner(self, index: int) -> tuple[int, int]:
+        """(part number, index within the part) of a stream index."""
+        number = bisect.bisect_right(self._starts, index) - 1
+        return number, index - self._starts[number]
+
+    def _by_part(self, batch: Batch) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for index in batch.indices:
+            number = self._owner(index)[0]
+            counts[number] = counts.get(number, 0) + 1
+        return counts
+
+    def dataset(self, dataset_id: str) -> None:
+        for result in self.results:
+            result.dataset_id = dataset_id
+
+    def acknowledged(self, batch: Batch) -> None:
+        for number, count in self._by_part(batch).items():
+            self.results[number].sent += count
+            self.results[number].batches += 1
+
+    def unconfirmed(self, batch: Batch) -> None:
+        for number, count in self._by_part(batch).items():
+            self.results[number].unconfirmed += count
+
+    def retried(self, batch: Batch) -> None:
+        for number in self._by_part(batch):
+            self.results[number].retries += 1
+
+    def waited(self, batch: Batch, seconds: float) -> None:
+        for number in self._by_part(batch):
+            self.results[number].throttle_wait += seconds
 
     def reject(self, problem: RowProblem, row: Any, error: PushError | None = None) -> None:
-        self.result.note_problem(problem)
-        self.letters.append(
+        number, local = self._owner(problem.index)
+        own = RowProblem(local, problem.reason, problem.column)
+        self.results[number].note_problem(own)
+        self.letters[number].append(
             DeadLetter(
-                problem.reason,
+                own.reason,
                 row,
-                problem.index,
-                problem.column,
+                own.index,
+                own.column,
                 error.status if error else None,
                 error.code if error else None,
             )
@@ -418,6 +483,18 @@ class _Run:
     def reject_all(self, rows: Iterable[tuple[int, Any]], error: PushError) -> None:
         for index, row in rows:
             self.reject(RowProblem(index, error.message), row, error)
+
+    def fail(self, error: PushError) -> None:
+        for result in self.results:
+            result.failure = error
+
+    def stop(self, cause: TransientError | None, reason: str | None = None) -> None:
+        """Delivery stopped: every part with rows not delivered says why."""
+        for number, result in enumerate(self.results):
+            done = number in self._read and result.unsent == 0 and result.unconfirmed == 0
+            if cause is None or not done:
+                result.stopped = reason or (cause.message if cause else "stopped")
+                result.cause = cause
 
 
 def _plain(row: Any, index: int) -> dict[str, Any] | RowProblem:
