@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from shared.contracts import Target
+from shared.deadletter import BlobDeadLetterStore
 from shared.errors import ConfigError, PushError
 from shared.ingest import PushIncomplete
-from shared.runtime import build_ingestor
+from shared.replay import replay_dead_letters, replay_poison
+from shared.runtime import build_ingestor, build_queue_ingest
 from shared.schema import DatasetDefinition
 from shared.settings import Settings
+from shared.storage import queue_client
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--dataset", required=True, help="name or id")
     push.add_argument("--table", required=True)
     push.add_argument("--workspace")
+    replay = commands.add_parser(
+        "replay", help="re-drive dead letters or poison messages once the cause is fixed"
+    )
+    replay.add_argument("what", choices=["deadletters", "poison"])
+    replay.add_argument("--prefix", help="deadletters: only blobs under this name prefix")
+    replay.add_argument("--queue", help="poison: the rows queue (default ROWS_QUEUE)")
     delete = commands.add_parser("delete-rows", help="delete every row of a table")
     delete.add_argument("--dataset", required=True)
     delete.add_argument("--table", required=True)
@@ -129,6 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = ingestor.push(target, read_rows(args.file), source=str(args.file))
             _print(result.to_json())
             return 0 if result.rejected == 0 else 1
+        elif args.command == "replay":
+            if args.what == "deadletters":
+                if not isinstance(ingestor.dead_letters, BlobDeadLetterStore):
+                    raise ConfigError(settings.deadletter_connection, "is needed to replay")
+                report = replay_dead_letters(ingestor.dead_letters.container, ingestor, args.prefix)
+            else:
+                queue = f"{args.queue or settings.rows_queue}-poison"
+                poison = queue_client(settings.storage_connection, queue, env)
+                report = replay_poison(poison, build_queue_ingest(settings, ingestor, env))
+            _print(report.to_json())
+            return 0 if report.stopped is None else 3
         elif args.command == "delete-rows":
             resolved = ingestor.resolve(Target(args.dataset, args.table, workspace))
             client.delete_rows(resolved.dataset_id, args.table, resolved.workspace_id)

@@ -69,3 +69,15 @@ class ClaimCheckStore:
             raise TransientError(
                 f"could not read claim check {reference!r}: {type(exc).__name__}"
             ) from exc
+
+    def delete(self, reference: str) -> None:
+        """Remove a payload once its rows are safe (delivered or dead-lettered)."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        _, _, name = reference.partition("/")
+        try:
+            self.container.delete_blob(name)
+        except ResourceNotFoundError:
+            pass  # already gone: a redelivered message whose first try got this far
+        except AzureError as exc:
+            raise TransientError(f"could not delete claim check {reference!r}") from exc

@@ -12,16 +12,21 @@ import threading
 from collections.abc import Mapping
 
 from shared.auth import make_token_provider
+from shared.claimcheck import ClaimCheckStore
+from shared.coalesce import Coalescer
 from shared.deadletter import BlobDeadLetterStore
+from shared.errors import ConfigError
 from shared.governor import Governor, Quotas
 from shared.ingest import Ingestor
 from shared.powerbi import DEFAULT_TIMEOUT, PowerBIClient
+from shared.queue_ingest import QueueIngest
 from shared.schema import load_definitions
 from shared.settings import Settings
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _ingestor: Ingestor | None = None
 _settings: Settings | None = None
+_queue: QueueIngest | None = None
 
 
 def get_settings() -> Settings:
@@ -64,14 +69,40 @@ def get_ingestor() -> Ingestor:
     global _ingestor
     with _lock:
         if _ingestor is None:
-            settings = _settings if _settings is not None else Settings.from_env()
-            _ingestor = build_ingestor(settings)
+            _ingestor = build_ingestor(get_settings())
         return _ingestor
+
+
+def build_queue_ingest(
+    settings: Settings, ingestor: Ingestor, env: Mapping[str, str] | None = None
+) -> QueueIngest:
+    """A queue handler over ``ingestor``, with one coalescer for all its invocations."""
+    env = os.environ if env is None else env
+    coalescer = Coalescer(ingestor, linger=settings.queue_linger)
+    claims = ClaimCheckStore.from_settings(
+        settings.storage_connection, settings.claimcheck_container, env
+    )
+    store = ingestor.dead_letters
+    if store is None:
+        raise ConfigError(settings.deadletter_connection, "the queue needs a dead-letter store")
+    return QueueIngest(
+        lambda: coalescer, lambda: claims, lambda: store, time_budget=settings.queue_time_budget
+    )
+
+
+def get_queue_ingest() -> QueueIngest:
+    """The process's queue handler: one coalescer, so concurrent invocations share POSTs."""
+    global _queue
+    with _lock:
+        if _queue is None:
+            _queue = build_queue_ingest(get_settings(), get_ingestor())
+        return _queue
 
 
 def reset() -> None:
     """Forget the process's settings and ingestor (tests change the environment between runs)."""
-    global _ingestor, _settings
+    global _ingestor, _settings, _queue
     with _lock:
         _ingestor = None
         _settings = None
+        _queue = None

@@ -104,6 +104,8 @@ class Settings:
     http_max_body_bytes: int
     http_time_budget: float
     webhook_secret: str | None
+    queue_linger: float
+    queue_time_budget: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -185,6 +187,8 @@ class Settings:
             # Limits): answer before it does.
             http_time_budget=_positive(get, "HTTP_TIME_BUDGET_SECONDS", 200.0),
             webhook_secret=get("WEBHOOK_SECRET"),
+            queue_linger=_positive(get, "QUEUE_LINGER_SECONDS", 0.2),
+            queue_time_budget=_positive(get, "QUEUE_TIME_BUDGET_SECONDS", 240.0),
         )
 
     def describe(self) -> dict[str, object]:

@@ -16,6 +16,7 @@ from shared.errors import ConfigError
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
+    from azure.storage.queue import QueueClient
 
 
 def blob_service(connection: str, env: Mapping[str, str], **options: Any) -> BlobServiceClient:
@@ -38,5 +39,31 @@ def blob_service(connection: str, env: Mapping[str, str], **options: Any) -> Blo
     raise ConfigError(
         connection,
         f"is not set: give a storage connection string, or {connection}__blobServiceUri to "
+        "use the managed identity",
+    )
+
+
+def queue_client(
+    connection: str, queue: str, env: Mapping[str, str], **options: Any
+) -> QueueClient:
+    """A client for queue ``queue`` of the connection ``connection`` (messages read and written
+    as they are, without an encoding policy)."""
+    from azure.storage.queue import QueueClient
+
+    value = env.get(connection, "").strip()
+    uri = env.get(f"{connection}__queueServiceUri") or env.get(f"{connection}__serviceUri")
+    if value:
+        try:
+            return QueueClient.from_connection_string(value, queue, **options)
+        except ValueError as exc:
+            raise ConfigError(connection, "is not a valid storage connection string") from exc
+    if uri:
+        from azure.identity import ManagedIdentityCredential
+
+        credential = ManagedIdentityCredential(client_id=env.get(f"{connection}__clientId"))
+        return QueueClient(uri, queue, credential=credential, **options)
+    raise ConfigError(
+        connection,
+        f"is not set: give a storage connection string, or {connection}__queueServiceUri to "
         "use the managed identity",
     )

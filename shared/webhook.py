@@ -35,6 +35,7 @@ from shared.contracts import PushResult, Target
 from shared.envelope import BodyError, Envelope, envelopes, loads, loads_ndjson, rows_of
 from shared.errors import AuthError, ConfigError, NotFoundError, PushError
 from shared.ingest import Ingestor, PushIncomplete
+from shared.messages import encode
 from shared.settings import Settings
 from shared.storage import blob_service
 
@@ -250,7 +251,7 @@ class Webhook:
             if len(text.encode("utf-8")) > MAX_INLINE_MESSAGE_BYTES:
                 reference = self._claim_checks().put(text.encode("utf-8"))
                 text = json.dumps(Envelope(item.target, blob=reference).to_json())
-            messages.append(text)
+            messages.append(encode(text))  # base64, as any Functions queue trigger reads it
         rows = sum(len(item.rows or []) for item in found)
         return WebResponse(202, {"queued": len(messages), "rows": rows}, messages=messages)
 

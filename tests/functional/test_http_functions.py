@@ -197,7 +197,7 @@ def test_async_mode_queues_the_envelope_and_answers_202(api: Api, dataset: str) 
     response, out = add_rows(dataset, {"rows": rows(2)}, params={"mode": "queue"})
     assert response.status_code == 202 and answer(response) == {"queued": 1, "rows": 2}
     assert out.value is not None and len(out.value) == 1
-    message = json.loads(out.value[0])
+    message = json.loads(base64.b64decode(out.value[0]))
     assert message == {"dataset": dataset, "table": "Product", "rows": rows(2)}
     assert stored(api, dataset) == []
 
@@ -210,14 +210,14 @@ def test_big_async_payload_goes_by_claim_check(
     response, out = add_rows(dataset, {"rows": big}, params={"mode": "queue"})
     assert response.status_code == 202
     assert out.value is not None
-    message = json.loads(out.value[0])
+    message = json.loads(base64.b64decode(out.value[0]))
     assert "rows" not in message and message["blob"].startswith(settings["CLAIMCHECK_CONTAINER"])
     container, _, name = message["blob"].partition("/")
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
     parked = json.loads(service.get_container_client(container).download_blob(name).readall())
     assert parked["rows"] == big
     # What a queue message holds is at most 64 KB once base64-encoded.
-    assert len(base64.b64encode(out.value[0].encode())) < 64 * 1024
+    assert len(out.value[0]) < 64 * 1024
 
 
 def test_health_reports_settings_without_secrets(
@@ -417,28 +417,40 @@ def test_config_error_is_500_naming_the_setting(
 
 
 def test_function_metadata_matches_the_readme() -> None:
-    """Names, routes, methods, auth levels and bindings are what the README documents."""
-    found = {}
+    """Names, triggers, routes, methods, auth levels and bindings are what the README documents."""
+    http_found = {}
+    queue_found = {}
     for function in function_app.app.get_functions():
         bindings = json.loads(function.get_function_json())["bindings"]
-        trigger = next(b for b in bindings if b["type"] == "httpTrigger")
         outputs = sorted(
             (b["type"], b.get("queueName", ""), b.get("connection", ""))
             for b in bindings
             if b["direction"] == "OUT" and b["type"] != "http"
         )
-        found[function.get_function_name()] = (
-            trigger["route"],
-            trigger["methods"],
-            trigger["authLevel"],
-            outputs,
-        )
+        trigger = next(b for b in bindings if b["type"].endswith("Trigger"))
+        if trigger["type"] == "httpTrigger":
+            http_found[function.get_function_name()] = (
+                trigger["route"],
+                trigger["methods"],
+                trigger["authLevel"],
+                outputs,
+            )
+        else:
+            queue_found[function.get_function_name()] = (
+                trigger["type"],
+                trigger["queueName"],
+                trigger["connection"],
+            )
     queue = [("queue", "%ROWS_QUEUE%", "AzureWebJobsStorage")]
-    assert found == {
+    assert http_found == {
         "add_rows": ("datasets/{dataset}/tables/{table}/rows", ["POST"], "FUNCTION", queue),
         "post_rows": ("rows", ["POST"], "FUNCTION", queue),
         "health": ("health", ["GET"], "FUNCTION", []),
     }
+    assert queue_found == {
+        "ingest_queue": ("queueTrigger", "%ROWS_QUEUE%", "AzureWebJobsStorage"),
+    }
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for name, (route, methods, _, _) in found.items():
+    for name, (route, methods, _, _) in http_found.items():
         assert f"`{methods[0]} /api/{route}`" in readme, f"README does not document {name}"
+    assert "`ingest_queue`" in readme and "`%ROWS_QUEUE%`" in readme

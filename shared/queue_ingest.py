@@ -1,0 +1,85 @@
+"""Queue messages to Power BI: decode, fetch a claim check, coalesce, and decide the outcome.
+
+The queue trigger is a thin adapter over :meth:`QueueIngest.handle`, which follows the bundle's
+delivery rule: it returns (the host completes the message) when the rows were delivered or
+dead-lettered with a reason, and raises :class:`~shared.errors.TransientError` when they were
+not, so the host redelivers the message and, after ``maxDequeueCount`` tries, moves it to
+``<queue>-poison``. A malformed message is dead-lettered on its first delivery: retrying cannot
+fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from shared.claimcheck import ClaimCheckStore
+from shared.coalesce import Coalescer
+from shared.contracts import PushResult, Target
+from shared.deadletter import DeadLetter, DeadLetterStore
+from shared.envelope import envelope, rows_of
+from shared.errors import NotFoundError, TransientError, ValidationError
+from shared.messages import decode
+
+log = logging.getLogger(__name__)
+
+#: Where a message that names no readable target is dead-lettered.
+UNREADABLE = Target("_unreadable", "_messages")
+
+
+class QueueIngest:
+    """Handles one rows-queue message per call; shared by every invocation of the process."""
+
+    def __init__(
+        self,
+        coalescer: Callable[[], Coalescer],
+        claim_checks: Callable[[], ClaimCheckStore],
+        dead_letters: Callable[[], DeadLetterStore],
+        *,
+        time_budget: float = 240.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._coalescer = coalescer
+        self._claim_checks = claim_checks
+        self._dead_letters = dead_letters
+        self.time_budget = time_budget
+        self._clock = clock
+
+    def handle(self, body: bytes, message_id: str, dequeue_count: int = 1) -> PushResult | None:
+        """Deliver one message's rows. Returns the result (None for a dead-lettered message);
+        raises TransientError when the message must be redelivered."""
+        source = f"queue message {message_id} (try {dequeue_count})"
+        try:
+            item = envelope(decode(body), "message")
+            rows = item.rows
+            if item.blob is not None:
+                rows = rows_of(decode(self._claim_checks().get(item.blob)), "claim check")
+        except (ValidationError, NotFoundError) as error:
+            self._dead_letter_message(body, error.message, source)
+            return None
+        assert rows is not None
+        result = self._coalescer().push(
+            item.target, rows, source=source, deadline=self._clock() + self.time_budget
+        )
+        log.info("%s: %s", source, _summary(result))
+        if item.blob is not None:
+            try:
+                self._claim_checks().delete(item.blob)
+            except TransientError as error:
+                # The rows are safe; failing now would redeliver (and duplicate) them.
+                log.warning("%s: claim check left behind: %s", source, error)
+        return result
+
+    def _dead_letter_message(self, body: bytes, reason: str, source: str) -> None:
+        text = body.decode("utf-8", errors="replace")
+        letter = DeadLetter(f"unreadable message: {reason}", text)
+        location = self._dead_letters().write(UNREADABLE, [letter], source)
+        log.warning("%s dead-lettered to %s: %s", source, location, reason)
+
+
+def _summary(result: PushResult) -> dict[str, Any]:
+    keys = ("received", "sent", "rejected", "deadLettered", "batches", "retries")
+    summary = result.to_json()
+    return {k: summary[k] for k in keys}

@@ -1,0 +1,124 @@
+"""Replay: re-drive what could not be delivered once its cause is fixed.
+
+- Dead letters: each JSON-lines blob not yet marked ``replayed=true`` is read, its rows are
+  pushed again to their targets (grouped by target, in order), and the blob is then marked
+  (``replayed``, ``replayed_at``, ``replay_sent``, ``replay_rejected``), so running replay again
+  does nothing to it. Rows refused again become new dead letters with the new reason: nothing
+  is lost. Letters of unreadable messages name no target and are left for a person.
+- Poison messages: each message of ``<queue>-poison`` goes through the same handler as the
+  queue trigger and is deleted once it succeeds; one that fails transiently stays in the
+  poison queue.
+A transient failure stops the replay (and leaves what was not done unmarked) so it can be run
+again later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from shared.contracts import Target
+from shared.errors import TransientError
+from shared.ingest import Ingestor
+from shared.queue_ingest import UNREADABLE, QueueIngest
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
+    from azure.storage.queue import QueueClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplayReport:
+    """What a replay did, for the command's output."""
+
+    blobs_replayed: int = 0
+    blobs_already_replayed: int = 0
+    rows_sent: int = 0
+    rows_rejected_again: int = 0
+    messages_replayed: int = 0
+    left_for_a_person: list[str] = field(default_factory=list)
+    stopped: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "blobsReplayed": self.blobs_replayed,
+            "blobsAlreadyReplayed": self.blobs_already_replayed,
+            "rowsSent": self.rows_sent,
+            "rowsRejectedAgain": self.rows_rejected_again,
+            "messagesReplayed": self.messages_replayed,
+            "leftForAPerson": self.left_for_a_person,
+            "stopped": self.stopped,
+        }
+
+
+def replay_dead_letters(
+    container: ContainerClient, ingestor: Ingestor, prefix: str | None = None
+) -> ReplayReport:
+    """Push every not-yet-replayed dead letter under ``prefix`` again; mark each blob done."""
+    report = ReplayReport()
+    for blob in container.list_blobs(name_starts_with=prefix, include=["metadata"]):
+        metadata = dict(blob.metadata or {})
+        if metadata.get("replayed") == "true":
+            report.blobs_already_replayed += 1
+            continue
+        text = container.download_blob(blob.name).readall().decode("utf-8")
+        groups: dict[Target, list[Any]] = {}
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            letter = json.loads(line)
+            target = Target(**letter["target"])
+            if target.dataset == UNREADABLE.dataset:
+                report.left_for_a_person.append(blob.name)
+                break
+            groups.setdefault(target, []).append(letter["row"])
+        if blob.name in report.left_for_a_person:
+            continue
+        sent = rejected = 0
+        try:
+            for target, rows in groups.items():
+                result = ingestor.push(target, rows, source=f"replay of {blob.name}")
+                sent += result.sent
+                rejected += result.rejected
+        except TransientError as error:
+            report.stopped = f"{blob.name}: {error}"
+            report.rows_sent += sent
+            return report
+        metadata.update(
+            replayed="true",
+            replayed_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            replay_sent=str(sent),
+            replay_rejected=str(rejected),
+        )
+        container.get_blob_client(blob.name).set_blob_metadata(metadata)
+        report.blobs_replayed += 1
+        report.rows_sent += sent
+        report.rows_rejected_again += rejected
+        log.info("replayed %s: %d sent, %d rejected again", blob.name, sent, rejected)
+    return report
+
+
+def replay_poison(poison: QueueClient, handler: QueueIngest, limit: int = 10_000) -> ReplayReport:
+    """Handle each poison message like the queue trigger would; delete it once it succeeds."""
+    report = ReplayReport()
+    for message in poison.receive_messages(visibility_timeout=300, max_messages=32):
+        if report.messages_replayed >= limit:
+            break
+        content = message.content
+        body = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+        try:
+            result = handler.handle(body, f"{message.id} (poison)", message.dequeue_count or 1)
+        except TransientError as error:
+            report.stopped = f"poison message {message.id}: {error}"
+            return report
+        poison.delete_message(message)
+        report.messages_replayed += 1
+        if result is not None:
+            report.rows_sent += result.sent
+            report.rows_rejected_again += result.rejected
+    return report

@@ -1,0 +1,86 @@
+"""Replay re-drives dead letters and poison messages once the cause is fixed, exactly once."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueClient
+
+from shared.auth import StaticTokenProvider
+from shared.contracts import Target
+from shared.deadletter import BlobDeadLetterStore
+from shared.ingest import Ingestor
+from shared.powerbi import PowerBIClient
+from shared.replay import replay_dead_letters
+from tests.azurite import Azurite
+from tests.emulator.conftest import IDENTITY_HEADER, REPO, Api
+
+COLUMNS = [{"name": "n", "dataType": "Int64"}]
+
+
+def test_dead_letters_are_replayed_once_the_dataset_exists(api: Api, azurite: Azurite) -> None:
+    """Rows dead-lettered because the dataset was missing arrive after it is created, and a
+    second replay sends nothing again."""
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    store = BlobDeadLetterStore(service.get_container_client(f"dl-{uuid.uuid4().hex[:10]}"))
+    client = PowerBIClient(api.emulator.base, StaticTokenProvider(api.token))
+    name = f"Later-{uuid.uuid4().hex[:6]}"
+    first = Ingestor(client, dead_letters=store).push(
+        Target(name, "T"), [{"n": i} for i in range(7)]
+    )
+    assert (first.sent, first.dead_lettered) == (0, 7)
+
+    dataset_id = api.create_dataset([{"name": "T", "columns": COLUMNS}], name=name)
+    report = replay_dead_letters(store.container, Ingestor(client, dead_letters=store))
+    assert (report.blobs_replayed, report.rows_sent, report.stopped) == (1, 7, None)
+    again = replay_dead_letters(store.container, Ingestor(client, dead_letters=store))
+    assert (again.blobs_replayed, again.blobs_already_replayed, again.rows_sent) == (0, 1, 0)
+    assert sorted(r["n"] for r in api.stored_rows(dataset_id, "T")) == list(range(7))
+    (blob,) = list(store.container.list_blobs(include=["metadata"]))
+    assert blob.metadata["replayed"] == "true" and blob.metadata["replay_sent"] == "7"
+
+
+def test_poison_messages_are_replayed_by_the_command(
+    api: Api, azurite: Azurite, tmp_path: Path
+) -> None:
+    """`python -m shared replay poison` pushes each poison message's rows and deletes it."""
+    queue = f"rows{uuid.uuid4().hex[:8]}"
+    name = f"Poisoned-{uuid.uuid4().hex[:6]}"
+    dataset_id = api.create_dataset([{"name": "T", "columns": COLUMNS}], name=name)
+    poison = QueueClient.from_connection_string(azurite.connection_string, f"{queue}-poison")
+    poison.create_queue()
+    for start in (0, 10):
+        envelope = {"dataset": name, "table": "T", "rows": [{"n": start + i} for i in range(3)]}
+        poison.send_message(base64.b64encode(json.dumps(envelope).encode()).decode())
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("POWERBI_", "IDENTITY_", "MSI_", "DEADLETTER_"))
+    }
+    env.update(
+        POWERBI_API_URL=api.emulator.base,
+        IDENTITY_ENDPOINT=f"{api.emulator.base}/msi/token",
+        IDENTITY_HEADER=IDENTITY_HEADER,
+        AzureWebJobsStorage=azurite.connection_string,
+        ROWS_QUEUE=queue,
+    )
+    command = [sys.executable, "-m", "shared", "--settings", str(tmp_path / "none.json")]
+    done = subprocess.run(
+        [*command, "replay", "poison"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["messagesReplayed"] == 2
+    assert sorted(r["n"] for r in api.stored_rows(dataset_id, "T")) == [0, 1, 2, 10, 11, 12]
+    assert poison.get_queue_properties().approximate_message_count == 0
