@@ -30,10 +30,10 @@ test: setup lint
 emulator: setup
 	$(BIN)/python -m emulator --port 5300
 
-# For now the same as `emulator`: the full local run (Azurite + the function host)
-# comes with the HTTP trigger issue.
+# Azurite (10000-10002) + the Power BI emulator (5300) + the local functions host (7071);
+# prints the URLs and a curl to try. Ctrl-C stops all three.
 run: setup
-	$(BIN)/python -m emulator --port 5300
+	$(BIN)/python -m devhost.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
