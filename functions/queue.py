@@ -17,6 +17,10 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]  # the library leaves __i
 
 @bp.function_name("ingest_queue")
 @bp.queue_trigger(arg_name="msg", queue_name="%ROWS_QUEUE%", connection="AzureWebJobsStorage")
-def ingest_queue(msg: func.QueueMessage) -> None:
-    """Push one message's rows, coalesced with the other messages arriving for that table."""
-    get_queue_ingest().handle(msg.get_body(), msg.id or "?", msg.dequeue_count or 1)
+async def ingest_queue(msg: func.QueueMessage) -> None:
+    """Push one message's rows, coalesced with the other messages arriving for that table.
+
+    ``async`` on purpose: the worker runs it on its event loop, so hundreds of invocations can
+    wait for a shared POST without a thread each.
+    """
+    await get_queue_ingest().handle(msg.get_body(), msg.id or "?", msg.dequeue_count or 1)

@@ -1,18 +1,24 @@
 """Coalescing: many small queue messages, few Add Rows calls.
 
-The Functions host runs one invocation per message, several at once (``batchSize`` +
+The Functions host runs one invocation per message, many at once (up to ``batchSize`` +
 ``newBatchThreshold`` per instance, queue-trigger "Concurrency"). One POST per message would cap
 a dataset at 120 messages a minute. Here, invocations for the same (workspace, dataset, table)
-join one buffer: the first one in waits a short ``linger`` (or until the buffer holds a full
-POST, 10,000 rows), then sends everything in the buffer through
+join one buffer. The first one in waits while messages keep arriving: until none has arrived
+for ``linger`` seconds, or the buffer holds a full POST (10,000 rows), or ``max_wait`` has
+passed since it opened; then it sends everything in the buffer through
 :meth:`~shared.ingest.Ingestor.push_parts`. Each invocation gets back the result for its own
 rows only, and returns only once they are acknowledged by Power BI (or dead-lettered): a
 message is never completed before its rows are safe.
+
+The queue function is ``async``, so waiting invocations cost a coroutine each, not a thread:
+the worker runs async functions on its event loop, and the blocking delivery runs once per
+buffer on the loop's executor.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,46 +26,43 @@ from typing import Any
 
 from shared import limits
 from shared.contracts import PushResult, Target
+from shared.errors import TransientError
 from shared.ingest import Ingestor, Part, PushIncomplete
-
-
-@dataclass
-class _Entry:
-    part: Part
-    deadline: float | None
-    done: threading.Event = field(default_factory=threading.Event)
-    result: PushResult | None = None
-    error: BaseException | None = None
 
 
 @dataclass
 class _Buffer:
     opened: float
-    entries: list[_Entry] = field(default_factory=list)
+    last_arrival: float
+    full: asyncio.Event = field(default_factory=asyncio.Event)
+    parts: list[Part] = field(default_factory=list)
+    deadlines: list[float] = field(default_factory=list)
     rows: int = 0
+    results: asyncio.Future[list[PushResult]] | None = None
 
 
 class Coalescer:
-    """Joins concurrent pushes to the same table into shared Add Rows calls."""
+    """Joins concurrent pushes to the same table into shared Add Rows calls (one event loop)."""
 
     def __init__(
         self,
         ingestor: Ingestor,
         *,
         linger: float = 0.2,
+        max_wait: float = 5.0,
         max_rows: int = limits.MAX_ROWS_PER_POST,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ingestor = ingestor
         self.linger = linger
+        self.max_wait = max_wait
         self.max_rows = max_rows
         self._clock = clock
-        self._changed = threading.Condition()
         self._open: dict[tuple[str | None, str, str], _Buffer] = {}
         #: Number of shared deliveries made, for logs and tests.
         self.flushes = 0
 
-    def push(
+    async def push(
         self,
         target: Target,
         rows: Sequence[Any],
@@ -73,48 +76,64 @@ class Coalescer:
         delivered (a transient failure), so the caller can have them redelivered.
         """
         key = (target.workspace or self.ingestor.default_workspace, target.dataset, target.table)
-        entry = _Entry(Part(rows, source), deadline)
-        with self._changed:
-            buffer = self._open.get(key)
-            leader = buffer is None
-            if buffer is None:
-                buffer = self._open[key] = _Buffer(self._clock())
-            buffer.entries.append(entry)
-            buffer.rows += len(rows)
-            if buffer.rows >= self.max_rows:
-                del self._open[key]  # full: later arrivals start a new buffer
-                self._changed.notify_all()
+        buffer = self._open.get(key)
+        leader = buffer is None
+        now = self._clock()
+        if buffer is None:
+            buffer = self._open[key] = _Buffer(now, now)
+            buffer.results = asyncio.get_running_loop().create_future()
+        buffer.last_arrival = now
+        position = len(buffer.parts)
+        buffer.parts.append(Part(rows, source))
+        if deadline is not None:
+            buffer.deadlines.append(deadline)
+        buffer.rows += len(rows)
+        if buffer.rows >= self.max_rows:
+            self._close(key, buffer)  # full: later arrivals start a new buffer
         if leader:
-            self._lead(key, buffer, target)
-        entry.done.wait()
-        if entry.error is not None:
-            raise entry.error
-        assert entry.result is not None
-        if entry.result.stopped is not None and entry.result.cause is not None:
-            raise PushIncomplete(entry.result, entry.result.cause)
-        return entry.result
+            await self._lead(key, buffer, target)
+        assert buffer.results is not None
+        result = (await asyncio.shield(buffer.results))[position]
+        if result.stopped is not None and result.cause is not None:
+            raise PushIncomplete(result, result.cause)
+        return result
 
-    def _lead(self, key: tuple[str | None, str, str], buffer: _Buffer, target: Target) -> None:
+    def _close(self, key: tuple[str | None, str, str], buffer: _Buffer) -> None:
+        if self._open.get(key) is buffer:
+            del self._open[key]
+        buffer.full.set()
+
+    async def _lead(
+        self, key: tuple[str | None, str, str], buffer: _Buffer, target: Target
+    ) -> None:
         """Wait for the buffer to fill or the linger to pass, then deliver it for everyone."""
-        with self._changed:
-            while self._open.get(key) is buffer:
-                remaining = buffer.opened + self.linger - self._clock()
-                if remaining <= 0:
-                    del self._open[key]
-                    break
-                self._changed.wait(remaining)
-        entries = buffer.entries
-        deadlines = [e.deadline for e in entries if e.deadline is not None]
+        assert buffer.results is not None
+        results = buffer.results
         try:
-            results = self.ingestor.push_parts(
-                target, [e.part for e in entries], deadline=min(deadlines, default=None)
+            while not buffer.full.is_set():
+                now = self._clock()
+                quiet = buffer.last_arrival + self.linger - now
+                left = buffer.opened + self.max_wait - now
+                if quiet <= 0 or left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(buffer.full.wait(), min(quiet, left))
+            self._close(key, buffer)
+            delivered = await asyncio.get_running_loop().run_in_executor(
+                None,
+                lambda: self.ingestor.push_parts(
+                    target, buffer.parts, deadline=min(buffer.deadlines, default=None)
+                ),
             )
-            for entry, result in zip(entries, results, strict=True):
-                entry.result = result
         except BaseException as error:  # every waiting invocation must learn of it
-            for entry in entries:
-                entry.error = error
+            self._close(key, buffer)
+            if not results.done():
+                results.set_exception(
+                    error if isinstance(error, Exception) else TransientError("delivery cancelled")
+                )
+            if not isinstance(error, Exception):
+                raise
+        else:
+            results.set_result(delivered)
         finally:
             self.flushes += 1
-            for entry in entries:
-                entry.done.set()

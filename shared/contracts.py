@@ -36,6 +36,8 @@ class PushResult:
 
     target: Target
     dataset_id: str | None = None
+    #: The workspace (group) id the target resolved to; None for My workspace.
+    workspace_id: str | None = None
     received: int = 0
     sent: int = 0
     rejected: int = 0  # refused by validation (before sending) or by Power BI with a 4xx
@@ -69,6 +71,7 @@ class PushResult:
         return {
             "target": self.target.to_json(),
             "datasetId": self.dataset_id,
+            "workspaceId": self.workspace_id,
             "received": self.received,
             "sent": self.sent,
             "rejected": self.rejected,
@@ -82,5 +85,9 @@ class PushResult:
             "problemsListed": len(self.problems),
             "deadLetterLocation": self.dead_letter_location,
             "stopped": self.stopped,
-            "error": str(self.failure) if self.failure else None,
+            "error": (
+                {"code": type(self.failure).__name__, "message": self.failure.message}
+                if self.failure
+                else None
+            ),
         }

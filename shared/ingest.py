@@ -290,7 +290,7 @@ class Ingestor:
             run.fail(error)
             run.reject_all(run.rows(), error)
             return
-        run.dataset(resolved.dataset_id)
+        run.dataset(resolved.dataset_id, resolved.workspace_id)
         validator = resolved.validator(target.table)
 
         def valid() -> Iterator[tuple[int, dict[str, Any]]]:
@@ -444,9 +444,10 @@ class _Run:
             counts[number] = counts.get(number, 0) + 1
         return counts
 
-    def dataset(self, dataset_id: str) -> None:
+    def dataset(self, dataset_id: str, workspace_id: str | None) -> None:
         for result in self.results:
             result.dataset_id = dataset_id
+            result.workspace_id = workspace_id
 
     def acknowledged(self, batch: Batch) -> None:
         for number, count in self._by_part(batch).items():

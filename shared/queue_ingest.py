@@ -10,6 +10,7 @@ fix it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -47,26 +48,30 @@ class QueueIngest:
         self.time_budget = time_budget
         self._clock = clock
 
-    def handle(self, body: bytes, message_id: str, dequeue_count: int = 1) -> PushResult | None:
+    async def handle(
+        self, body: bytes, message_id: str, dequeue_count: int = 1
+    ) -> PushResult | None:
         """Deliver one message's rows. Returns the result (None for a dead-lettered message);
         raises TransientError when the message must be redelivered."""
         source = f"queue message {message_id} (try {dequeue_count})"
+        loop = asyncio.get_running_loop()
         try:
             item = envelope(decode(body), "message")
             rows = item.rows
             if item.blob is not None:
-                rows = rows_of(decode(self._claim_checks().get(item.blob)), "claim check")
+                payload = await loop.run_in_executor(None, self._claim_checks().get, item.blob)
+                rows = rows_of(decode(payload), "claim check")
         except (ValidationError, NotFoundError) as error:
-            self._dead_letter_message(body, error.message, source)
+            await loop.run_in_executor(None, self._dead_letter_message, body, error.message, source)
             return None
         assert rows is not None
-        result = self._coalescer().push(
+        result = await self._coalescer().push(
             item.target, rows, source=source, deadline=self._clock() + self.time_budget
         )
         log.info("%s: %s", source, _summary(result))
         if item.blob is not None:
             try:
-                self._claim_checks().delete(item.blob)
+                await loop.run_in_executor(None, self._claim_checks().delete, item.blob)
             except TransientError as error:
                 # The rows are safe; failing now would redeliver (and duplicate) them.
                 log.warning("%s: claim check left behind: %s", source, error)

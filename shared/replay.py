@@ -14,6 +14,7 @@ again later.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
@@ -112,7 +113,9 @@ def replay_poison(poison: QueueClient, handler: QueueIngest, limit: int = 10_000
         content = message.content
         body = content.encode("utf-8") if isinstance(content, str) else bytes(content)
         try:
-            result = handler.handle(body, f"{message.id} (poison)", message.dequeue_count or 1)
+            result = asyncio.run(
+                handler.handle(body, f"{message.id} (poison)", message.dequeue_count or 1)
+            )
         except TransientError as error:
             report.stopped = f"poison message {message.id}: {error}"
             return report

@@ -78,7 +78,7 @@ def build_queue_ingest(
 ) -> QueueIngest:
     """A queue handler over ``ingestor``, with one coalescer for all its invocations."""
     env = os.environ if env is None else env
-    coalescer = Coalescer(ingestor, linger=settings.queue_linger)
+    coalescer = Coalescer(ingestor, linger=settings.queue_linger, max_wait=settings.queue_max_wait)
     claims = ClaimCheckStore.from_settings(
         settings.storage_connection, settings.claimcheck_container, env
     )

@@ -105,6 +105,7 @@ class Settings:
     http_time_budget: float
     webhook_secret: str | None
     queue_linger: float
+    queue_max_wait: float
     queue_time_budget: float
 
     @classmethod
@@ -188,6 +189,7 @@ class Settings:
             http_time_budget=_positive(get, "HTTP_TIME_BUDGET_SECONDS", 200.0),
             webhook_secret=get("WEBHOOK_SECRET"),
             queue_linger=_positive(get, "QUEUE_LINGER_SECONDS", 0.2),
+            queue_max_wait=_positive(get, "QUEUE_MAX_WAIT_SECONDS", 5.0),
             queue_time_budget=_positive(get, "QUEUE_TIME_BUDGET_SECONDS", 240.0),
         )
 

@@ -372,7 +372,8 @@ def test_unknown_dataset_without_definition_is_404(settings: dict[str, str]) -> 
     response, _ = add_rows(f"Nope-{uuid.uuid4().hex[:6]}", {"rows": rows(1)})
     body = answer(response)
     assert response.status_code == 404
-    assert "does not exist" in body["error"] and body["sent"] == 0
+    assert body["error"]["code"] == "NotFoundError" and body["sent"] == 0
+    assert "does not exist" in body["error"]["message"]
 
 
 def test_unknown_table_is_404(dataset: str) -> None:
@@ -384,7 +385,7 @@ def test_unknown_table_is_404(dataset: str) -> None:
         route={"dataset": dataset, "table": "Nope"},
     )
     response = http.add_rows(req, out)
-    assert response.status_code == 404 and "no table 'Nope'" in answer(response)["error"]
+    assert response.status_code == 404 and "no table 'Nope'" in answer(response)["error"]["message"]
 
 
 def test_throttled_past_the_time_budget_is_429_with_retry_after(
