@@ -1,0 +1,235 @@
+"""The queue path end to end: Azurite's queue, devhost running the queue trigger as the host
+does (polling, base64, dequeue count, visibility, poison), the emulator as Power BI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueClient
+
+from tests.azurite import Azurite
+from tests.emulator.conftest import REPO, WORKSPACE_ID, Api, EmulatorProcess
+from tests.integration.test_devhost import Devhost, app_environment, start_devhost
+
+COLUMNS = [{"name": "n", "dataType": "Int64"}, {"name": "label", "dataType": "string"}]
+
+
+@dataclass
+class Pipeline:
+    """A fresh rows queue, its poison queue and dead-letter container, and devhost on demand."""
+
+    azurite: Azurite
+    env: dict[str, str]
+    settings: Path
+    queue: QueueClient
+    poison: QueueClient
+    hosts: list[Devhost] = field(default_factory=list)
+
+    def start(self, **overrides: str) -> Devhost:
+        host = start_devhost({**self.env, **overrides}, self.settings)
+        self.hosts.append(host)
+        return host
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        service = BlobServiceClient.from_connection_string(self.azurite.connection_string)
+        container = service.get_container_client(self.env["DEADLETTER_CONTAINER"])
+        if not container.exists():
+            return []
+        lines: list[dict[str, Any]] = []
+        for blob in container.list_blobs():
+            text = container.download_blob(blob.name).readall().decode()
+            lines.extend(json.loads(line) for line in text.splitlines())
+        return lines
+
+
+@pytest.fixture
+def pipeline(emulator: EmulatorProcess, azurite: Azurite, tmp_path: Path) -> Iterator[Pipeline]:
+    name = f"rows{uuid.uuid4().hex[:10]}"
+    queue = QueueClient.from_connection_string(azurite.connection_string, name)
+    queue.create_queue()
+    poison = QueueClient.from_connection_string(azurite.connection_string, f"{name}-poison")
+    env = app_environment(emulator, azurite, name)
+    env["DEADLETTER_CONTAINER"] = f"dl-{uuid.uuid4().hex[:10]}"
+    env["PYTHONUNBUFFERED"] = "1"
+    settings = tmp_path / "local.settings.json"
+    settings.write_text(json.dumps({"IsEncrypted": False, "Values": {}}))
+    setup = Pipeline(azurite, env, settings, queue, poison)
+    yield setup
+    for host in setup.hosts:
+        host.stop()
+
+
+def envelope(dataset: str, start: int, count: int) -> str:
+    rows = [{"n": start + i, "label": f"row {start + i}"} for i in range(count)]
+    body = {"dataset": dataset, "table": "T", "rows": rows}
+    return base64.b64encode(json.dumps(body).encode()).decode()
+
+
+def send_all(client: QueueClient, messages: list[str]) -> None:
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(client.send_message, messages))
+
+
+def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"gave up waiting for {what} after {seconds} s")
+
+
+def stored_count(api: Api, dataset_id: str) -> int:
+    return int(api.state(dataset_id)["tables"][0]["rows"])
+
+
+def queue_empty(queue: QueueClient) -> bool:
+    return int(queue.get_queue_properties().approximate_message_count) == 0
+
+
+def new_dataset(api: Api, prefix: str) -> tuple[str, str]:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    return name, api.create_dataset([{"name": "T", "columns": COLUMNS}], WORKSPACE_ID, name=name)
+
+
+def test_2000_messages_of_5_rows_take_a_handful_of_posts(api: Api, pipeline: Pipeline) -> None:
+    """A backlog of 2,000 five-row messages is delivered in a handful of POSTs, each row once."""
+    name, dataset_id = new_dataset(api, "Backlog")
+    send_all(pipeline.queue, [envelope(name, i * 5, 5) for i in range(2_000)])
+    pipeline.start()
+    wait_for(lambda: stored_count(api, dataset_id) >= 10_000, 180, "10,000 rows")
+    wait_for(lambda: queue_empty(pipeline.queue), 30, "an empty queue")
+    stored = sorted(r["n"] for r in api.stored_rows(dataset_id, "T"))
+    posts = api.state(dataset_id)["counters"]["posts_accepted"]
+    print(f"\n2,000 messages x 5 rows -> {posts} POSTs; {len(stored)} rows stored")
+    assert stored == list(range(10_000)), "every row exactly once"
+    assert posts <= 10
+
+
+def test_faults_lose_no_row_and_duplicate_only_after_accept_then_fail(
+    api: Api, pipeline: Pipeline
+) -> None:
+    """Through 429s, 503s, dropped connections and a lost answer, every row arrives; rows appear
+    twice only because the emulator stored a batch and lost the answer, and that is counted."""
+    name, dataset_id = new_dataset(api, "Faults")
+    faults = ["throttle", "error_503", "drop", "ok", "accept_then_fail", "throttle", "drop"]
+    api.set_faults(script=faults, retry_after=0)
+    pipeline.start(AzureFunctionsJobHost__extensions__queues__visibilityTimeout="00:00:01")
+    for wave in range(8):  # waves a second apart: several POSTs, so every fault is met
+        send_all(pipeline.queue, [envelope(name, (wave * 50 + i) * 2, 2) for i in range(50)])
+        time.sleep(1.0)
+    wait_for(
+        lambda: (
+            queue_empty(pipeline.queue)
+            and len({r["n"] for r in api.stored_rows(dataset_id, "T")}) == 800
+        ),
+        180,
+        "all 800 rows",
+    )
+    stored = [r["n"] for r in api.stored_rows(dataset_id, "T")]
+    counters = api.state(dataset_id)["counters"]
+    injected = {k: v for k, v in counters.items() if k.startswith("injected_")}
+    duplicates = len(stored) - len(set(stored))
+    print(
+        f"\nfaults injected {injected}; POSTs accepted {counters['posts_accepted']}; rows stored "
+        f"{len(stored)}, distinct {len(set(stored))}, duplicates {duplicates}"
+    )
+    assert set(stored) == set(range(800)), "no row lost"
+    assert pipeline.dead_letters() == [] and queue_empty_or_missing(pipeline.poison)
+    assert injected == {
+        "injected_throttle": 2,
+        "injected_error_503": 1,
+        "injected_drop": 2,
+        "injected_accept_then_fail": 1,
+    }
+    # The only duplicates are the rows of the one batch whose answer was lost, sent again:
+    # some rows twice, none three times.
+    assert duplicates > 0
+    assert max(Counter(stored).values()) == 2
+    assert {k: v for k, v in counters.items() if k.startswith("throttled_")} == {}
+
+
+def queue_empty_or_missing(queue: QueueClient) -> bool:
+    try:
+        return queue_empty(queue)
+    except Exception:
+        return True
+
+
+def test_poison_after_max_tries_then_replay_delivers(api: Api, pipeline: Pipeline) -> None:
+    """A message that keeps failing transiently moves to <queue>-poison after maxDequeueCount
+    tries; once the cause is gone, replay delivers it."""
+    name, dataset_id = new_dataset(api, "Poison")
+    api.set_faults(throttle=1.0, retry_after=30)  # every Add Rows refused for 30 s
+    pipeline.queue.send_message(envelope(name, 0, 3))
+    pipeline.start(
+        QUEUE_TIME_BUDGET_SECONDS="1",
+        AzureFunctionsJobHost__extensions__queues__visibilityTimeout="00:00:00",
+        AzureFunctionsJobHost__extensions__queues__maxDequeueCount="3",
+    )
+    wait_for(lambda: not queue_empty_or_missing(pipeline.poison), 60, "the poison queue")
+    assert queue_empty(pipeline.queue) and stored_count(api, dataset_id) == 0
+    (poisoned,) = list(pipeline.poison.peek_messages())
+    assert poisoned.dequeue_count == 0 or poisoned.content  # moved as it was
+    api.session.delete(f"{api.emulator.base}/_emulator/faults")
+    env = {**pipeline.env}
+    done = subprocess.run(
+        [sys.executable, "-m", "shared", "--settings", str(pipeline.settings), "replay", "poison"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["messagesReplayed"] == 1
+    assert sorted(r["n"] for r in api.stored_rows(dataset_id, "T")) == [0, 1, 2]
+    assert queue_empty(pipeline.poison)
+
+
+def test_bad_messages_are_dead_lettered_once(api: Api, pipeline: Pipeline) -> None:
+    """Not base64, not JSON, wrong shape, unknown table, over-long strings: each is
+    dead-lettered on its first delivery with a reason, and nothing reaches the poison queue."""
+    name, dataset_id = new_dataset(api, "Bad")
+    good = {"dataset": name, "table": "T", "rows": [{"n": 1}]}
+    bad = [
+        "%%% definitely not base64 %%%",
+        base64.b64encode(b"{ not json").decode(),
+        base64.b64encode(json.dumps({"table": "T", "rows": []}).encode()).decode(),
+        base64.b64encode(json.dumps({**good, "table": "Nope"}).encode()).decode(),
+        base64.b64encode(
+            json.dumps({**good, "rows": [{"n": 2, "label": "x" * 4_001}]}).encode()
+        ).decode(),
+        base64.b64encode(json.dumps(good).encode()).decode(),
+    ]
+    send_all(pipeline.queue, bad)
+    pipeline.start()
+    wait_for(lambda: len(pipeline.dead_letters()) >= 5, 60, "five dead letters")
+    wait_for(lambda: queue_empty(pipeline.queue), 30, "an empty queue")
+    letters = pipeline.dead_letters()
+    reasons = " | ".join(letter["reason"] for letter in letters)
+    assert len(letters) == 5, reasons
+    for expected in (
+        "neither base64 nor JSON",
+        "not valid JSON",
+        "message.dataset",
+        "no table 'Nope'",
+        "4,000",
+    ):
+        assert expected in reasons
+    assert all("(try 1)" in letter["source"] for letter in letters), "first delivery only"
+    assert queue_empty_or_missing(pipeline.poison)
+    assert [r["n"] for r in api.stored_rows(dataset_id, "T")] == [1]
