@@ -1,0 +1,310 @@
+"""Streaming readers for uploaded files: CSV, NDJSON and JSON, each optionally gzip-compressed.
+
+Readers take an iterator of byte chunks (a blob download's ``chunks()``, a file read in blocks)
+and yield rows one at a time, so memory stays flat whatever the file size. A part of the file
+that cannot be read becomes an :class:`Unreadable` item (with its line and the reason) in the
+same stream, and reading goes on where it can: the good rows of a damaged file still arrive, and
+the rest is dead-lettered with the reason.
+
+- CSV: the first row is the header; values stay text and the table schema coerces them.
+- NDJSON: one JSON object per line.
+- JSON: an array of rows, or ``{"rows": [...]}`` (parsed incrementally with ijson).
+- gzip: by a ``.gz`` extension, a gzip content type or the gzip magic bytes; the decompressed
+  size is capped (``max_bytes``) so a zip bomb is refused, not unpacked.
+- Text is UTF-8, with or without a byte-order mark.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import ijson
+
+FORMATS = ("csv", "ndjson", "json")
+#: Decompressed bytes allowed per file by default (a 1 GB CSV compresses to ~100 MB).
+DEFAULT_MAX_BYTES = 20 * 1024**3
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A piece of the file that is not a row: where it is, why, and its text (shortened)."""
+
+    reason: str
+    text: str = ""
+    line: int | None = None
+
+
+class FormatError(ValueError):
+    """The file's kind cannot be told, or its compression is unusable from the start."""
+
+
+def detect(name: str, content_type: str | None = None) -> tuple[str, bool]:
+    """``(format, gzipped)`` from the file name (``x.csv.gz``), else its content type."""
+    lower = name.lower()
+    gzipped = lower.endswith(".gz") or (content_type or "").lower() in (
+        "application/gzip",
+        "application/x-gzip",
+    )
+    stem = lower[:-3] if lower.endswith(".gz") else lower
+    for suffix, kind in (
+        (".csv", "csv"),
+        (".ndjson", "ndjson"),
+        (".jsonl", "ndjson"),
+        (".json", "json"),
+    ):
+        if stem.endswith(suffix):
+            return kind, gzipped
+    by_type = {
+        "text/csv": "csv",
+        "application/x-ndjson": "ndjson",
+        "application/ndjson": "ndjson",
+        "application/jsonl": "ndjson",
+        "application/json": "json",
+    }.get((content_type or "").split(";")[0].strip().lower())
+    if by_type is None:
+        raise FormatError(
+            f"cannot tell the format of {name!r}: name it .csv, .ndjson or .json (optionally "
+            ".gz), or set its content type"
+        )
+    return by_type, gzipped
+
+
+def read_rows(
+    chunks: Iterable[bytes], kind: str, gzipped: bool = False, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[dict[str, Any] | Unreadable | Any]:
+    """Rows (and :class:`Unreadable` items) from a file of ``kind``, read chunk by chunk."""
+    data = _Peekable(chunks)
+    if gzipped or data.peek().startswith(_GZIP_MAGIC):
+        data = _Peekable(_gunzip(data, max_bytes))
+    else:
+        data = _Peekable(_capped(data, max_bytes))
+    if kind == "csv":
+        return _csv(data)
+    if kind == "ndjson":
+        return _ndjson(data)
+    if kind == "json":
+        return _json(data)
+    raise FormatError(f"unknown format {kind!r}; use one of {', '.join(FORMATS)}")
+
+
+class _Peekable:
+    """A chunk iterator whose first non-empty chunk can be looked at before reading."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._head: bytes | None = None
+
+    def peek(self) -> bytes:
+        if self._head is None:
+            self._head = b""
+            for chunk in self._chunks:
+                if chunk:
+                    self._head = chunk
+                    break
+        return self._head
+
+    def __iter__(self) -> Iterator[bytes]:
+        head = self.peek()
+        if head:
+            yield head
+        yield from self._chunks
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _capped(chunks: Iterable[bytes], max_bytes: int) -> Iterator[bytes]:
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        if seen > max_bytes:
+            raise _TooBig(f"the file is larger than {max_bytes:,} bytes")
+        yield chunk
+
+
+def _gunzip(chunks: Iterable[bytes], max_bytes: int) -> Iterator[bytes]:
+    """Decompress gzip (concatenated members too), never producing more than ``max_bytes``."""
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    fed = False  # whether the current member has had any input
+    produced = 0
+    for chunk in chunks:
+        pending = chunk
+        while pending:
+            fed = True
+            try:
+                out = inflater.decompress(pending, 1 << 20)
+            except zlib.error as exc:
+                raise _Truncated(f"the gzip data is corrupt ({exc})") from None
+            produced += len(out)
+            if produced > max_bytes:
+                raise _TooBig(
+                    f"the file decompresses to more than {max_bytes:,} bytes (a zip bomb?)"
+                )
+            if out:
+                yield out
+            if inflater.eof:
+                pending = inflater.unused_data
+                inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+                fed = False
+            else:
+                pending = inflater.unconsumed_tail
+    if fed and not inflater.eof:
+        raise _Truncated("the gzip data ends early: the file is truncated")
+
+
+def _lines(data: Iterable[bytes]) -> Iterator[tuple[int, bytes | Unreadable]]:
+    """Byte lines with their numbers; a stream failure becomes a final Unreadable."""
+    number = 0
+    rest = b""
+    try:
+        for chunk in data:
+            rest += chunk
+            *whole, rest = rest.split(b"\n")
+            for line in whole:
+                number += 1
+                yield number, line.rstrip(b"\r")
+    except (_TooBig, _Truncated) as exc:
+        yield number + 1, Unreadable(str(exc), line=number + 1)
+        return
+    if rest:
+        yield number + 1, rest.rstrip(b"\r")
+
+
+def _decode(raw: bytes, number: int) -> str | Unreadable:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Unreadable(
+            f"line {number} is not UTF-8 (byte {exc.start}): the file must be UTF-8 encoded",
+            raw[:200].decode("utf-8", errors="replace"),
+            number,
+        )
+    return text.removeprefix("\ufeff") if number == 1 else text
+
+
+def _ndjson(data: Iterable[bytes]) -> Iterator[Any]:
+    for number, raw in _lines(data):
+        if isinstance(raw, Unreadable):
+            yield raw
+            return
+        text = _decode(raw, number)
+        if isinstance(text, Unreadable):
+            yield text
+            continue
+        if not text.strip():
+            continue
+        try:
+            yield json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            yield Unreadable(f"line {number} is not JSON: {exc}", text[:200], number)
+
+
+def _csv(data: Iterable[bytes]) -> Iterator[Any]:
+    problems: list[Unreadable] = []
+
+    def text_lines() -> Iterator[str]:
+        for number, raw in _lines(data):
+            if isinstance(raw, Unreadable):
+                problems.append(raw)
+                return
+            text = _decode(raw, number)
+            if isinstance(text, Unreadable):
+                problems.append(text)
+                yield ""  # keep csv's line count in step; an empty line is skipped
+                continue
+            yield text + "\n"
+
+    reader = csv.reader(text_lines(), strict=True)
+    header: list[str] | None = None
+    while True:
+        record: list[str] | None = None
+        failure: Unreadable | None = None
+        finished = False
+        try:
+            record = next(reader)
+        except StopIteration:
+            finished = True
+        except csv.Error as exc:
+            failure = Unreadable(f"line {reader.line_num}: {exc}", line=reader.line_num)
+        yield from problems
+        problems.clear()
+        if finished:
+            return
+        if failure is not None:
+            yield failure
+            continue
+        if not record or record == [""]:
+            continue
+        if header is None:
+            header = [name.strip() for name in record]
+            if len(set(header)) != len(header) or "" in header:
+                yield Unreadable("the header row has empty or repeated column names", line=1)
+                return
+            continue
+        if len(record) != len(header):
+            yield Unreadable(
+                f"line {reader.line_num}: {len(record)} fields, but the header has {len(header)}",
+                ",".join(record)[:200],
+                reader.line_num,
+            )
+            continue
+        yield dict(zip(header, record, strict=True))
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file-like view of a chunk iterator, for ijson."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+def _json(data: _Peekable) -> Iterator[Any]:
+    head = data.peek().lstrip(codecs.BOM_UTF8).lstrip()
+    if head[:1] not in (b"[", b"{"):
+        yield Unreadable('a JSON file must hold an array of rows or {"rows": [...]}', line=1)
+        return
+    prefix = "item" if head[:1] == b"[" else "rows.item"
+
+    def without_bom() -> Iterator[bytes]:
+        first = True
+        for chunk in data:
+            yield chunk.removeprefix(codecs.BOM_UTF8) if first else chunk
+            first = False
+
+    count = 0
+    try:
+        for item in ijson.items(_ChunkReader(without_bom()), prefix, use_float=True):
+            count += 1
+            yield item
+    except (_TooBig, _Truncated) as exc:
+        yield Unreadable(f"after row {count}: {exc}")
+    except (ijson.JSONError, ValueError, UnicodeDecodeError) as exc:
+        yield Unreadable(f"the JSON is invalid after row {count}: {exc}")
