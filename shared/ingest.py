@@ -39,6 +39,7 @@ from shared.errors import (
     TransientError,
     ValidationError,
 )
+from shared.formats import Unreadable
 from shared.governor import Governor
 from shared.powerbi import PowerBIClient
 from shared.retry import REFUSED_STATUSES, RetryPolicy
@@ -237,6 +238,7 @@ class Ingestor:
         deadline: float | None = None,
         source: str | None = None,
         dead_letter: bool = True,
+        on_progress: Callable[[int], None] | None = None,
     ) -> PushResult:
         """Push ``rows`` (an iterable: a list, or a stream read lazily) to ``target``.
 
@@ -245,10 +247,16 @@ class Ingestor:
         message id). Permanent failures are dead-lettered (unless ``dead_letter`` is False: a
         synchronous HTTP caller gets its rejected rows back instead) and reported in the
         result; a transient one raises :class:`PushIncomplete`, after dead-lettering what was
-        refused.
+        refused. ``on_progress(n)`` is called after each acknowledged Add Rows, once every row
+        before position ``n`` is either acknowledged or dead-lettered (a checkpoint may be
+        written then).
         """
         (result,) = self.push_parts(
-            target, [Part(rows, source)], deadline=deadline, dead_letter=dead_letter
+            target,
+            [Part(rows, source)],
+            deadline=deadline,
+            dead_letter=dead_letter,
+            on_progress=on_progress,
         )
         if result.stopped is not None and result.cause is not None:
             raise PushIncomplete(result, result.cause)
@@ -261,6 +269,7 @@ class Ingestor:
         *,
         deadline: float | None = None,
         dead_letter: bool = True,
+        on_progress: Callable[[int], None] | None = None,
     ) -> list[PushResult]:
         """Push several callers' rows together (the fewest POSTs for all of them) and account
         for each part separately: one :class:`PushResult` per part, in order.
@@ -269,6 +278,7 @@ class Ingestor:
         has ``stopped`` set (and ``cause``), so each caller can decide on its own.
         """
         run = _Run(target, parts, dead_letter)
+        run.on_progress = on_progress
         try:
             self._run(run, deadline)
         except TransientError as error:
@@ -295,6 +305,9 @@ class Ingestor:
 
         def valid() -> Iterator[tuple[int, dict[str, Any]]]:
             for index, row in run.rows():
+                if isinstance(row, Unreadable):  # a part of a file that is not a row
+                    run.reject(RowProblem(index, row.reason), row.text)
+                    continue
                 checked = validator(row, index) if validator else _plain(row, index)
                 if isinstance(checked, RowProblem):
                     run.reject(checked, row)
@@ -367,6 +380,10 @@ class Ingestor:
                     self._sleep(wait)
                 continue
             run.acknowledged(batch)
+            if run.on_progress is not None:
+                # Dead letters first: a checkpoint must never pass a refused row not yet kept.
+                self._store(run)
+                run.on_progress(batch.indices[-1] + 1)
             self._note_sent(dataset_id, table, batch.count)
             return
 
@@ -381,11 +398,13 @@ class Ingestor:
     def _store(self, run: _Run) -> None:
         if self.dead_letters is None or not run.dead_letter:
             return
-        for part, result, letters in zip(run.parts, run.results, run.letters, strict=True):
+        for number, (part, result) in enumerate(zip(run.parts, run.results, strict=True)):
+            letters = run.letters[number]
             if not letters:
                 continue
             result.dead_letter_location = self.dead_letters.write(run.target, letters, part.source)
             result.dead_lettered += len(letters)
+            run.letters[number] = []  # kept: never written twice
             log.warning(
                 "%d rows for %s/%s dead-lettered to %s",
                 len(letters),
@@ -413,6 +432,7 @@ class _Run:
         self.dead_letter = dead_letter
         self.results = [PushResult(target) for _ in self.parts]
         self.letters: list[list[DeadLetter]] = [[] for _ in self.parts]
+        self.on_progress: Callable[[int], None] | None = None
         self._starts: list[int] = []  # first stream index of each part, filled while reading
         self._read: set[int] = set()  # parts read to their end
         for part, result in zip(self.parts, self.results, strict=True):

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.claimcheck import ClaimCheckStore
 from shared.coalesce import Coalescer
@@ -22,7 +22,12 @@ from shared.contracts import PushResult, Target
 from shared.deadletter import DeadLetter, DeadLetterStore
 from shared.envelope import envelope, rows_of
 from shared.errors import NotFoundError, TransientError, ValidationError
-from shared.messages import decode
+from shared.messages import MessageError, decode
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobServiceClient
+
+    from shared.blob_ingest import BlobIngest
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,11 @@ class QueueIngest:
         *,
         time_budget: float = 240.0,
         clock: Callable[[], float] = time.monotonic,
+        blobs: Callable[[], BlobIngest] | None = None,
+        blob_service: Callable[[], BlobServiceClient] | None = None,
     ) -> None:
+        self._blobs = blobs
+        self._blob_service = blob_service
         self._coalescer = coalescer
         self._claim_checks = claim_checks
         self._dead_letters = dead_letters
@@ -56,7 +65,10 @@ class QueueIngest:
         source = f"queue message {message_id} (try {dequeue_count})"
         loop = asyncio.get_running_loop()
         try:
-            item = envelope(decode(body), "message")
+            decoded = decode(body)
+            if isinstance(decoded, dict) and "continueBlob" in decoded:
+                return await self._continue_blob(decoded["continueBlob"], source)
+            item = envelope(decoded, "message")
             rows = item.rows
             if item.blob is not None:
                 payload = await loop.run_in_executor(None, self._claim_checks().get, item.blob)
@@ -76,6 +88,20 @@ class QueueIngest:
                 # The rows are safe; failing now would redeliver (and duplicate) them.
                 log.warning("%s: claim check left behind: %s", source, error)
         return result
+
+    async def _continue_blob(self, spec: Any, source: str) -> PushResult | None:
+        """The rest of a long file, handed on by the blob path: resume it from its checkpoint."""
+        if (
+            not isinstance(spec, dict)
+            or not all(isinstance(spec.get(k), str) for k in ("container", "name"))
+            or self._blobs is None
+            or self._blob_service is None
+        ):
+            raise MessageError("continueBlob needs 'container' and 'name'")
+        blob = self._blob_service().get_blob_client(spec["container"], spec["name"])
+        outcome = await asyncio.get_running_loop().run_in_executor(None, self._blobs().handle, blob)
+        log.info("%s: continued %s: %s", source, outcome.source, outcome.status)
+        return outcome.result
 
     def _dead_letter_message(self, body: bytes, reason: str, source: str) -> None:
         text = body.decode("utf-8", errors="replace")

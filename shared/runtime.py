@@ -7,26 +7,39 @@ Tests build their own :class:`~shared.ingest.Ingestor` with the pieces they need
 
 from __future__ import annotations
 
+import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from shared.auth import make_token_provider
+from shared.blob_events import BlobEvents
+from shared.blob_ingest import BlobIngest
+from shared.checkpoint import CheckpointStore
 from shared.claimcheck import ClaimCheckStore
 from shared.coalesce import Coalescer
 from shared.deadletter import BlobDeadLetterStore
 from shared.errors import ConfigError
 from shared.governor import Governor, Quotas
 from shared.ingest import Ingestor
+from shared.messages import encode
 from shared.powerbi import DEFAULT_TIMEOUT, PowerBIClient
 from shared.queue_ingest import QueueIngest
 from shared.schema import load_definitions
 from shared.settings import Settings
+from shared.storage import blob_service, queue_client
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobClient
 
 _lock = threading.RLock()
 _ingestor: Ingestor | None = None
 _settings: Settings | None = None
 _queue: QueueIngest | None = None
+_blob: BlobIngest | None = None
+_events: BlobEvents | None = None
 
 
 def get_settings() -> Settings:
@@ -86,7 +99,14 @@ def build_queue_ingest(
     if store is None:
         raise ConfigError(settings.deadletter_connection, "the queue needs a dead-letter store")
     return QueueIngest(
-        lambda: coalescer, lambda: claims, lambda: store, time_budget=settings.queue_time_budget
+        lambda: coalescer,
+        lambda: claims,
+        lambda: store,
+        time_budget=settings.queue_time_budget,
+        blobs=lambda: (
+            get_blob_ingest() if env is os.environ else build_blob_ingest(settings, ingestor, env)
+        ),
+        blob_service=lambda: blob_service(settings.storage_connection, env),
     )
 
 
@@ -99,10 +119,79 @@ def get_queue_ingest() -> QueueIngest:
         return _queue
 
 
+def build_blob_ingest(
+    settings: Settings, ingestor: Ingestor, env: Mapping[str, str] | None = None
+) -> BlobIngest:
+    """A blob ingester whose long files hand their rest on through the rows queue."""
+    env = os.environ if env is None else env
+    service = blob_service(settings.storage_connection, env)
+    store = ingestor.dead_letters
+    if store is None:
+        raise ConfigError(
+            settings.deadletter_connection, "blob ingestion needs a dead-letter store"
+        )
+    queue = queue_client(settings.storage_connection, settings.rows_queue, env)
+
+    def hand_on(message: dict[str, Any], delay: float) -> None:
+        queue.send_message(encode(json.dumps(message)), visibility_timeout=int(min(delay, 604_800)))
+
+    return BlobIngest(
+        ingestor,
+        CheckpointStore(service.get_container_client(settings.checkpoint_container)),
+        store,
+        continuation=hand_on,
+        time_budget=settings.blob_time_budget,
+        max_bytes=settings.blob_max_bytes,
+    )
+
+
+def get_blob_ingest() -> BlobIngest:
+    """The process's blob ingester."""
+    global _blob
+    with _lock:
+        if _blob is None:
+            _blob = build_blob_ingest(get_settings(), get_ingestor())
+        return _blob
+
+
+def blob_client_for(settings: Settings, env: Mapping[str, str]) -> Callable[[str], BlobClient]:
+    """How to open a blob URL: with the storage connection's key when the URL is that account
+    (Azurite locally), else with the managed identity."""
+
+    def open_url(url: str) -> BlobClient:
+        from azure.storage.blob import BlobClient
+
+        own = blob_service(settings.storage_connection, env)
+        if url.lower().startswith(own.url.lower().rstrip("/") + "/"):
+            container, _, name = url[len(own.url.rstrip("/")) + 1 :].partition("/")
+            return own.get_blob_client(unquote(container), unquote(name))
+        from azure.identity import ManagedIdentityCredential
+
+        return BlobClient.from_blob_url(
+            url, credential=ManagedIdentityCredential(client_id=settings.client_id)
+        )
+
+    return open_url
+
+
+def get_blob_events() -> BlobEvents:
+    """The process's BlobCreated event handler."""
+    global _events
+    with _lock:
+        if _events is None:
+            settings = get_settings()
+            _events = BlobEvents(
+                get_blob_ingest, settings.blob_allowed_hosts, blob_client_for(settings, os.environ)
+            )
+        return _events
+
+
 def reset() -> None:
     """Forget the process's settings and ingestor (tests change the environment between runs)."""
-    global _ingestor, _settings, _queue
+    global _ingestor, _settings, _queue, _blob, _events
     with _lock:
+        _events = None
         _ingestor = None
         _settings = None
         _queue = None
+        _blob = None

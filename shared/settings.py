@@ -105,6 +105,11 @@ class Settings:
     http_time_budget: float
     webhook_secret: str | None
     queue_linger: float
+    ingest_container: str
+    checkpoint_container: str
+    blob_time_budget: float
+    blob_max_bytes: int
+    blob_allowed_hosts: tuple[str, ...]
     queue_max_wait: float
     queue_time_budget: float
 
@@ -189,6 +194,14 @@ class Settings:
             http_time_budget=_positive(get, "HTTP_TIME_BUDGET_SECONDS", 200.0),
             webhook_secret=get("WEBHOOK_SECRET"),
             queue_linger=_positive(get, "QUEUE_LINGER_SECONDS", 0.2),
+            ingest_container=get("INGEST_CONTAINER") or "ingest",
+            checkpoint_container=get("CHECKPOINT_CONTAINER") or "ingest-checkpoints",
+            # Under the Consumption plan's 10-minute functionTimeout, with room to hand on.
+            blob_time_budget=_positive(get, "BLOB_TIME_BUDGET_SECONDS", 480.0),
+            blob_max_bytes=int(_positive(get, "BLOB_MAX_BYTES", 20 * 1024**3)),
+            blob_allowed_hosts=tuple(
+                h.strip().lower() for h in (get("BLOB_ALLOWED_HOSTS") or "").split(",") if h.strip()
+            ),
             queue_max_wait=_positive(get, "QUEUE_MAX_WAIT_SECONDS", 5.0),
             queue_time_budget=_positive(get, "QUEUE_TIME_BUDGET_SECONDS", 240.0),
         )

@@ -1,0 +1,189 @@
+"""Uploaded files to Power BI: stream, validate, push, checkpoint, resume, hand on.
+
+:meth:`BlobIngest.handle` takes a blob (an ``azure.storage.blob.BlobClient``, as the SDK-type
+binding gives it), finds its target from the path convention ``<dataset>/<table>/<name>`` (or
+the blob's ``dataset``/``table``/``workspace`` metadata), and streams it in chunks through the
+readers of :mod:`shared.formats` into :meth:`~shared.ingest.Ingestor.push`. After each
+acknowledged Add Rows it records the position reached for this blob version (ETag); a re-run
+resumes there, a new version starts over, a finished one is skipped. When the remaining rows
+cannot be sent within the time budget (the hourly quota, a long throttle), it checkpoints and
+hands the rest on as a continuation message on the rows queue, due when the service said to
+retry, instead of failing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared.checkpoint import Checkpoint, CheckpointStore
+from shared.contracts import PushResult, Target
+from shared.deadletter import DeadLetter, DeadLetterStore
+from shared.formats import DEFAULT_MAX_BYTES, FormatError, detect, read_rows
+from shared.ingest import Ingestor, PushIncomplete
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobClient
+
+log = logging.getLogger(__name__)
+
+#: The blobs' download chunk size: memory per file stays around this, whatever its size.
+CHUNK_BYTES = 1024 * 1024
+UNTARGETED = Target("_unreadable", "_files")
+
+
+@dataclass(frozen=True)
+class BlobOutcome:
+    """What became of one blob version."""
+
+    source: str
+    status: str  # "done", "skipped", "continued", "unreadable"
+    result: PushResult | None = None
+    resumed_at: int = 0
+
+
+def _ranges(blob: BlobClient, size: int, etag: str) -> Iterator[bytes]:
+    """The blob in ``CHUNK_BYTES`` ranges, each one GET of this version only (a blob changed
+    meanwhile fails the read instead of mixing versions). Not ``download_blob().chunks()``:
+    its first GET fetches up to 32 MiB (``max_single_get_size``), so memory would grow with the
+    file up to that size."""
+    from azure.core import MatchConditions
+
+    offset = 0
+    while offset < size:
+        length = min(CHUNK_BYTES, size - offset)
+        yield blob.download_blob(
+            offset=offset, length=length, etag=etag, match_condition=MatchConditions.IfNotModified
+        ).readall()
+        offset += length
+
+
+def target_of(name: str, metadata: Mapping[str, str]) -> Target | None:
+    """The target from metadata (``dataset``, ``table``, optional ``workspace``), else from the
+    path ``<dataset>/<table>/<file>``; None when neither gives one."""
+    meta = {k.lower(): v for k, v in metadata.items()}
+    if meta.get("dataset") and meta.get("table"):
+        return Target(meta["dataset"], meta["table"], meta.get("workspace") or None)
+    parts = name.split("/")
+    if len(parts) >= 3 and parts[0] and parts[1]:
+        return Target(parts[0], parts[1], meta.get("workspace") or None)
+    return None
+
+
+class BlobIngest:
+    """Ingests blobs; one per process, sharing the ingestor (and so the pacing)."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        checkpoints: CheckpointStore,
+        dead_letters: DeadLetterStore,
+        *,
+        continuation: Callable[[dict[str, Any], float], None] | None = None,
+        time_budget: float = 540.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ingestor = ingestor
+        self.checkpoints = checkpoints
+        self.dead_letters = dead_letters
+        self.continuation = continuation
+        self.time_budget = time_budget
+        self.max_bytes = max_bytes
+        self._clock = clock
+
+    def handle(self, blob: BlobClient) -> BlobOutcome:
+        """Push one blob version's rows, from its checkpoint on. Raises TransientError when the
+        blob must be tried again (nothing was handed on)."""
+        props = blob.get_blob_properties()
+        # The account is part of the name: BlobCreated events bring blobs of other accounts.
+        source = f"{blob.account_name}/{blob.container_name}/{blob.blob_name}"
+        etag = str(props.etag)
+        target = target_of(blob.blob_name, props.metadata or {})
+        try:
+            if target is None:
+                raise FormatError(
+                    "no target: put the file at <dataset>/<table>/<name> in the container, or "
+                    "set its 'dataset' and 'table' metadata"
+                )
+            kind, gzipped = detect(blob.blob_name, props.content_settings.content_type)
+        except FormatError as error:
+            self._unreadable(source, etag, str(error))
+            return BlobOutcome(source, "unreadable")
+        checkpoint = self.checkpoints.load(source, etag)
+        if checkpoint.done:
+            log.info("%s (%s) was already ingested; skipped", source, etag)
+            return BlobOutcome(source, "skipped", resumed_at=checkpoint.next_row)
+        start = checkpoint.next_row
+        chunks = _ranges(blob, int(props.size), etag)
+        rows = itertools.islice(read_rows(chunks, kind, gzipped, self.max_bytes), start, None)
+
+        def progress(position: int) -> None:
+            self.checkpoints.save(
+                source,
+                Checkpoint(etag, start + position, False, checkpoint.sent, checkpoint.rejected),
+            )
+
+        log.info(
+            "ingesting %s (%s, gzip=%s) into %s/%s from row %d",
+            source,
+            kind,
+            gzipped,
+            target.dataset,
+            target.table,
+            start,
+        )
+        try:
+            result = self.ingestor.push(
+                target,
+                rows,
+                deadline=self._clock() + self.time_budget,
+                source=source,
+                on_progress=progress,
+            )
+        except PushIncomplete as stopped:
+            return self._hand_on(source, etag, target, stopped, start)
+        self.checkpoints.save(
+            source,
+            Checkpoint(
+                etag,
+                start + result.received,
+                True,
+                checkpoint.sent + result.sent,
+                checkpoint.rejected + result.rejected,
+            ),
+        )
+        log.info(
+            "%s done: %s",
+            source,
+            {
+                k: v
+                for k, v in result.to_json().items()
+                if k in ("received", "sent", "rejected", "batches")
+            },
+        )
+        return BlobOutcome(source, "done", result, start)
+
+    def _hand_on(
+        self, source: str, etag: str, target: Target, stopped: PushIncomplete, start: int
+    ) -> BlobOutcome:
+        if self.continuation is None or (stopped.maybe_delivered and stopped.retry_after is None):
+            raise stopped  # the host retries the blob from its checkpoint
+        delay = stopped.retry_after or 60.0
+        container, _, name = source.partition("/")
+        self.continuation(
+            {"continueBlob": {"container": container, "name": name, "etag": etag}}, delay
+        )
+        log.warning("%s: %s; the rest is handed on, due in %.0f s", source, stopped, delay)
+        return BlobOutcome(source, "continued", stopped.result, start)
+
+    def _unreadable(self, source: str, etag: str, reason: str) -> None:
+        self.dead_letters.write(
+            UNTARGETED, [DeadLetter(f"{source}: {reason}", {"blob": source, "etag": etag})], source
+        )
+        self.checkpoints.save(source, Checkpoint(etag, 0, True))
+        log.warning("%s dead-lettered: %s", source, reason)
