@@ -65,6 +65,7 @@ import azure.functions as func
 import azure.functions.queue as func_queue
 from aiohttp import web
 from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import (
     BinaryBase64EncodePolicy,
     QueueClient,
@@ -953,6 +954,249 @@ class QueueRunner:
         entry.client.delete_message(message)
 
 
+# -- blob triggers -------------------------------------------------------------------------------
+
+RECEIPTS_CONTAINER = "azure-webjobs-hosts"
+BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
+
+
+@dataclass
+class BlobEntry:
+    spec: FunctionSpec
+    container: str
+    service: BlobServiceClient
+    connection: str
+    task: asyncio.Task[None] | None = None
+
+
+class BlobRunner:
+    """Blob triggers against Azurite, invoked once per blob version as the host does.
+
+    There is no Event Grid locally, so new blobs are found by listing the container (every
+    ``DEVHOST_BLOB_POLL_SECONDS``, default 1); the host's webhook for Event Grid-sourced blob
+    triggers, ``POST /runtime/webhooks/blobs?functionName=Host.Functions.<name>`` with
+    BlobCreated events, is served too. A blob receipt (``azure-webjobs-hosts/blobreceipts/...``,
+    keyed by ETag) marks a version done, so a restart does not run it again; a failed version is
+    tried up to ``maxDequeueCount`` times, then reported on ``webjobs-blobtrigger-poison``. The
+    function gets an ``azure.storage.blob.BlobClient``, as the SDK-type binding gives it.
+    """
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.entries: list[BlobEntry] = []
+        self.poll = float(host.env.get("DEVHOST_BLOB_POLL_SECONDS", "1"))
+        self._tries: dict[tuple[str, str, str], int] = {}
+        self._running: set[tuple[str, str, str]] = set()
+
+    def add(self, spec: FunctionSpec) -> None:
+        path = resolve_setting_names(str(spec.trigger.get("path", "")), self.host.env)
+        container = path.split("/", 1)[0]
+        if not container:
+            raise BindingError(f"blob trigger path {path!r} names no container")
+        connection = connection_string(spec.trigger, self.host.env)
+        service = BlobServiceClient.from_connection_string(connection)
+        if not self.entries:
+            self.host.http.app.router.add_post("/runtime/webhooks/blobs", self._webhook)
+        self.entries.append(BlobEntry(spec, container, service, connection))
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for entry in self.entries:
+            for name in (entry.container, RECEIPTS_CONTAINER):
+                with contextlib.suppress(ResourceExistsError):
+                    await loop.run_in_executor(
+                        None, entry.service.get_container_client(name).create_container
+                    )
+            entry.task = asyncio.create_task(self._scan(entry))
+
+    async def stop(self) -> None:
+        for entry in self.entries:
+            if entry.task is not None:
+                entry.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await entry.task
+
+    def listing(self) -> list[str]:
+        return [
+            f"{entry.spec.name}: blobTrigger (container '{entry.container}'; also "
+            f"{self.host.http.url}/runtime/webhooks/blobs?functionName=Host.Functions."
+            f"{entry.spec.name})"
+            for entry in self.entries
+        ]
+
+    def _receipt(self, entry: BlobEntry, name: str, etag: str) -> Any:
+        path = f"blobreceipts/{entry.spec.name}/{entry.container}/{name}/{etag.strip(chr(34))}"
+        return entry.service.get_blob_client(RECEIPTS_CONTAINER, path)
+
+    async def _scan(self, entry: BlobEntry) -> None:
+        loop = asyncio.get_running_loop()
+        container = entry.service.get_container_client(entry.container)
+        while True:
+            try:
+                blobs = await loop.run_in_executor(None, lambda: list(container.list_blobs()))
+            except Exception as exc:
+                log.warning("container %s: listing failed: %s", entry.container, exc)
+                blobs = []
+            for blob in blobs:
+                self._start(entry, blob.name, str(blob.etag))
+            await asyncio.sleep(self.poll)
+
+    def _start(self, entry: BlobEntry, name: str, etag: str) -> None:
+        key = (entry.spec.name, name, etag)
+        if key in self._running or self._tries.get(key, 0) < 0:
+            return
+        self._running.add(key)
+        task = asyncio.create_task(self._process(entry, name, etag))
+        task.add_done_callback(lambda _: self._running.discard(key))
+
+    async def _process(self, entry: BlobEntry, name: str, etag: str) -> None:
+        loop = asyncio.get_running_loop()
+        key = (entry.spec.name, name, etag)
+        receipt = self._receipt(entry, name, etag)
+        if await loop.run_in_executor(None, receipt.exists):
+            self._tries[key] = -1  # done in an earlier run
+            return
+        client = entry.service.get_blob_client(entry.container, name)
+        try:
+            await self.host.invoke(
+                entry.spec,
+                {str(entry.spec.trigger["name"]): client},
+                reason=f"New blob detected: {entry.container}/{name}",
+            )
+        except InvocationFailed:
+            tries = self._tries.get(key, 0) + 1
+            self._tries[key] = tries
+            if tries >= self.host.config.queue_max_dequeue_count:
+                self._tries[key] = -1
+                await loop.run_in_executor(None, self._poison, entry, name, etag)
+            return
+        self._tries[key] = -1
+        await loop.run_in_executor(None, lambda: receipt.upload_blob(b"", overwrite=True))
+
+    def _poison(self, entry: BlobEntry, name: str, etag: str) -> None:
+        queue = QueueClient.from_connection_string(
+            entry.connection, BLOB_POISON_QUEUE, message_encode_policy=TextBase64EncodePolicy()
+        )
+        with contextlib.suppress(ResourceExistsError):
+            queue.create_queue()
+        queue.send_message(
+            json.dumps(
+                {
+                    "Type": "blob",
+                    "FunctionId": f"Host.Functions.{entry.spec.name}",
+                    "BlobType": "BlockBlob",
+                    "ContainerName": entry.container,
+                    "BlobName": name,
+                    "ETag": etag,
+                }
+            )
+        )
+        log.error(
+            "blob %s/%s failed %d times; reported on %s",
+            entry.container,
+            name,
+            self.host.config.queue_max_dequeue_count,
+            BLOB_POISON_QUEUE,
+        )
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        """Event Grid's delivery to an Event Grid-sourced blob trigger (BlobCreated events)."""
+        wanted = request.query.get("functionName", "").removeprefix("Host.Functions.")
+        entry = next((e for e in self.entries if e.spec.name == wanted), None)
+        if entry is None:
+            return web.json_response({"error": f"no blob trigger {wanted!r}"}, status=404)
+        try:
+            events = await request.json()
+        except ValueError:
+            return web.json_response(
+                {"error": "the body must be a JSON array of events"}, status=400
+            )
+        started = 0
+        for event in events if isinstance(events, list) else [events]:
+            data = event.get("data") or {}
+            url = str(data.get("url", ""))
+            marker = f"/{entry.container}/"
+            if marker not in url:
+                continue
+            name = url.split(marker, 1)[1]
+            props = await asyncio.get_running_loop().run_in_executor(
+                None, entry.service.get_blob_client(entry.container, name).get_blob_properties
+            )
+            self._start(entry, name, str(props.etag))
+            started += 1
+        return web.json_response({"started": started}, status=202)
+
+
+# -- Event Grid triggers -------------------------------------------------------------------------
+
+
+class EventGridRunner:
+    """Event Grid triggers, delivered as Event Grid delivers them to the host's webhook:
+    ``POST /runtime/webhooks/eventgrid?functionName=<name>`` with a JSON array of events (Event
+    Grid or CloudEvents schema). The subscription validation handshake is answered; each
+    notification event becomes one invocation with a ``func.EventGridEvent``."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.specs: dict[str, FunctionSpec] = {}
+
+    def add(self, spec: FunctionSpec) -> None:
+        if not self.specs:
+            self.host.http.app.router.add_post("/runtime/webhooks/eventgrid", self._webhook)
+        self.specs[spec.name] = spec
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def listing(self) -> list[str]:
+        return [
+            f"{name}: eventGridTrigger "
+            f"({self.host.http.url}/runtime/webhooks/eventgrid?functionName={name})"
+            for name in self.specs
+        ]
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        spec = self.specs.get(request.query.get("functionName", ""))
+        if spec is None:
+            return web.json_response({"error": "unknown functionName"}, status=404)
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "the body must be JSON"}, status=400)
+        events = body if isinstance(body, list) else [body]
+        for event in events:
+            if not isinstance(event, dict):
+                return web.json_response({"error": "events must be objects"}, status=400)
+            kind = event.get("eventType") or event.get("type")
+            if kind == "Microsoft.EventGrid.SubscriptionValidationEvent":
+                code = (event.get("data") or {}).get("validationCode")
+                return web.json_response({"validationResponse": code})
+        failed = 0
+        for event in events:
+            grid = func.EventGridEvent(
+                id=str(event.get("id", "")),
+                data=event.get("data"),
+                topic=str(event.get("topic") or event.get("source") or ""),
+                subject=str(event.get("subject", "")),
+                event_type=str(event.get("eventType") or event.get("type") or ""),
+                event_time=None,
+                data_version=str(event.get("dataVersion") or event.get("specversion") or ""),
+            )
+            try:
+                await self.host.invoke(
+                    spec, {str(spec.trigger["name"]): grid}, reason="EventGrid delivery"
+                )
+            except InvocationFailed:
+                failed += 1
+        # Event Grid retries a delivery that is not answered with a success status.
+        return web.json_response(
+            {"events": len(events), "failed": failed}, status=500 if failed else 200
+        )
+
+
 #: Trigger binding type -> its runner, made once per host. ``httpTrigger`` is the host's own
 #: HTTP server and always listens. A queue trigger runner (poll, base64-decode, dequeue count,
 #: ``<queue>-poison``) or a blob trigger runner registers here with the same
@@ -960,4 +1204,6 @@ class QueueRunner:
 TRIGGER_RUNNERS: dict[str, Callable[[Host], TriggerRunner]] = {
     "httpTrigger": HttpRunner,
     "queueTrigger": QueueRunner,
+    "blobTrigger": BlobRunner,
+    "eventGridTrigger": EventGridRunner,
 }

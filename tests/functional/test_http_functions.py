@@ -420,7 +420,7 @@ def test_config_error_is_500_naming_the_setting(
 def test_function_metadata_matches_the_readme() -> None:
     """Names, triggers, routes, methods, auth levels and bindings are what the README documents."""
     http_found = {}
-    queue_found = {}
+    queue_found = {}  # every non-HTTP trigger
     for function in function_app.app.get_functions():
         bindings = json.loads(function.get_function_json())["bindings"]
         outputs = sorted(
@@ -439,8 +439,9 @@ def test_function_metadata_matches_the_readme() -> None:
         else:
             queue_found[function.get_function_name()] = (
                 trigger["type"],
-                trigger["queueName"],
-                trigger["connection"],
+                trigger.get("queueName") or trigger.get("path"),
+                trigger.get("connection"),
+                trigger.get("source"),
             )
     queue = [("queue", "%ROWS_QUEUE%", "AzureWebJobsStorage")]
     assert http_found == {
@@ -449,9 +450,18 @@ def test_function_metadata_matches_the_readme() -> None:
         "health": ("health", ["GET"], "FUNCTION", []),
     }
     assert queue_found == {
-        "ingest_queue": ("queueTrigger", "%ROWS_QUEUE%", "AzureWebJobsStorage"),
+        "ingest_queue": ("queueTrigger", "%ROWS_QUEUE%", "AzureWebJobsStorage", None),
+        "ingest_blob": (
+            "blobTrigger",
+            "%INGEST_CONTAINER%/{name}",
+            "AzureWebJobsStorage",
+            "EventGrid",
+        ),
+        "blob_created": ("eventGridTrigger", None, None, None),
     }
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for name, (route, methods, _, _) in http_found.items():
         assert f"`{methods[0]} /api/{route}`" in readme, f"README does not document {name}"
-    assert "`ingest_queue`" in readme and "`%ROWS_QUEUE%`" in readme
+    for name in queue_found:
+        assert f"`{name}`" in readme, f"README does not document {name}"
+    assert "`%ROWS_QUEUE%`" in readme and "`%INGEST_CONTAINER%`" in readme

@@ -1,0 +1,50 @@
+"""Ingest one blob in a fresh process and report its peak memory (run by test_blob_memory).
+
+``python -m tests.integration.memory_probe API_BASE TOKEN CONNECTION CONTAINER BLOB``
+prints one JSON line: peak RSS in MiB, rows sent, batches.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+
+from azure.storage.blob import BlobServiceClient
+
+from shared.auth import StaticTokenProvider
+from shared.blob_ingest import BlobIngest
+from shared.checkpoint import CheckpointStore
+from shared.deadletter import BlobDeadLetterStore
+from shared.ingest import Ingestor
+from shared.powerbi import PowerBIClient
+
+
+def main(api: str, token: str, connection: str, container: str, name: str) -> None:
+    service = BlobServiceClient.from_connection_string(connection)
+    ingestor = Ingestor(
+        PowerBIClient(api, StaticTokenProvider(token)),
+        dead_letters=BlobDeadLetterStore(service.get_container_client(f"{container}-dl")),
+    )
+    blobs = BlobIngest(
+        ingestor,
+        CheckpointStore(service.get_container_client(f"{container}-cp")),
+        BlobDeadLetterStore(service.get_container_client(f"{container}-dl")),
+    )
+    outcome = blobs.handle(service.get_blob_client(container, name))
+    assert outcome.result is not None
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "peak_mib": round(peak_mib, 1),
+                "sent": outcome.result.sent,
+                "batches": outcome.result.batches,
+                "rejected": outcome.result.rejected,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:6])
