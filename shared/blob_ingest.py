@@ -174,7 +174,7 @@ class BlobIngest:
         if self.continuation is None or (stopped.maybe_delivered and stopped.retry_after is None):
             raise stopped  # the host retries the blob from its checkpoint
         delay = stopped.retry_after or 60.0
-        container, _, name = source.partition("/")
+        _, container, name = source.split("/", 2)  # <account>/<container>/<name>
         self.continuation(
             {"continueBlob": {"container": container, "name": name, "etag": etag}}, delay
         )

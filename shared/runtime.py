@@ -7,6 +7,7 @@ Tests build their own :class:`~shared.ingest.Ingestor` with the pieces they need
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -103,9 +104,7 @@ def build_queue_ingest(
         lambda: claims,
         lambda: store,
         time_budget=settings.queue_time_budget,
-        blobs=lambda: (
-            get_blob_ingest() if env is os.environ else build_blob_ingest(settings, ingestor, env)
-        ),
+        blobs=functools.cache(lambda: build_blob_ingest(settings, ingestor, env)),
         blob_service=lambda: blob_service(settings.storage_connection, env),
     )
 

@@ -219,3 +219,20 @@ def test_kill_mid_file_and_resume(api: Api, files: Files) -> None:
     )
     assert set(ids) == set(range(total))
     assert duplicates <= 10_000
+
+
+def test_a_file_that_cannot_finish_in_time_is_handed_on_and_completes(
+    api: Api, files: Files
+) -> None:
+    """Throttled past the blob's time budget, the file checkpoints, hands the rest on as a
+    continuation message due after Retry-After, and the queue function completes it."""
+    name, dataset_id = new_dataset(api)
+    total = 30_000
+    files.upload(f"{name}/Product/long.csv", as_csv([product(i) for i in range(total)]))
+    api.set_faults(script=["ok", "throttle"], retry_after=3)
+    host = files.start(BLOB_TIME_BUDGET_SECONDS="1")
+    wait_for(lambda: len(stored_ids(api, dataset_id)) == total, 90, "the whole file")
+    ids = stored_ids(api, dataset_id)
+    assert sorted(ids) == list(range(total)), "every row once"
+    assert any("handed on" in line for line in host.output)
+    assert any("continued" in line for line in host.output)
