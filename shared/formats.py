@@ -23,6 +23,7 @@ import json
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import ijson
@@ -31,6 +32,9 @@ FORMATS = ("csv", "ndjson", "json")
 #: Decompressed bytes allowed per file by default (a 1 GB CSV compresses to ~100 MB).
 DEFAULT_MAX_BYTES = 20 * 1024**3
 _GZIP_MAGIC = b"\x1f\x8b"
+#: A CSV or NDJSON line longer than this is refused: a file without newlines must not be held
+#: in memory whole.
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class Unreadable:
     reason: str
     text: str = ""
     line: int | None = None
+    #: True when nothing after it can be read (the stream itself failed).
+    final: bool = False
 
 
 class FormatError(ValueError):
@@ -82,7 +88,7 @@ def read_rows(
 ) -> Iterator[dict[str, Any] | Unreadable | Any]:
     """Rows (and :class:`Unreadable` items) from a file of ``kind``, read chunk by chunk."""
     data = _Peekable(chunks)
-    if gzipped or data.peek().startswith(_GZIP_MAGIC):
+    if gzipped or data.peek(len(_GZIP_MAGIC)).startswith(_GZIP_MAGIC):
         data = _Peekable(_gunzip(data, max_bytes))
     else:
         data = _Peekable(_capped(data, max_bytes))
@@ -102,13 +108,15 @@ class _Peekable:
         self._chunks = iter(chunks)
         self._head: bytes | None = None
 
-    def peek(self) -> bytes:
+    def peek(self, size: int = 1) -> bytes:
+        """At least ``size`` bytes from the start (fewer only at the end of the stream)."""
         if self._head is None:
             self._head = b""
-            for chunk in self._chunks:
-                if chunk:
-                    self._head = chunk
-                    break
+        while len(self._head) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._head += chunk
         return self._head
 
     def __iter__(self) -> Iterator[bytes]:
@@ -166,20 +174,36 @@ def _gunzip(chunks: Iterable[bytes], max_bytes: int) -> Iterator[bytes]:
 
 
 def _lines(data: Iterable[bytes]) -> Iterator[tuple[int, bytes | Unreadable]]:
-    """Byte lines with their numbers; a stream failure becomes a final Unreadable."""
+    """Byte lines with their numbers; a stream failure becomes a final Unreadable. A line
+    longer than ``MAX_LINE_BYTES`` is reported and skipped rather than held in memory."""
     number = 0
     rest = b""
+    skipping = False
     try:
         for chunk in data:
             rest += chunk
             *whole, rest = rest.split(b"\n")
             for line in whole:
                 number += 1
+                if skipping:
+                    skipping = False
+                    continue
                 yield number, line.rstrip(b"\r")
+            if len(rest) > MAX_LINE_BYTES:
+                if not skipping:
+                    yield (
+                        number + 1,
+                        Unreadable(
+                            f"line {number + 1} is longer than {MAX_LINE_BYTES:,} bytes",
+                            line=number + 1,
+                        ),
+                    )
+                skipping = True
+                rest = b""
     except (_TooBig, _Truncated) as exc:
-        yield number + 1, Unreadable(str(exc), line=number + 1)
+        yield number + 1, Unreadable(str(exc), line=number + 1, final=True)
         return
-    if rest:
+    if rest and not skipping:
         yield number + 1, rest.rstrip(b"\r")
 
 
@@ -199,7 +223,9 @@ def _ndjson(data: Iterable[bytes]) -> Iterator[Any]:
     for number, raw in _lines(data):
         if isinstance(raw, Unreadable):
             yield raw
-            return
+            if raw.final:
+                return
+            continue
         text = _decode(raw, number)
         if isinstance(text, Unreadable):
             yield text
@@ -219,7 +245,10 @@ def _csv(data: Iterable[bytes]) -> Iterator[Any]:
         for number, raw in _lines(data):
             if isinstance(raw, Unreadable):
                 problems.append(raw)
-                return
+                if raw.final:
+                    return
+                yield ""  # keep csv's line count in step
+                continue
             text = _decode(raw, number)
             if isinstance(text, Unreadable):
                 problems.append(text)
@@ -287,23 +316,42 @@ class _ChunkReader(io.RawIOBase):
 
 
 def _json(data: _Peekable) -> Iterator[Any]:
-    head = data.peek().lstrip(codecs.BOM_UTF8).lstrip()
-    if head[:1] not in (b"[", b"{"):
+    try:
+        size = len(codecs.BOM_UTF8) + 1
+        while True:
+            head = data.peek(size)
+            first = head.removeprefix(codecs.BOM_UTF8).lstrip()[:1]
+            if first or len(head) < size:
+                break
+            size = len(head) + 1
+    except (_TooBig, _Truncated) as exc:
+        yield Unreadable(f"after row 0: {exc}")
+        return
+    if first not in (b"[", b"{"):
         yield Unreadable('a JSON file must hold an array of rows or {"rows": [...]}', line=1)
         return
-    prefix = "item" if head[:1] == b"[" else "rows.item"
+    prefix = "item" if first == b"[" else "rows.item"
 
     def without_bom() -> Iterator[bytes]:
-        first = True
+        first_chunk = True
         for chunk in data:
-            yield chunk.removeprefix(codecs.BOM_UTF8) if first else chunk
-            first = False
+            yield chunk.removeprefix(codecs.BOM_UTF8) if first_chunk else chunk
+            first_chunk = False
+
+    def floats(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return float(value)
+        if isinstance(value, dict):
+            return {key: floats(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [floats(item) for item in value]
+        return value
 
     count = 0
     try:
-        for item in ijson.items(_ChunkReader(without_bom()), prefix, use_float=True):
+        for item in ijson.items(_ChunkReader(without_bom()), prefix):
             count += 1
-            yield item
+            yield floats(item)
     except (_TooBig, _Truncated) as exc:
         yield Unreadable(f"after row {count}: {exc}")
     except (ijson.JSONError, ValueError, UnicodeDecodeError) as exc:
