@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 #: Azurite's well-known development account (public, documented; not a secret).
@@ -32,12 +34,7 @@ class Azurite:
         )
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def start_azurite() -> Azurite:
@@ -102,3 +99,28 @@ def drain(process: subprocess.Popen[str], into: list[str] | None = None) -> None
                 into.append(line.rstrip())
 
     threading.Thread(target=read, daemon=True).start()
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    """Terminate a server the tests started; kill it if it does not stop within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def dead_letter_lines(connection_string: str, container: str) -> list[dict[str, Any]]:
+    """Every dead letter (one JSON object per line) in a container; [] when it does not exist."""
+    from azure.storage.blob import BlobServiceClient
+
+    client = BlobServiceClient.from_connection_string(connection_string)
+    blobs = client.get_container_client(container)
+    if not blobs.exists():
+        return []
+    lines: list[dict[str, Any]] = []
+    for blob in blobs.list_blobs():
+        text = blobs.download_blob(blob.name).readall().decode("utf-8")
+        lines.extend(json.loads(line) for line in text.splitlines() if line.strip())
+    return lines

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.azurite import drain
+from tests.azurite import drain, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 TENANT = "00000000-0000-0000-0000-00000000e1e1"
@@ -45,12 +45,7 @@ class EmulatorProcess:
         return f"{self.base}/v1.0/myorg"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def start_emulator(*args: str, tmp: Path) -> EmulatorProcess:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from tests.azurite import Azurite
+from tests.azurite import Azurite, dead_letter_lines
 from tests.emulator.conftest import WORKSPACE_ID, Api, EmulatorProcess
 from tests.integration.test_devhost import Devhost, app_environment, start_devhost
 
@@ -68,15 +68,7 @@ class Files:
         self.ingest.upload_blob(name, data, overwrite=True)
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        service = BlobServiceClient.from_connection_string(self.azurite.connection_string)
-        container = service.get_container_client(self.env["DEADLETTER_CONTAINER"])
-        if not container.exists():
-            return []
-        lines: list[dict[str, Any]] = []
-        for blob in container.list_blobs():
-            text = container.download_blob(blob.name).readall().decode()
-            lines.extend(json.loads(line) for line in text.splitlines())
-        return lines
+        return dead_letter_lines(self.azurite.connection_string, self.env["DEADLETTER_CONTAINER"])
 
 
 @pytest.fixture

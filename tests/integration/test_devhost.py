@@ -27,7 +27,7 @@ import pytest
 import requests
 from azure.storage.queue import QueueClient
 
-from tests.azurite import Azurite
+from tests.azurite import Azurite, stop_process
 from tests.emulator.conftest import (
     IDENTITY_HEADER,
     REPO,
@@ -90,12 +90,7 @@ class Devhost:
         return found
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def start_devhost(env: dict[str, str], settings: Path, *extra: str, cwd: Path = REPO) -> Devhost:

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
-from tests.azurite import Azurite
+from tests.azurite import Azurite, dead_letter_lines
 from tests.emulator.conftest import REPO, WORKSPACE_ID, Api, EmulatorProcess
 from tests.integration.test_devhost import Devhost, app_environment, start_devhost
 
@@ -44,15 +43,7 @@ class Pipeline:
         return host
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        service = BlobServiceClient.from_connection_string(self.azurite.connection_string)
-        container = service.get_container_client(self.env["DEADLETTER_CONTAINER"])
-        if not container.exists():
-            return []
-        lines: list[dict[str, Any]] = []
-        for blob in container.list_blobs():
-            text = container.download_blob(blob.name).readall().decode()
-            lines.extend(json.loads(line) for line in text.splitlines())
-        return lines
+        return dead_letter_lines(self.azurite.connection_string, self.env["DEADLETTER_CONTAINER"])
 
 
 @pytest.fixture
