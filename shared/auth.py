@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import requests
 
 from shared.errors import AuthError, ConfigError, TransientError
-from shared.settings import Settings, is_loopback
+from shared.settings import Settings, clean_authority, is_loopback
 
 #: Refresh a cached token when less than this many seconds are left.
 REFRESH_WINDOW = 300.0
@@ -186,7 +186,7 @@ def make_token_provider(settings: Settings) -> TokenProvider:
 
 def check_token_destination(url: str) -> None:
     """Refuse to send a bearer token anywhere but https (or a loopback emulator)."""
-    if not url.startswith("https://") and not is_loopback(url):
+    if not clean_authority(url) or (not url.startswith("https://") and not is_loopback(url)):
         raise ConfigError("POWERBI_API_URL", "bearer tokens are only sent over https")
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from shared.blob_ingest import BlobIngest, BlobOutcome
-from shared.settings import is_loopback
+from shared.settings import clean_authority, is_loopback
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobClient
@@ -65,6 +65,8 @@ class BlobEvents:
         url = data.get("url")
         if not isinstance(url, str) or not url:
             return Refused("the event has no data.url")
+        if not clean_authority(url):
+            return Refused("the URL's host part is not a plain host[:port]")
         parts = urlsplit(url)
         host = _host(url)
         if host not in self.allowed and (parts.hostname or "").lower() not in self.allowed:

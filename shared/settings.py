@@ -64,8 +64,19 @@ CLOUDS: Final[dict[str, Cloud]] = {
 AUTH_MODES: Final = ("managed_identity", "service_principal", "static")
 
 
+def clean_authority(url: str) -> bool:
+    """Whether ``url``'s authority is a plain ``host[:port]``: no userinfo, backslash, space or
+    control character. Parsers disagree about such URLs (Python's ``urlsplit`` and urllib3 pick
+    different hosts for ``http://a\\@b/``), so a URL that is not plain is never trusted."""
+    if not url.isascii() or any(c.isspace() or ord(c) < 32 for c in url) or "\\" in url:
+        return False
+    return "@" not in urlsplit(url).netloc
+
+
 def is_loopback(url: str) -> bool:
     """Whether ``url``'s host is a loopback address (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if not clean_authority(url):
+        return False
     host = urlsplit(url).hostname or ""
     if host == "localhost":
         return True
@@ -127,7 +138,11 @@ class Settings:
         if cloud is None:
             raise ConfigError("POWERBI_CLOUD", f"must be one of {', '.join(CLOUDS)}")
         api_root = (get("POWERBI_API_URL") or cloud.api_root).rstrip("/")
-        if urlsplit(api_root).scheme not in ("http", "https") or not urlsplit(api_root).hostname:
+        if (
+            urlsplit(api_root).scheme not in ("http", "https")
+            or not urlsplit(api_root).hostname
+            or not clean_authority(api_root)
+        ):
             raise ConfigError(
                 "POWERBI_API_URL", "must be an http(s) URL such as https://api.powerbi.com"
             )
