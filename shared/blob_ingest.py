@@ -41,7 +41,7 @@ class BlobOutcome:
     """What became of one blob version."""
 
     source: str
-    status: str  # "done", "skipped", "continued", "unreadable"
+    status: str  # "done", "skipped", "continued", "unreadable", "gone"
     result: PushResult | None = None
     resumed_at: int = 0
 
@@ -99,7 +99,20 @@ class BlobIngest:
     def handle(self, blob: BlobClient) -> BlobOutcome:
         """Push one blob version's rows, from its checkpoint on. Raises TransientError when the
         blob must be tried again (nothing was handed on)."""
-        props = blob.get_blob_properties()
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        try:
+            props = blob.get_blob_properties()
+        except HttpResponseError as error:
+            if not isinstance(error, ResourceNotFoundError) and error.status_code != 400:
+                raise  # a transient storage failure: the caller retries
+            # Deleted (or never there, or not a valid blob name): nothing to push, nothing lost.
+            log.warning(
+                "%s/%s no longer exists; nothing to ingest", blob.container_name, blob.blob_name
+            )
+            return BlobOutcome(
+                f"{blob.account_name}/{blob.container_name}/{blob.blob_name}", "gone"
+            )
         # The account is part of the name: BlobCreated events bring blobs of other accounts.
         source = f"{blob.account_name}/{blob.container_name}/{blob.blob_name}"
         etag = str(props.etag)

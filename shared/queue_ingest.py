@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from shared.blob_ingest import BlobIngest
 
 log = logging.getLogger(__name__)
+
+#: Azure container names: 3-63 lower-case letters, digits and single hyphens.
+_CONTAINER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 
 #: Where a message that names no readable target is dead-lettered.
 UNREADABLE = Target("_unreadable", "_messages")
@@ -98,7 +102,12 @@ class QueueIngest:
             or self._blob_service is None
         ):
             raise MessageError("continueBlob needs 'container' and 'name'")
-        blob = self._blob_service().get_blob_client(spec["container"], spec["name"])
+        if not _CONTAINER_NAME.fullmatch(spec["container"]):
+            raise MessageError(f"continueBlob: {spec['container'][:70]!r} is not a container name")
+        try:
+            blob = self._blob_service().get_blob_client(spec["container"], spec["name"])
+        except ValueError as error:  # a container or blob name the SDK refuses
+            raise MessageError(f"continueBlob names no usable blob: {error}") from None
         outcome = await asyncio.get_running_loop().run_in_executor(None, self._blobs().handle, blob)
         log.info("%s: continued %s: %s", source, outcome.source, outcome.status)
         return outcome.result

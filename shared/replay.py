@@ -69,7 +69,7 @@ def replay_dead_letters(
             continue
         text = container.download_blob(blob.name).readall().decode("utf-8")
         groups: dict[Target, list[Any]] = {}
-        for line in text.splitlines():
+        for line in text.split("\n"):  # not splitlines(): rows may hold U+2028 etc.
             if not line.strip():
                 continue
             letter = json.loads(line)

@@ -122,5 +122,5 @@ def dead_letter_lines(connection_string: str, container: str) -> list[dict[str, 
     lines: list[dict[str, Any]] = []
     for blob in blobs.list_blobs():
         text = blobs.download_blob(blob.name).readall().decode("utf-8")
-        lines.extend(json.loads(line) for line in text.splitlines() if line.strip())
+        lines.extend(json.loads(line) for line in text.split("\n") if line.strip())
     return lines
