@@ -44,7 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also serve https (needed by MSAL's authority) on --tls-port with a self-signed cert",
     )
-    parser.add_argument("--tls-port", type=int, default=None, help="https port (default port+1)")
+    parser.add_argument(
+        "--tls-port",
+        type=int,
+        default=None,
+        help="https port (default port+1; a free one with --port 0)",
+    )
     parser.add_argument("--tls-dir", default=None, help="where to write the certificate")
     parser.add_argument("--config", default=None, help="JSON file: identities and workspaces")
     parser.add_argument(
@@ -153,7 +158,7 @@ async def serve(args: argparse.Namespace, config: EmulatorConfig) -> None:
         tls_site = web.TCPSite(
             runner,
             args.host,
-            port + 1 if args.tls_port is None else args.tls_port,
+            _tls_port(args, port),
             ssl_context=server_context(cert, key),
         )
         await tls_site.start()
@@ -169,6 +174,13 @@ async def serve(args: argparse.Namespace, config: EmulatorConfig) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def _tls_port(args: argparse.Namespace, port: int) -> int:
+    """--tls-port, else the next port; with --port 0, another free port (port+1 may be taken)."""
+    if args.tls_port is not None:
+        return int(args.tls_port)
+    return 0 if args.port == 0 else port + 1
 
 
 def _bound_port(site: web.TCPSite) -> int:

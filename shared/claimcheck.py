@@ -54,17 +54,32 @@ class ClaimCheckStore:
 
     def get(self, reference: str) -> bytes:
         """The payload a reference names (raises NotFoundError when it is gone)."""
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
         container, _, name = reference.partition("/")
-        if container != self.container.container_name or not name:
+        if container != self.container.container_name or not _usable_name(name):
             raise ValidationError(
-                f"claim check {reference!r} is not in container {self.container.container_name!r}"
+                f"claim check {reference[:200]!r} is not a blob name in container "
+                f"{self.container.container_name!r}"
             )
         try:
             return bytes(self.container.download_blob(name).readall())
         except ResourceNotFoundError as exc:
             raise NotFoundError(f"claim-check payload {reference!r} does not exist") from exc
+        except HttpResponseError as exc:
+            if (
+                exc.status_code is not None
+                and 400 <= exc.status_code < 500
+                and exc.status_code not in (408, 429)
+            ):
+                raise ValidationError(
+                    f"claim check {reference[:200]!r} was refused: {exc.status_code}"
+                ) from exc
+            raise TransientError(
+                f"could not read claim check {reference!r}: {type(exc).__name__}"
+            ) from exc
+        except ValueError as exc:  # e.g. a name the SDK cannot encode
+            raise ValidationError(f"claim check {reference[:200]!r} is not a usable name") from exc
         except AzureError as exc:
             raise TransientError(
                 f"could not read claim check {reference!r}: {type(exc).__name__}"
@@ -81,3 +96,13 @@ class ClaimCheckStore:
             pass  # already gone: a redelivered message whose first try got this far
         except AzureError as exc:
             raise TransientError(f"could not delete claim check {reference!r}") from exc
+
+
+def _usable_name(name: str) -> bool:
+    """A blob name this app could have written: no empty, '.' or '..' segment, no surrogate or
+    control character, at most 1,024 characters."""
+    if not name or len(name) > 1024:
+        return False
+    if any(0xD800 <= ord(c) <= 0xDFFF or ord(c) < 32 for c in name):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
