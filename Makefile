@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup lint test emulator run clean
+.PHONY: setup lint test emulator run bench clean
 
 # Re-created whenever a requirements file changes.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -34,6 +34,11 @@ emulator: setup
 # prints the URLs and a curl to try. Ctrl-C stops all three.
 run: setup
 	$(BIN)/python -m devhost.run
+
+# Benchmarks (bench/): prints the figures with their targets and writes bench/results/latest.json.
+# About eight minutes on two cores; `make bench BENCH_ARGS=--quick` for a smaller run.
+bench: setup
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
