@@ -7,8 +7,8 @@ prints one JSON line: peak RSS in MiB, rows sent, batches.
 from __future__ import annotations
 
 import json
-import resource
 import sys
+from pathlib import Path
 
 from azure.storage.blob import BlobServiceClient
 
@@ -33,7 +33,12 @@ def main(api: str, token: str, connection: str, container: str, name: str) -> No
     )
     outcome = blobs.handle(service.get_blob_client(container, name))
     assert outcome.result is not None
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: a child started by fork/vfork+exec inherits its parent's maxrss.
+    status = Path("/proc/self/status").read_text()
+    peak_mib = (
+        int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+        / 1024
+    )
     print(
         json.dumps(
             {
