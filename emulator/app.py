@@ -77,6 +77,10 @@ class Emulator:
         self.tokens = TokenIssuer(config.identity, key)
         self.faults = config.faults
         self.counters: dict[str, Counter[str]] = {}
+        #: Per dataset, the batches stored whose answer was then lost (accept_then_fail): the
+        #: table and the positions of their rows, so a test can tell which duplicates they
+        #: explain. Positions are as stored; FIFO trimming shifts them.
+        self.answers_lost: dict[str, list[dict[str, Any]]] = {}
         self.auth_failures: Counter[str] = Counter()
         for name, workspace_id in config.workspaces:
             self.store.add_workspace(name, workspace_id)
@@ -407,6 +411,7 @@ class PushApi:
                     f"{limits.NONE_RETENTION_MAX_ROWS:,}.",
                     "rows",
                 )
+            offset = table.row_count
             self.em.store.add_rows(dataset, table, rows)
             if dataset.retention == "basicFIFO":
                 self.em.store.trim_oldest(dataset, table, limits.FIFO_MAX_ROWS)
@@ -414,6 +419,10 @@ class PushApi:
             self.em.count(dataset.id, "posts_accepted")
             self.em.count(dataset.id, "rows_accepted", len(rows))
             if fault == "accept_then_fail":
+                self.em.count(dataset.id, "rows_answer_lost", len(rows))
+                self.em.answers_lost.setdefault(dataset.id, []).append(
+                    {"table": table.name, "offset": offset, "count": len(rows)}
+                )
                 _drop_connection(request)
             return web.Response(status=200)
         finally:
@@ -706,6 +715,7 @@ class AdminApi:
             ],
             "usage": self.em.quotas.usage(dataset.id),
             "counters": dict(self.em.counters.get(dataset.id, Counter())),
+            "answersLost": list(self.em.answers_lost.get(dataset.id, [])),
         }
 
     async def state(self, request: web.Request) -> web.Response:
@@ -741,6 +751,7 @@ class AdminApi:
             self.em.store.delete_dataset(dataset)
             self.em.quotas.forget(dataset.id)
         self.em.counters.clear()
+        self.em.answers_lost.clear()
         self.em.auth_failures.clear()
         self.em.faults = FaultPlan()
         return _json({"status": "reset"})

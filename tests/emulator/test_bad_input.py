@@ -317,13 +317,18 @@ def test_dropped_connection_stores_nothing(api: Api, make_dataset: MakeDataset) 
 
 
 def test_accept_then_fail_stores_the_rows(api: Api, make_dataset: MakeDataset) -> None:
-    """An "accept_then_fail" fault stores the rows and then loses the answer."""
+    """An "accept_then_fail" fault stores the rows and then loses the answer; the state says
+    where the batch whose answer was lost lies, so duplicates can be traced to it."""
     dataset_id = make_dataset()
+    api.post_rows(dataset_id, "T", [{"c0": 0}])
     api.set_faults(script=["accept_then_fail"])
     with pytest.raises(requests.exceptions.ConnectionError):
         api.post_rows(dataset_id, "T", [{"c0": 1}, {"c0": 2}])
-    assert api.stored_rows(dataset_id, "T") == [{"c0": 1}, {"c0": 2}]
-    assert api.state(dataset_id)["counters"]["injected_accept_then_fail"] == 1
+    assert api.stored_rows(dataset_id, "T") == [{"c0": 0}, {"c0": 1}, {"c0": 2}]
+    state = api.state(dataset_id)
+    assert state["counters"]["injected_accept_then_fail"] == 1
+    assert state["counters"]["rows_answer_lost"] == 2
+    assert state["answersLost"] == [{"table": "T", "offset": 1, "count": 2}]
 
 
 @pytest.mark.parametrize(
