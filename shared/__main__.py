@@ -20,11 +20,14 @@ from shared.contracts import Target
 from shared.deadletter import BlobDeadLetterStore
 from shared.errors import ConfigError, PushError
 from shared.ingest import PushIncomplete
-from shared.replay import replay_dead_letters, replay_poison
+from shared.replay import BLOB_POISON_QUEUE, replay_dead_letters, replay_poison
 from shared.runtime import build_ingestor, build_queue_ingest
 from shared.schema import DatasetDefinition
 from shared.settings import Settings
 from shared.storage import queue_client
+
+#: The blob trigger's function name (functions/blob.py), as its poison messages name it.
+BLOB_FUNCTION = "ingest_blob"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,9 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise ConfigError(settings.deadletter_connection, "is needed to replay")
                 report = replay_dead_letters(ingestor.dead_letters.container, ingestor, args.prefix)
             else:
+                handler = build_queue_ingest(settings, ingestor, env)
                 queue = f"{args.queue or settings.rows_queue}-poison"
-                poison = queue_client(settings.storage_connection, queue, env)
-                report = replay_poison(poison, build_queue_ingest(settings, ingestor, env))
+                report = replay_poison(
+                    queue_client(settings.storage_connection, queue, env), handler
+                )
+                if report.stopped is None:
+                    blobs = queue_client(settings.storage_connection, BLOB_POISON_QUEUE, env)
+                    more = replay_poison(blobs, handler, blob_function=BLOB_FUNCTION)
+                    report.messages_replayed += more.messages_replayed
+                    report.rows_sent += more.rows_sent
+                    report.rows_rejected_again += more.rows_rejected_again
+                    report.stopped = more.stopped
             _print(report.to_json())
             return 0 if report.stopped is None else 3
         elif args.command == "delete-rows":

@@ -81,9 +81,15 @@ class QueueIngest:
             await loop.run_in_executor(None, self._dead_letter_message, body, error.message, source)
             return None
         assert rows is not None
-        result = await self._coalescer().push(
-            item.target, rows, source=source, deadline=self._clock() + self.time_budget
-        )
+        try:
+            result = await self._coalescer().push(
+                item.target, rows, source=source, deadline=self._clock() + self.time_budget
+            )
+        except TransientError as error:
+            # Say which try this was: after maxDequeueCount tries the host moves the message to
+            # <queue>-poison, and an operator reading the log should see it coming.
+            log.warning("%s: not delivered yet, the host will retry it: %s", source, error)
+            raise
         log.info("%s: %s", source, _summary(result))
         if item.blob is not None:
             try:

@@ -7,7 +7,8 @@
   is lost. Letters of unreadable messages name no target and are left for a person.
 - Poison messages: each message of ``<queue>-poison`` goes through the same handler as the
   queue trigger and is deleted once it succeeds; one that fails transiently stays in the
-  poison queue.
+  poison queue. A blob the blob trigger gave up on (reported on ``webjobs-blobtrigger-poison``)
+  is resumed from its checkpoint the same way.
 A transient failure stops the replay (and leaves what was not done unmarked) so it can be run
 again later.
 """
@@ -21,9 +22,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.contracts import Target
-from shared.errors import TransientError
+from shared.contracts import PushResult, Target
+from shared.errors import TransientError, ValidationError
 from shared.ingest import Ingestor
+from shared.messages import decode
 from shared.queue_ingest import UNREADABLE, QueueIngest
 
 if TYPE_CHECKING:
@@ -104,24 +106,98 @@ def replay_dead_letters(
     return report
 
 
-def replay_poison(poison: QueueClient, handler: QueueIngest, limit: int = 10_000) -> ReplayReport:
-    """Handle each poison message like the queue trigger would; delete it once it succeeds."""
+#: Where the Functions host reports a blob its trigger gave up on, for every blob trigger of the
+#: storage account (https://learn.microsoft.com/azure/azure-functions/functions-bindings-storage-blob-trigger#poison-blobs).
+BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
+
+
+#: Poison messages handled together, so that their rows coalesce into full Add Rows calls as
+#: they would have under the queue trigger (one message at a time is one POST each).
+REPLAY_BATCH = 256
+
+
+def replay_poison(
+    poison: QueueClient,
+    handler: QueueIngest,
+    limit: int = 10_000,
+    blob_function: str | None = None,
+) -> ReplayReport:
+    """Handle the poison messages like the queue trigger would, up to ``REPLAY_BATCH`` at once;
+    delete each once it succeeds. A transient failure stops the replay; the messages that
+    failed stay in the poison queue (visible again after five minutes).
+
+    With ``blob_function``, ``poison`` is the blob trigger's poison queue: each message naming
+    a blob of that function resumes the blob from its checkpoint (as a ``continueBlob``
+    would); messages of other functions are left where they are.
+    """
+    from azure.core.exceptions import ResourceNotFoundError
+
     report = ReplayReport()
-    for message in poison.receive_messages(visibility_timeout=300, max_messages=32):
-        if report.messages_replayed >= limit:
-            break
-        content = message.content
-        body = content.encode("utf-8") if isinstance(content, str) else bytes(content)
-        try:
-            result = asyncio.run(
-                handler.handle(body, f"{message.id} (poison)", message.dequeue_count or 1)
-            )
-        except TransientError as error:
-            report.stopped = f"poison message {message.id}: {error}"
-            return report
-        poison.delete_message(message)
-        report.messages_replayed += 1
-        if result is not None:
-            report.rows_sent += result.sent
-            report.rows_rejected_again += result.rejected
+    others: list[Any] = []
+    try:
+        while report.messages_replayed < limit and report.stopped is None:
+            batch: list[tuple[Any, bytes]] = []
+            for message in poison.receive_messages(
+                messages_per_page=32,
+                max_messages=min(REPLAY_BATCH, limit - report.messages_replayed),
+                visibility_timeout=300,
+            ):
+                content = message.content
+                body = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+                if blob_function is not None:
+                    continuation = _blob_continuation(body, blob_function)
+                    if continuation is None:
+                        others.append(message)
+                        continue
+                    body = continuation
+                batch.append((message, body))
+            if not batch:
+                break
+            outcomes = asyncio.run(_handle_all(handler, batch))
+            for (message, _), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, TransientError):
+                    report.stopped = f"poison message {message.id}: {outcome}"
+                    continue
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                poison.delete_message(message)
+                report.messages_replayed += 1
+                if outcome is not None:
+                    report.rows_sent += outcome.sent
+                    report.rows_rejected_again += outcome.rejected
+    except ResourceNotFoundError:
+        return report  # no poison queue: nothing ever failed for good
+    finally:
+        for message in others:  # not ours: visible again for whoever owns it
+            poison.update_message(message, visibility_timeout=0)
     return report
+
+
+async def _handle_all(
+    handler: QueueIngest, batch: list[tuple[Any, bytes]]
+) -> list[PushResult | BaseException | None]:
+    return await asyncio.gather(
+        *(
+            handler.handle(body, f"{message.id} (poison)", message.dequeue_count or 1)
+            for message, body in batch
+        ),
+        return_exceptions=True,
+    )
+
+
+def _blob_continuation(body: bytes, function: str) -> bytes | None:
+    """A blob poison message of ``function`` as a ``continueBlob`` message, else None."""
+    try:
+        found = decode(body)
+    except ValidationError:
+        return None
+    if (
+        not isinstance(found, dict)
+        or found.get("Type") != "blob"
+        or not str(found.get("FunctionId", "")).endswith(f".{function}")
+        or not isinstance(found.get("ContainerName"), str)
+        or not isinstance(found.get("BlobName"), str)
+    ):
+        return None
+    spec = {"container": found["ContainerName"], "name": found["BlobName"]}
+    return json.dumps({"continueBlob": spec}).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
@@ -47,18 +49,8 @@ def test_dead_letters_are_replayed_once_the_dataset_exists(api: Api, azurite: Az
     assert blob.metadata["replayed"] == "true" and blob.metadata["replay_sent"] == "7"
 
 
-def test_poison_messages_are_replayed_by_the_command(
-    api: Api, azurite: Azurite, tmp_path: Path
-) -> None:
-    """`python -m shared replay poison` pushes each poison message's rows and deletes it."""
-    queue = f"rows{uuid.uuid4().hex[:8]}"
-    name = f"Poisoned-{uuid.uuid4().hex[:6]}"
-    dataset_id = api.create_dataset([{"name": "T", "columns": COLUMNS}], name=name)
-    poison = QueueClient.from_connection_string(azurite.connection_string, f"{queue}-poison")
-    poison.create_queue()
-    for start in (0, 10):
-        envelope = {"dataset": name, "table": "T", "rows": [{"n": start + i} for i in range(3)]}
-        poison.send_message(base64.b64encode(json.dumps(envelope).encode()).decode())
+def replay_environment(api: Api, azurite: Azurite, queue: str) -> dict[str, str]:
+    """The command's environment: the emulator's identity endpoint, Azurite, ``queue``."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -71,6 +63,22 @@ def test_poison_messages_are_replayed_by_the_command(
         AzureWebJobsStorage=azurite.connection_string,
         ROWS_QUEUE=queue,
     )
+    return env
+
+
+def test_poison_messages_are_replayed_by_the_command(
+    api: Api, azurite: Azurite, tmp_path: Path
+) -> None:
+    """`python -m shared replay poison` pushes each poison message's rows and deletes it."""
+    queue = f"rows{uuid.uuid4().hex[:8]}"
+    name = f"Poisoned-{uuid.uuid4().hex[:6]}"
+    dataset_id = api.create_dataset([{"name": "T", "columns": COLUMNS}], name=name)
+    poison = QueueClient.from_connection_string(azurite.connection_string, f"{queue}-poison")
+    poison.create_queue()
+    for start in (0, 10):
+        envelope = {"dataset": name, "table": "T", "rows": [{"n": start + i} for i in range(3)]}
+        poison.send_message(base64.b64encode(json.dumps(envelope).encode()).decode())
+    env = replay_environment(api, azurite, queue)
     command = [sys.executable, "-m", "shared", "--settings", str(tmp_path / "none.json")]
     done = subprocess.run(
         [*command, "replay", "poison"],
@@ -84,3 +92,54 @@ def test_poison_messages_are_replayed_by_the_command(
     assert json.loads(done.stdout)["messagesReplayed"] == 2
     assert sorted(r["n"] for r in api.stored_rows(dataset_id, "T")) == [0, 1, 2, 10, 11, 12]
     assert poison.get_queue_properties().approximate_message_count == 0
+
+
+def test_a_blob_the_trigger_gave_up_on_is_resumed_by_replay(
+    api: Api, azurite: Azurite, tmp_path: Path
+) -> None:
+    """A blob reported on ``webjobs-blobtrigger-poison`` (the host's own format) is read again
+    from its checkpoint by `replay poison`; another function's poison message is left alone."""
+    name = f"BlobPoison-{uuid.uuid4().hex[:6]}"
+    dataset_id = api.create_dataset([{"name": "T", "columns": COLUMNS}], name=name)
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = f"ingest{uuid.uuid4().hex[:8]}"
+    service.create_container(container)
+    blob_name = f"{name}/T/gave-up.csv"
+    service.get_blob_client(container, blob_name).upload_blob(b"n\n1\n2\n3\n")
+    poison = QueueClient.from_connection_string(
+        azurite.connection_string, "webjobs-blobtrigger-poison"
+    )
+    with contextlib.suppress(ResourceExistsError):
+        poison.create_queue()
+
+    def report(function: str, blob: str) -> str:
+        body = {
+            "Type": "blob",
+            "FunctionId": f"Host.Functions.{function}",
+            "BlobType": "BlockBlob",
+            "ContainerName": container,
+            "BlobName": blob,
+            "ETag": '"0x1"',
+        }
+        return base64.b64encode(json.dumps(body).encode()).decode()
+
+    ours = poison.send_message(report("ingest_blob", blob_name))
+    theirs = poison.send_message(report("someone_elses_function", "x.csv"))
+    env = replay_environment(api, azurite, f"rows{uuid.uuid4().hex[:8]}")
+    settings = str(tmp_path / "none.json")
+    done = subprocess.run(
+        [sys.executable, "-m", "shared", "--settings", settings, "replay", "poison"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["messagesReplayed"] >= 1
+    assert sorted(r["n"] for r in api.stored_rows(dataset_id, "T")) == [1, 2, 3]
+    left = {m.id for m in poison.peek_messages(max_messages=32)}
+    assert theirs.id in left and ours.id not in left
+    for message in poison.receive_messages(max_messages=32):
+        if message.id == theirs.id:
+            poison.delete_message(message)
