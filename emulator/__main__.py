@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -17,12 +18,16 @@ from aiohttp import web
 from emulator.app import EmulatorConfig, create_app
 from emulator.faults import FaultConfigError, FaultPlan
 from emulator.identity import ClientApp, IdentityConfig
+from emulator.live import blob_endpoint
 from emulator.tls import make_certificate, server_context
 
 #: A development client registered by default (not a real secret: the emulator is local only).
 DEFAULT_CLIENT_ID = "00000000-0000-0000-0000-00000000c11e"
 DEFAULT_CLIENT_SECRET = "emulator-client-secret"
 DEFAULT_USER_ASSIGNED = "00000000-0000-0000-0000-0000000000a1"
+#: The storage connection string of the app's dead letters, for the dashboard. An environment
+#: variable, not a flag: a connection string carries an account key, and argv is public (ps).
+DEADLETTER_CONNECTION_ENV = "EMULATOR_DEADLETTER_CONNECTION"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,6 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--identity-header", default=None, help="the expected IDENTITY_HEADER")
     parser.add_argument("--token-lifetime", type=int, default=None, help="seconds (default 3600)")
     parser.add_argument("--faults", default=None, help="initial fault plan as JSON")
+    parser.add_argument(
+        "--deadletter-container",
+        default="deadletter",
+        help="the app's dead-letter container, shown on the dashboard when "
+        f"${DEADLETTER_CONNECTION_ENV} holds its storage connection string (default: deadletter)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 
@@ -126,12 +137,14 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         name, _, workspace_id = spec.partition("=")
         workspaces.append((name, workspace_id or None))
     faults = FaultPlan.from_json(json.loads(args.faults)) if args.faults else FaultPlan()
+    connection = os.environ.get(DEADLETTER_CONNECTION_ENV, "").strip()
     return EmulatorConfig(
         identity=identity,
         db_path=args.db,
         time_scale=args.time_scale,
         workspaces=workspaces,
         faults=faults,
+        deadletters=(connection, args.deadletter_container) if connection else None,
     )
 
 
@@ -150,6 +163,12 @@ async def serve(args: argparse.Namespace, config: EmulatorConfig) -> None:
         f"  Managed identity endpoint: {base}/msi/token "
         f"(IDENTITY_ENDPOINT; IDENTITY_HEADER={identity.identity_header})",
         f"  Admin:      {base}/_emulator/state",
+        f"  Dashboard:  {base}/",
+    ]
+    if config.deadletters is not None:
+        connection, container = config.deadletters
+        lines.append(f"  Dead letters: container {container} at {blob_endpoint(connection)}")
+    lines += [
         f"  Time scale: {config.time_scale}   State: {config.db_path}",
     ]
     if args.tls:

@@ -12,6 +12,7 @@ Routes (``{p}`` is ``/v1.0/myorg`` or ``/v1.0/myorg/groups/{groupId}``):
 ``GET /msi/token``                    App Service managed-identity endpoint
 ``/{tenant}/v2.0/.well-known/...``    OpenID discovery; ``/{tenant}/oauth2/v2.0/token``
 ``/_emulator/...``                    emulator-only admin and read API (not in Power BI)
+``GET /``                             the live dashboard (``emulator/dashboard.py``)
 ====================================  ===================================================
 """
 
@@ -32,6 +33,7 @@ from aiohttp import web
 
 from emulator import limits
 from emulator.clock import ScaledClock
+from emulator.dashboard import DashboardApi
 from emulator.definitions import parse_dataset, parse_retention, parse_table
 from emulator.errors import (
     ApiError,
@@ -43,6 +45,7 @@ from emulator.errors import (
 )
 from emulator.faults import FaultConfigError, FaultPlan
 from emulator.identity import POWERBI_RESOURCE, IdentityConfig, TokenIssuer, TokenRejected
+from emulator.live import ArrivalHistory, DeadLetterWatch, LiveFeed
 from emulator.quotas import QuotaBook, Throttle, retry_after_header
 from emulator.store import MY_WORKSPACE, Dataset, Store, Table
 from emulator.values import COERCERS, ValueRejected
@@ -63,6 +66,9 @@ class EmulatorConfig:
     time_scale: float = 1.0
     workspaces: list[tuple[str, str | None]] = field(default_factory=list)
     faults: FaultPlan = field(default_factory=FaultPlan)
+    #: (connection string, container) of the app's dead letters, for the dashboard to show;
+    #: None: the dashboard says it is not connected.
+    deadletters: tuple[str, str] | None = None
 
 
 class Emulator:
@@ -84,9 +90,19 @@ class Emulator:
         self.auth_failures: Counter[str] = Counter()
         for name, workspace_id in config.workspaces:
             self.store.add_workspace(name, workspace_id)
+        #: What the live dashboard watches (emulator/live.py).
+        self.feed = LiveFeed()
+        self.arrivals = ArrivalHistory(self.clock)
+        self.deadletters = (
+            DeadLetterWatch(*config.deadletters, on_change=self.feed.changed)
+            if config.deadletters
+            else None
+        )
 
     def count(self, dataset_id: str, key: str, amount: int = 1) -> None:
+        """Add to a dataset's counter; every counted event is also news for the dashboard."""
         self.counters.setdefault(dataset_id, Counter())[key] += amount
+        self.feed.changed()
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -342,6 +358,7 @@ class PushApi:
         body = await _read_json(request)
         name, mode, tables = parse_dataset(body)
         dataset = self.em.store.create_dataset(workspace, name, retention, mode, tables, body)
+        self.em.feed.changed()
         log.info("created dataset %s (%s) with %d tables", name, dataset.id, len(tables))
         answer = dataset.to_api(_api_base(request))
         answer["defaultRetentionPolicy"] = retention
@@ -357,6 +374,8 @@ class PushApi:
         dataset = self.em.dataset(request)
         self.em.store.delete_dataset(dataset)
         self.em.quotas.forget(dataset.id)
+        self.em.arrivals.forget(dataset.id)
+        self.em.feed.changed()
         return web.Response(status=200)
 
     async def get_tables(self, request: web.Request) -> web.Response:
@@ -373,11 +392,14 @@ class PushApi:
                 f"The table name in the body ('{new.name}') must match the URL ('{table.name}')."
             )
         self.em.store.replace_table(dataset, new)
+        self.em.feed.changed()
         return _json(new.to_api())
 
     async def delete_rows(self, request: web.Request) -> web.Response:
         dataset, table = self.em.push_table(request)
         self.em.store.delete_rows(dataset, table)
+        self.em.arrivals.forget(dataset.id, table.name)
+        self.em.feed.changed()
         return web.Response(status=200)
 
     async def post_rows(self, request: web.Request) -> web.StreamResponse:
@@ -416,6 +438,7 @@ class PushApi:
             if dataset.retention == "basicFIFO":
                 self.em.store.trim_oldest(dataset, table, limits.FIFO_MAX_ROWS)
             self.em.quotas.record(dataset.id, len(rows))
+            self.em.arrivals.record(dataset.id, table.name, len(rows))
             self.em.count(dataset.id, "posts_accepted")
             self.em.count(dataset.id, "rows_accepted", len(rows))
             if fault == "accept_then_fail":
@@ -656,6 +679,7 @@ class AdminApi:
             workspace_id = self.em.store.add_workspace(body["name"], body.get("id"))
         except (ValueError, TypeError, AttributeError):
             raise bad_request("'id' must be a UUID.", "id") from None
+        self.em.feed.changed()
         return _json({"id": workspace_id, "name": body["name"]}, 201)
 
     async def token(self, request: web.Request) -> web.Response:
@@ -696,6 +720,7 @@ class AdminApi:
             if not isinstance(seconds, int | float) or seconds < 0:
                 raise bad_request('Send {"advance": <emulated seconds, 0 or more>}.', "advance")
             self.em.clock.advance(float(seconds))
+            self.em.feed.changed()  # quota windows and the chart moved
         return _json({"now": self.em.clock.now(), "scale": self.em.clock.scale})
 
     def _dataset_state(self, dataset: Dataset) -> dict[str, Any]:
@@ -750,10 +775,12 @@ class AdminApi:
         for dataset in list(self.em.store.datasets.values()):
             self.em.store.delete_dataset(dataset)
             self.em.quotas.forget(dataset.id)
+            self.em.arrivals.forget(dataset.id)
         self.em.counters.clear()
         self.em.answers_lost.clear()
         self.em.auth_failures.clear()
         self.em.faults = FaultPlan()
+        self.em.feed.changed()
         return _json({"status": "reset"})
 
 
@@ -796,9 +823,27 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     app.router.add_get("/_emulator/datasets/{datasetId}", admin.dataset_state)
     app.router.add_get("/_emulator/datasets/{datasetId}/tables/{tableName}/rows", admin.rows)
     app.router.add_post("/_emulator/reset", admin.reset)
+    DashboardApi(emulator).add_routes(app)
+    app.on_startup.append(lambda _app: _start(emulator))
+    # Shutdown runs before aiohttp waits for open requests: ending the dashboard's event
+    # streams here is what keeps Ctrl-C from waiting out the graceful-shutdown timeout.
+    app.on_shutdown.append(lambda _app: _shutdown(emulator))
     app.on_cleanup.append(lambda _app: _close(emulator))
     return app
 
 
+async def _start(emulator: Emulator) -> None:
+    if emulator.deadletters is not None:
+        await emulator.deadletters.start()
+
+
+async def _shutdown(emulator: Emulator) -> None:
+    emulator.feed.close()
+    if emulator.deadletters is not None:
+        await emulator.deadletters.stop()
+
+
 async def _close(emulator: Emulator) -> None:
+    if emulator.deadletters is not None:  # cleanup without shutdown (an app never served)
+        await emulator.deadletters.stop()
     emulator.store.close()
