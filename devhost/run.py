@@ -4,7 +4,8 @@
 
 1. **Azurite** (``node_modules/.bin/azurite``, in memory) on 10000/10001/10002, the default ports,
    so ``UseDevelopmentStorage=true`` also reaches it;
-2. the **Power BI emulator** (``python -m emulator``) on 5300 with a workspace named ``Local``;
+2. the **Power BI emulator** (``python -m emulator``) on 5300 with a workspace named ``Local``,
+   its live dashboard at ``/`` showing the app's dead letters in Azurite;
 3. **devhost** (``python -m devhost``) on 7071, with the app settings pointing at both: Power BI
    is the emulator, reached with a managed identity (``IDENTITY_ENDPOINT``/``IDENTITY_HEADER``),
    storage is Azurite (an explicit connection string), the rows queue is ``rows``.
@@ -12,10 +13,11 @@
 Settings from ``local.settings.json`` (or the example) still apply to everything else; the Power
 BI, identity and storage settings above always point at the local servers.
 
-It waits until each one is ready, prints the URLs and a curl command to try, then echoes the
-children's output. Ctrl-C (SIGINT) or SIGTERM stops all three and exits 0; if one dies, it says
-which and exits 1. Each child runs in its own process group, is stopped with its whole group, and
-on Linux is also told to exit if this process dies (``PR_SET_PDEATHSIG``), so none is left behind.
+It waits until each one is ready, prints the URLs (the dashboard's first) and a curl command to
+try, then echoes the children's output. Ctrl-C (SIGINT) or SIGTERM stops all three and exits 0;
+if one dies, it says which and exits 1. Each child runs in its own process group, is stopped with
+its whole group, and on Linux is also told to exit if this process dies (``PR_SET_PDEATHSIG``),
+so none is left behind.
 ``--ports auto`` lets every server pick a free port (tests use it, so they never collide).
 """
 
@@ -39,6 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from devhost.host import DevhostError, find_settings_file, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 #: Azurite's well-known development account (public and documented: not a secret).
@@ -257,6 +261,23 @@ def devhost_environment(emulator: str, storage: str) -> dict[str, str]:
     return env
 
 
+def dead_letter_container() -> str | None:
+    """The container the app dead-letters to, when it is Azurite (``AzureWebJobsStorage``).
+
+    Read as the app reads it: the environment, then ``local.settings.json`` (or the example).
+    ``None`` when ``DEADLETTER_CONNECTION`` names another account: the dashboard then says
+    it is not connected rather than show an empty container that is not the app's.
+    """
+    settings: dict[str, str] = {k: v for k, v in os.environ.items() if k.startswith("DEADLETTER_")}
+    path = find_settings_file(REPO)
+    if path is not None:
+        with contextlib.suppress(DevhostError):
+            load_settings(path, settings)
+    if (settings.get("DEADLETTER_CONNECTION") or "AzureWebJobsStorage") != "AzureWebJobsStorage":
+        return None
+    return settings.get("DEADLETTER_CONTAINER") or "deadletter"
+
+
 def try_it_command(functions_url: str) -> str:
     """One line of shell: push the two sample rows through the Power BI-compatible route."""
     url = f"{functions_url}/api/datasets/SalesMarketing/tables/Product/rows"
@@ -303,6 +324,14 @@ def start(args: argparse.Namespace, stop: threading.Event, children: list[Child]
         child_env,
     )
     children.append(azurite)
+    storage: dict[str, str] = {}
+    while not {"blob", "queue", "table"} <= set(storage):
+        match = azurite.wait_for(_AZURITE_READY, deadline, stop)
+        storage[match.group(1).lower()] = match.group(2).rstrip("/")
+    storage_connection = connection_string(storage["blob"], storage["queue"], storage["table"])
+    # The emulator starts once Azurite's ports are known, so that its dashboard can be told
+    # where the app's dead letters are (through the environment: the string holds a key).
+    container = dead_letter_container()
     emulator = Child(
         "emulator",
         [
@@ -310,23 +339,18 @@ def start(args: argparse.Namespace, stop: threading.Event, children: list[Child]
             *("-m", "emulator", "--host", "127.0.0.1", "--port", str(ports["emulator"])),
             *("--workspace", f"{WORKSPACE_NAME}={WORKSPACE_ID}"),
             *("--identity-header", IDENTITY_HEADER),
+            *(("--deadletter-container", container) if container else ()),
         ],
-        child_env,
+        {**child_env, "EMULATOR_DEADLETTER_CONNECTION": storage_connection if container else ""},
     )
     children.append(emulator)
-    storage: dict[str, str] = {}
-    while not {"blob", "queue", "table"} <= set(storage):
-        match = azurite.wait_for(_AZURITE_READY, deadline, stop)
-        storage[match.group(1).lower()] = match.group(2).rstrip("/")
     emulator_url = emulator.wait_for(_EMULATOR_READY, deadline, stop).group(1)
     emulator.wait_for(re.compile(r"Time scale:"), deadline, stop)  # the banner's last line
 
     devhost = Child(
         "devhost",
         [sys.executable, "-m", "devhost", "--host", "127.0.0.1", "--port", str(ports["devhost"])],
-        devhost_environment(
-            emulator_url, connection_string(storage["blob"], storage["queue"], storage["table"])
-        ),
+        devhost_environment(emulator_url, storage_connection),
     )
     children.append(devhost)
     banner: list[str] = []
@@ -337,6 +361,8 @@ def start(args: argparse.Namespace, stop: threading.Event, children: list[Child]
         "",
         "Local run is ready: functions (devhost) + Power BI emulator + Azurite. "
         "Ctrl-C stops all three.",
+        "",
+        f"Dashboard:          {emulator_url}/   (live: datasets, rows, quotas, dead letters)",
         "",
         *listing,
         "",
@@ -350,7 +376,7 @@ def start(args: argparse.Namespace, stop: threading.Event, children: list[Child]
         "",
         "Try it:",
         try_it_command(functions_url),
-        "Then see the rows in the emulator:",
+        f"Then watch them arrive on the dashboard ({emulator_url}/), or read them:",
         f"curl -s {emulator_url}/_emulator/state",
         "",
     ]

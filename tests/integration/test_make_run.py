@@ -112,6 +112,16 @@ def test_make_run_serves_the_printed_curl_and_stops_cleanly() -> None:
         }
         assert tables == {("SalesMarketing", "Product"): 2}
 
+        # The dashboard is printed, answers HTML, shows the pushed rows and reads dead letters.
+        dashboard_url = next(
+            m.group(1) for line in output if (m := re.match(r"Dashboard:\s+(http://\S+/)", line))
+        )
+        page = session.get(dashboard_url, timeout=10)
+        assert page.status_code == 200, page.text
+        assert page.headers["Content-Type"].startswith("text/html")
+        assert "SalesMarketing" in page.text and 'data-rows="2"' in page.text
+        assert "Not connected" not in page.text, "make run should connect the dead-letter panel"
+
         everything = children | descendants(process.pid)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0, "\n".join(output)
