@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup lint test emulator run bench clean
+.PHONY: setup lint test emulator run bench soak clean
 
 # Re-created whenever a requirements file changes.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -39,6 +39,13 @@ run: setup
 # About eight minutes on two cores; `make bench BENCH_ARGS=--quick` for a smaller run.
 bench: setup
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Reliability soak (tests/reliability/soak.py): rounds of faults, SIGKILL crashes and Power BI
+# outages with 100,000 rows each, then the hostile-input tests x5; prints the accounting and
+# writes tests/reliability/results/latest.md. `make soak SOAK_MINUTES=30` for longer.
+SOAK_MINUTES ?= 10
+soak: setup
+	$(BIN)/python -m tests.reliability.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -20,9 +20,11 @@ import gc
 import gzip
 import io
 import json
+import os
 import traceback
 import tracemalloc
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -59,13 +61,19 @@ COLUMNS = [c["name"] for c in PRODUCT_COLUMNS]
 MiB = 1024 * 1024
 
 
+#: Inputs tried, by kind, in this process; ``make soak`` reports the total (written out by
+#: tests/reliability/conftest.py when HOSTILE_COUNT_FILE is set).
+TRIED: Counter[str] = Counter()
+
+
 def fuzz(examples: int) -> hypothesis.settings:
-    """Bounded Hypothesis settings: a few seconds per test on two cores; function-scoped
+    """Bounded Hypothesis settings: a few seconds per test on two cores (``make soak`` scales
+    the examples by HOSTILE_EXAMPLES_SCALE); function-scoped
     fixtures allowed (they are set up once per test and every example shares them: none of them
     is changed by an example). Failing examples are kept in .hypothesis/ (which ignores itself
     in git) and tried first on the next run."""
     return hypothesis.settings(
-        max_examples=examples,
+        max_examples=examples * int(os.environ.get("HOSTILE_EXAMPLES_SCALE", "1")),
         deadline=None,
         print_blob=True,
         suppress_health_check=[
@@ -291,6 +299,7 @@ def test_add_rows_answers_any_body_with_a_4xx_or_an_account_of_every_row(
         },
         route={"dataset": name, "table": "Product"},
     )
+    TRIED["HTTP add_rows"] += 1
     check_answer(response, out)
 
 
@@ -326,6 +335,7 @@ def test_post_rows_answers_any_body_with_a_4xx_or_an_account_of_every_row(
             "workspace": workspace,
         },
     )
+    TRIED["HTTP post_rows"] += 1
     check_answer(response, out)
 
 
@@ -450,6 +460,7 @@ def test_queue_message_is_delivered_or_dead_lettered_with_a_reason(
     before = len(api.stored_rows(dataset_id, "Product"))
 
     asyncio.run(ingest_queue(QueueMessage(id=uuid.uuid4().hex, body=body, dequeue_count=1)))
+    TRIED["queue message"] += 1
 
     blobs = letters.new()
     lines = [line for blob in blobs for line in blob]
@@ -609,6 +620,7 @@ def test_file_readers_yield_rows_or_reasons_for_any_bytes(
     a row (a dict of text for CSV; any JSON value for NDJSON and JSON, for the schema to judge)
     or an Unreadable with a reason."""
     stored, gzipped = packed(data, how)
+    TRIED["file bytes"] += 1
     chunks = [stored[i : i + chunk] for i in range(0, len(stored), chunk)]
     for item in drain(read_rows(chunks, kind, gzipped, max_bytes)):
         if isinstance(item, Unreadable):
@@ -638,6 +650,7 @@ def test_file_readers_take_any_nesting(depth: int, shape: str, kind: str, gzippe
     """Nesting is where a JSON reader recurses: any depth gives rows or Unreadables, never an
     exception (NDJSON gets one document per line, JSON the file as it is)."""
     data = NESTED[shape](depth)
+    TRIED["nested file"] += 1
     if gzipped:
         data = gzip.compress(data, mtime=0)
     for item in drain(read_rows([data], kind, gzipped)):

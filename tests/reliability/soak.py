@@ -1,0 +1,222 @@
+"""``make soak``: the reliability scenarios, bigger and repeated for a configurable time.
+
+Rounds cycle through three scenarios, each on its own emulator and devhost (one Azurite for the
+whole soak): **faults** (100,000 rows into 5 datasets through HTTP, the queue and blobs while
+the fault plan cycles through 429 storms, 500/503 bursts, latency, drops and lost answers),
+**crashes** (the same load, devhost SIGKILLed three times mid-flight) and **outage** (the
+emulator down for 30 s with maxDequeueCount 3, then replay). Each round prints its accounting
+table; at the end the hostile-input property tests run with more examples, and a summary is
+printed and written to ``tests/reliability/results/latest.md`` (and ``.json``).
+
+    python -m tests.reliability.soak --minutes 10
+
+Exits 1 if any row was lost or any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.azurite import start_azurite
+from tests.emulator.conftest import REPO
+from tests.reliability.harness import CRASH_BACKGROUND, Ledger, LoadPlan, rig, run_scenario
+from tests.reliability.test_fault_accounting import check_accounting
+
+RESULTS = REPO / "tests" / "reliability" / "results"
+SCENARIOS = ("faults", "crashes", "outage")
+
+
+@dataclass
+class Round:
+    scenario: str
+    ledger: Ledger
+    failure: str | None
+
+
+def run_round(scenario: str, rows: int, workdir: Path, azurite: object) -> Ledger:
+    """One round of ``scenario``; raises AssertionError when a check fails."""
+    from tests.azurite import Azurite
+
+    assert isinstance(azurite, Azurite)
+    if scenario == "faults":
+        with rig(workdir, azurite) as setup:
+            return run_scenario(
+                setup, LoadPlan(rows=rows), phase_seconds=3, duration=45, progress=_say
+            )
+    if scenario == "crashes":
+        plan = LoadPlan(rows=rows, http_share=0.15, queue_share=0.25, blob_files_per_dataset=1)
+        with rig(workdir, azurite) as setup:
+            return run_scenario(
+                setup,
+                plan,
+                phases=CRASH_BACKGROUND,
+                duration=40,
+                crashes=3,
+                crash_window=35,
+                progress=_say,
+            )
+    plan = LoadPlan(datasets=2, rows=max(2, rows // 5), http_share=0.3, queue_share=0.7)
+    with rig(
+        workdir,
+        azurite,
+        QUEUE_TIME_BUDGET_SECONDS="2",
+        AzureFunctionsJobHost__extensions__queues__maxDequeueCount="3",
+    ) as setup:
+        return run_scenario(
+            setup, plan, phases=(), duration=10, outage_at=2, outage_seconds=30, progress=_say
+        )
+
+
+def _say(text: str) -> None:
+    print(f"  {text}", flush=True)
+
+
+def hostile_inputs(scale: int) -> tuple[Counter[str], bool]:
+    """Run the hostile-input property tests with ``scale`` times the examples; count them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        counts = Path(tmp) / "tried.json"
+        env = {
+            **os.environ,
+            "HOSTILE_EXAMPLES_SCALE": str(scale),
+            "HOSTILE_COUNT_FILE": str(counts),
+        }
+        suites = ["tests/reliability/test_hostile_input.py", "tests/reliability/test_security.py"]
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *suites],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        print("  " + (done.stdout.strip().splitlines() or ["(no output)"])[-1], flush=True)
+        tried = Counter(json.loads(counts.read_text())) if counts.exists() else Counter()
+        return tried, done.returncode == 0
+
+
+def summary(rounds: list[Round], tried: Counter[str], hostile_ok: bool, minutes: float) -> str:
+    """The soak's table, as Markdown."""
+    lines = [
+        "| scenario | rounds | rows sent | stored (distinct) | dead-lettered | duplicates "
+        "(after lost answers / other re-sends) | poisoned → replayed | crashes | lost |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario in SCENARIOS:
+        mine = [r.ledger for r in rounds if r.scenario == scenario]
+        if not mine:
+            continue
+        explained = sum(x.total("explained_by_lost_answers") for x in mine)
+        duplicates = sum(x.total("duplicates") for x in mine)
+        lines.append(
+            f"| {scenario} | {len(mine)} | {sum(x.sent for x in mine):,} | "
+            f"{sum(x.total('distinct') for x in mine):,} | "
+            f"{sum(x.total('dead_lettered') for x in mine):,} | "
+            f"{duplicates:,} ({explained:,} / {duplicates - explained:,}) | "
+            f"{sum(x.poisoned for x in mine):,} → {sum(x.replayed for x in mine):,} | "
+            f"{sum(x.crashes for x in mine)} | **{sum(x.total('lost') for x in mine)}** |"
+        )
+    injected: Counter[str] = Counter()
+    cut: Counter[str] = Counter()
+    for r in rounds:
+        injected.update(r.ledger.injected)
+        cut.update(r.ledger.cut_short())
+    sent = sum(r.ledger.sent for r in rounds)
+    lost = sum(r.ledger.total("lost") for r in rounds)
+    failures = [f"{r.scenario}: {r.failure}" for r in rounds if r.failure]
+    seconds = sum(r.ledger.seconds for r in rounds)
+    lines += [
+        "",
+        f"- **Load held:** {sent:,} rows in {len(rounds)} rounds over {minutes:.1f} minutes "
+        f"({sent / max(seconds, 1) * 60:,.0f} rows/min while rounds ran), 5 datasets a round "
+        "(2 in outage rounds), through HTTP (queue mode), the rows queue and blobs (CSV and "
+        "gzipped NDJSON) at once.",
+        "- **Faults injected:** "
+        + (", ".join(f"{k.removeprefix('injected_')} {v:,}" for k, v in injected.items()) or "none")
+        + ".",
+        f"- **Crashes survived:** {sum(r.ledger.crashes for r in rounds)} SIGKILLs of the host, "
+        "cutting short "
+        + (", ".join(f"{v:,} {k}" for k, v in sorted(cut.items())) or "nothing")
+        + " invocations; "
+        f"{sum(r.ledger.emulator_outages for r in rounds)} Power BI outages of 30 s.",
+        "- **Hostile inputs tried:** "
+        f"{sum(tried.values()):,} ("
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(tried.items()))
+        + f"), {'all' if hostile_ok else 'NOT all'} answered with a 4xx or a dead letter.",
+        f"- **Rows lost: {lost}.** Checks failed: {len(failures)}"
+        + (": " + "; ".join(failures) if failures else "."),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--minutes", type=float, default=float(os.environ.get("SOAK_MINUTES", "10"))
+    )
+    parser.add_argument("--rows", type=int, default=100_000, help="rows per round")
+    parser.add_argument("--hostile-scale", type=int, default=5, help="x the tests' examples")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    deadline = started + args.minutes * 60
+    azurite = start_azurite()
+    rounds: list[Round] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+            k = 0
+            while time.monotonic() < deadline or not rounds:
+                scenario = SCENARIOS[k % len(SCENARIOS)]
+                print(f"round {k + 1}: {scenario}", flush=True)
+                ledger = run_round(scenario, args.rows, Path(tmp) / f"round{k}", azurite)
+                failure = None
+                try:
+                    check_accounting(ledger)
+                except AssertionError as error:
+                    failure = str(error).splitlines()[0]
+                print(ledger.table() + "\n", flush=True)
+                rounds.append(Round(scenario, ledger, failure))
+                k += 1
+    finally:
+        azurite.stop()
+    print("hostile inputs:", flush=True)
+    tried, hostile_ok = hostile_inputs(args.hostile_scale)
+    minutes = (time.monotonic() - started) / 60
+    table = summary(rounds, tried, hostile_ok, minutes)
+    machine = f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}"
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = f"Soak of {stamp} ({machine}; `make soak SOAK_MINUTES={args.minutes:g}`):\n\n{table}\n"
+    print("\n" + text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.md").write_text(text)
+    (RESULTS / "latest.json").write_text(
+        json.dumps(
+            {
+                "when": stamp,
+                "machine": machine,
+                "minutes": round(minutes, 1),
+                "rounds": [
+                    {"scenario": r.scenario, "failure": r.failure, **r.ledger.to_json()}
+                    for r in rounds
+                ],
+                "hostile_inputs": dict(tried),
+                "hostile_ok": hostile_ok,
+            },
+            indent=2,
+        )
+    )
+    ok = hostile_ok and all(r.failure is None and r.ledger.total("lost") == 0 for r in rounds)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
