@@ -192,7 +192,7 @@ def _render_dataset(emulator: Emulator, dataset: Dataset, selection: Selection) 
         + _gauge("Rows in the last hour", usage["rowsLastHour"], limits.MAX_ROWS_PER_HOUR, 0.8)
         + f'<div class="gauge"><dt>429s sent</dt><dd><span class="figure throttles'
         f'{" hot" if real + injected else ""}">{_n(real + injected)}</span>'
-        f' <span class="detail">({_n(real)} at a limit, {_n(injected)} injected)</span>'
+        f' <span class="note">({_n(real)} at a limit, {_n(injected)} injected)</span>'
         "</dd></div></dl>"
         f'<p class="meta">{_plural(counters.get("posts_accepted", 0), "POST")} accepted · '
         f"{_plural(counters.get('rows_accepted', 0), 'row')} accepted · "
@@ -275,7 +275,7 @@ def _nice_ceiling(value: int) -> int:
 def render_chart(series: list[int], scale: float) -> str:
     """Rows per minute as an inline SVG line chart (no library, no script)."""
     width, height = 600, 170
-    left, right, top, bottom = 52, 8, 10, 24
+    left, right, top, bottom = 72, 8, 14, 30
     top_value = _nice_ceiling(max(series, default=0))
     span = max(1, len(series) - 1)
 
@@ -289,7 +289,8 @@ def render_chart(series: list[int], scale: float) -> str:
     area = f"{x(0):.1f},{y(0):.1f} {points} {x(len(series) - 1):.1f},{y(0):.1f}"
     grid = "".join(
         f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(v):.1f}" y2="{y(v):.1f}"/>'
-        f'<text class="label" x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{_n(v)}</text>'
+        f'<text class="label" x="{left - 6}" y="{y(v):.1f}" text-anchor="end" '
+        f'dominant-baseline="middle">{_n(v)}</text>'
         for v in sorted({0, top_value // 2, top_value})
     )
     minutes = len(series)
@@ -416,7 +417,7 @@ def render_page(emulator: Emulator, dataset_id: str | None, table_name: str | No
 <h2 id="datasets-heading">Datasets</h2>
 <div data-region="datasets">{regions["datasets"]}</div>
 </section>
-<section class="detail" aria-labelledby="table-heading">
+<section class="selected" aria-labelledby="table-heading">
 <div data-region="table">{regions["table"]}</div>
 </section>
 <section class="deadletters" aria-labelledby="deadletters-heading">

@@ -195,9 +195,10 @@ class DeadLetterWatch:
     async def _run(self) -> None:
         from azure.storage.blob.aio import BlobServiceClient
 
-        # Short timeouts and one retry: a stopped Azurite must not stall the dashboard.
+        # No SDK retries (the storage policy would back off for 15 s first) and short timeouts:
+        # the next look, a few seconds on, is the retry, and the panel says what failed meanwhile.
         service = BlobServiceClient.from_connection_string(
-            self._connection_string, retry_total=1, connection_timeout=3, read_timeout=10
+            self._connection_string, retry_total=0, connection_timeout=3, read_timeout=10
         )
         async with service:
             container = service.get_container_client(self.container_name)
@@ -228,7 +229,7 @@ class DeadLetterWatch:
                 waiting_blobs += 1
                 waiting_rows += rows
                 dataset, table = _target_of(blob.name)
-                modified = blob.last_modified.isoformat(timespec="seconds")
+                modified = blob.last_modified.strftime("%Y-%m-%d %H:%M:%S UTC")
                 entry = targets.setdefault((dataset, table), [0, 0, ""])
                 entry[0] = int(entry[0]) + 1
                 entry[1] = int(entry[1]) + rows

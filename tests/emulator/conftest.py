@@ -48,8 +48,9 @@ class EmulatorProcess:
         stop_process(self.process)
 
 
-def start_emulator(*args: str, tmp: Path) -> EmulatorProcess:
-    """Start the emulator with ``args`` on a free port and wait until it serves."""
+def start_emulator(*args: str, tmp: Path, env: dict[str, str] | None = None) -> EmulatorProcess:
+    """Start the emulator with ``args`` (and ``env``, else this environment) on a free port and
+    wait until it serves."""
     command = [
         sys.executable,
         "-m",
@@ -67,7 +68,7 @@ def start_emulator(*args: str, tmp: Path) -> EmulatorProcess:
         *args,
     ]
     process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert process.stdout is not None
     lines: list[str] = []

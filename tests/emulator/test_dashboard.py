@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import queue
 import signal
 import socket
@@ -26,6 +27,7 @@ import requests
 from emulator.clock import ScaledClock
 from emulator.dashboard import render_chart
 from emulator.live import ArrivalHistory, LiveFeed
+from tests.azurite import ACCOUNT, KEY
 from tests.emulator.conftest import Api, EmulatorProcess, int_table, start_emulator
 
 WAIT = 10.0  # seconds: a bounded wait for an update that should come within half a second
@@ -343,4 +345,34 @@ def test_quota_clock_moves_the_chart_and_ctrl_c_ends_open_streams(tmp_path: Path
     finally:
         if stream is not None:
             stream.close()
+        server.stop()
+
+
+def test_unreachable_dead_letter_storage_is_said_not_hidden(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
+    )
+    env = {**os.environ, "EMULATOR_DEADLETTER_CONNECTION": connection}
+    server = start_emulator("--deadletter-container", "letters", tmp=tmp_path, env=env)
+    try:
+        assert any(
+            line.strip() == f"Dead letters: container letters at http://127.0.0.1:{port}/{ACCOUNT}"
+            for line in server.output
+        ), server.output
+        session = requests.Session()
+        session.trust_env = False
+        deadline = time.monotonic() + 20
+        while (found := session.get(f"{server.base}/_emulator/dashboard/state").json())[
+            "deadLetters"
+        ]["error"] is None:
+            assert time.monotonic() < deadline, found["deadLetters"]
+            time.sleep(0.2)
+        assert found["deadLetters"]["error"].startswith("cannot list the container")
+        assert 'role="alert">cannot list the container' in found["regions"]["deadletters"]
+        assert KEY not in json.dumps(found) and KEY not in "\n".join(server.output)
+    finally:
         server.stop()
