@@ -17,7 +17,13 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Also Debian's Chromium, which the dashboard's browser test drives with Playwright (Playwright's
+# own browser download is never used); installed only if missing, with sudo only when not root.
 setup: $(VENV)/.installed node_modules/.installed
+	@[ -x /usr/bin/chromium ] || { \
+	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 lint: setup
 	$(BIN)/ruff check .
