@@ -37,6 +37,22 @@ def test_quota_defaults_are_the_documented_limits() -> None:
 # --- posts per minute -------------------------------------------------------------------------
 
 
+def test_a_post_is_counted_from_when_its_answer_came() -> None:
+    """The service counts a POST once it has stored the rows, after it arrived; so a window is
+    counted from the answer, and the 121st POST waits for the first one's answer + 60 s."""
+    governor, clock = make_governor()
+    with governor.slot("ds", 10_000):
+        clock.now += 0.3  # the service takes 0.3 s to store the rows and answer
+    for _ in range(119):
+        take(governor, "ds")
+
+    # Now is 0.3 s: the first POST counts from 0.3 s, not 0 s, so 60 s more (not 59.7).
+    assert governor.wait_needed("ds", 1) == pytest.approx(60.0)
+    clock.now = 61.0  # the minute has passed; the hour's rows (10,119 so far) count from 0.3 s
+    assert governor.wait_needed("ds", 989_881) == pytest.approx(0.0)
+    assert governor.wait_needed("ds", 989_882) == pytest.approx(3539.3)
+
+
 def test_120_posts_in_a_minute_do_not_wait() -> None:
     """120 POSTs in the same instant fit the per-minute quota with no wait."""
     governor, clock = make_governor()
