@@ -410,7 +410,10 @@ def render_page(emulator: Emulator, dataset_id: str | None, table_name: str | No
 <body>
 <header>
 <h1>Power BI emulator <span class="of">live dashboard{escape(clock)}</span></h1>
-<p id="live-status" class="status" role="status">Snapshot: reload the page to update it.</p>
+<p class="status">
+<span id="live-status" role="status">Snapshot: reload the page to update it.</span>
+<span id="updated" class="note"></span>
+</p>
 </header>
 <main>
 <section class="datasets" aria-labelledby="datasets-heading">

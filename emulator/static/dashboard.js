@@ -2,14 +2,18 @@
 // new HTML. The server renders (and escapes) everything; this script only places it.
 "use strict";
 (function () {
+  // The status is announced (role=status) only when the connection changes; the time of the
+  // last update sits beside it, outside the live region, so updates are not read out 4 times
+  // a second.
   const status = document.getElementById("live-status");
+  const updated = document.getElementById("updated");
   const regions = new Map(
     Array.from(document.querySelectorAll("[data-region]"), (el) => [el.dataset.region, el])
   );
 
   function setStatus(text, state) {
-    status.textContent = text;
-    status.className = "status " + state;
+    if (status.textContent !== text) status.textContent = text;
+    status.className = state;
   }
 
   // Replacing a region would drop keyboard focus from a link in it: put it back on the same
@@ -32,7 +36,8 @@
       const region = regions.get(name);
       if (region) replace(region, html);
     }
-    setStatus("Live · updated " + new Date().toLocaleTimeString(), "live");
+    setStatus("Live", "live");
+    updated.textContent = "· updated " + new Date().toLocaleTimeString();
   });
   // EventSource reconnects by itself (the server asks for 2 s); just say so meanwhile.
   source.addEventListener("error", () => setStatus("Disconnected · reconnecting…", "down"));

@@ -159,10 +159,13 @@ def test_dashboard_shows_rows_arriving_through_the_function_app(stack: Stack, br
         expect(datasets).to_contain_text("ProductID Int64")  # the schema
         expect(datasets).to_contain_text("2 / 1,000,000")  # rows in the last hour
 
-        # AND more rows keep arriving on the same page
+        # AND more rows keep arriving on the same page, without taking keyboard focus away
+        datasets.get_by_role("link", name="Product", exact=True).focus()
         more = [{**ROWS[0], "ProductID": 10 + i, "Product": f"Tablet {i}"} for i in range(3)]
         assert stack.push(more).status_code == 200
         expect(page.locator("#row-count")).to_have_text("5", timeout=WAIT_MS)
+        expect(datasets).to_contain_text("5 rows")
+        assert page.evaluate("document.activeElement.textContent") == "Product"
         expect(table.locator("table.rows tbody tr").first).to_contain_text("Tablet 2")
         expect(page.locator("svg[role=img] desc")).to_contain_text("5 rows in the last 60")
 
