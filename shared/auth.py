@@ -39,19 +39,52 @@ class TokenProvider(Protocol):
     def invalidate(self) -> None: ...
 
 
+#: After the identity endpoint failed, callers in the next this-many seconds get the same
+#: error at once instead of each waiting out another attempt (azure-identity's own retries
+#: take about 5 s against a refused connection): one attempt at a time, not a queue of them.
+FAILURE_HOLD = 2.0
+#: A token this close to expiry is not used, even while a refresh is failing.
+EXPIRY_MARGIN = 60.0
+
+
 class _CachedProvider:
-    """Caches one token until ``REFRESH_WINDOW`` seconds before it expires; thread-safe."""
+    """Caches one token until ``REFRESH_WINDOW`` seconds before it expires; thread-safe.
+
+    While the identity endpoint is down, a cached token that has not expired yet is still
+    used, and a failed attempt is remembered for ``FAILURE_HOLD`` seconds.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_on = 0.0
+        self._failure: TransientError | None = None
+        self._failed_at = 0.0
 
     def token(self) -> str:
         with self._lock:
-            if self._token is None or self._clock() >= self._expires_on - REFRESH_WINDOW:
+            now = self._clock()
+            if self._token is not None and now < self._expires_on - REFRESH_WINDOW:
+                return self._token
+            usable = self._token is not None and now < self._expires_on - EXPIRY_MARGIN
+            if self._failure is not None and now < self._failed_at + FAILURE_HOLD:
+                if usable:
+                    assert self._token is not None
+                    return self._token
+                left = self._failed_at + FAILURE_HOLD - now
+                raise TransientError(
+                    f"{self._failure} (tried {now - self._failed_at:.1f} s ago)", retry_after=left
+                )
+            try:
                 self._token, self._expires_on = self._acquire()
+            except TransientError as error:
+                self._failure, self._failed_at = error, self._clock()
+                if usable:
+                    assert self._token is not None
+                    return self._token  # still valid: refresh again later
+                raise
+            self._failure = None
             return self._token
 
     def invalidate(self) -> None:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from shared.auth import REFRESH_WINDOW, _CachedProvider, check_token_destination
-from shared.errors import ConfigError
+from shared.auth import (
+    EXPIRY_MARGIN,
+    FAILURE_HOLD,
+    REFRESH_WINDOW,
+    _CachedProvider,
+    check_token_destination,
+)
+from shared.errors import ConfigError, TransientError
 
 
 class CountingProvider(_CachedProvider):
@@ -59,3 +65,46 @@ def test_bearer_tokens_go_only_to_https_or_loopback(url: str, allowed: bool) -> 
     else:
         with pytest.raises(ConfigError):
             check_token_destination(url)
+
+
+class FlakyProvider(CountingProvider):
+    """A CountingProvider whose endpoint can be taken down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.attempts = 0
+
+    def _acquire(self) -> tuple[str, float]:
+        self.attempts += 1
+        if self.down:
+            raise TransientError("managed identity endpoint unreachable")
+        return super()._acquire()
+
+
+def test_a_failed_attempt_is_shared_for_a_moment_then_tried_again() -> None:
+    """With the endpoint down and no token, callers within FAILURE_HOLD s get the same error
+    without another attempt; after it, the next caller tries again."""
+    provider = FlakyProvider()
+    provider.down = True
+    for _ in range(3):
+        with pytest.raises(TransientError):
+            provider.token()
+    assert provider.attempts == 1
+    provider.now += FAILURE_HOLD
+    provider.down = False
+    assert provider.token() == "token-1"
+    assert provider.attempts == 2
+
+
+def test_a_token_still_valid_is_used_while_its_refresh_fails() -> None:
+    """In the refresh window with the endpoint down, the cached token (not yet expired) is
+    still given; once it is about to expire, the error is."""
+    provider = FlakyProvider()
+    assert provider.token() == "token-1"
+    provider.down = True
+    provider.now += 3600 - REFRESH_WINDOW
+    assert provider.token() == "token-1"
+    provider.now += REFRESH_WINDOW - EXPIRY_MARGIN
+    with pytest.raises(TransientError):
+        provider.token()
