@@ -126,15 +126,32 @@ class Ingestor:
 
     # -- resolution -------------------------------------------------------------------------
 
-    def resolve(self, target: Target) -> _Resolved:
-        """Find (or create) the target's dataset once per process; check the table exists."""
+    def resolve(self, target: Target, deadline: float | None = None) -> _Resolved:
+        """Find (or create) the target's dataset once per process; check the table exists.
+
+        With ``deadline`` (a value of the ingestor's clock), neither the wait for another
+        caller's lookup nor the lookup's own retries go past it: a TransientError instead.
+        """
         workspace = target.workspace or self.default_workspace
         key = (workspace, target.dataset)
-        with self._resolve_lock:  # one creation, however many invocations race for it
-            resolved = self._resolved.get(key)
-            if resolved is None:
-                resolved = self._resolve(workspace, target.dataset)
-                self._resolved[key] = resolved
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            timeout = -1.0 if deadline is None else max(0.0, deadline - self._clock())
+            # One lookup (and one creation) at a time, however many invocations race for it.
+            if not self._resolve_lock.acquire(timeout=timeout):
+                raise TransientError(
+                    f"dataset {target.dataset!r}: still being looked up by another caller "
+                    "when the time budget ran out",
+                    retry_after=1.0,
+                )
+            try:
+                resolved = self._resolved.get(key)
+                if resolved is None:
+                    with self.client.within(deadline, self._clock):
+                        resolved = self._resolve(workspace, target.dataset)
+                    self._resolved[key] = resolved
+            finally:
+                self._resolve_lock.release()
         if target.table not in resolved.tables:
             raise NotFoundError(
                 f"dataset {target.dataset!r} has no table {target.table!r} (tables: "
@@ -295,7 +312,7 @@ class Ingestor:
     def _run(self, run: _Run, deadline: float | None) -> None:
         target = run.target
         try:
-            resolved = self.resolve(target)
+            resolved = self.resolve(target, deadline)
         except PermanentError as error:
             run.fail(error)
             run.reject_all(run.rows(), error)

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote
 
@@ -124,6 +128,13 @@ def _auth_hint(status: int, code: str | None) -> str:
     return " (is the identity a Member or Contributor of the workspace?)"
 
 
+#: The deadline (and its clock) that retries of the calls made in this context must respect:
+#: set by :meth:`PowerBIClient.within` around work done for a trigger with a time budget.
+_DEADLINE: ContextVar[tuple[float, Callable[[], float]] | None] = ContextVar(
+    "powerbi_deadline", default=None
+)
+
+
 class PowerBIClient:
     """The push operations, in My workspace (``workspace=None``) or a workspace (group id)."""
 
@@ -145,6 +156,18 @@ class PowerBIClient:
         self._group_ids: dict[str, str] = {}
 
     # -- plumbing -----------------------------------------------------------------------
+
+    @contextmanager
+    def within(
+        self, deadline: float | None, clock: Callable[[], float] = time.monotonic
+    ) -> Iterator[None]:
+        """Calls made inside the block retry only while a retry can end before ``deadline``
+        (a ``clock()`` value); without one, only the retry policy's attempts bound them."""
+        token = _DEADLINE.set(None if deadline is None else (deadline, clock))
+        try:
+            yield
+        finally:
+            _DEADLINE.reset(token)
 
     def url(self, path: str, workspace: str | None = None) -> str:
         group = f"/groups/{quote(workspace, safe='')}" if workspace else ""
@@ -193,9 +216,12 @@ class PowerBIClient:
     ) -> Any:
         url = self.url(path, workspace)
         body = None if payload is None else json.dumps(payload).encode("utf-8")
+        bound = _DEADLINE.get()
         response = self.retry.run(
             lambda: self._send_once(method, url, what, body=body, params=params),
             idempotent=idempotent,
+            deadline=None if bound is None else bound[0],
+            clock=time.monotonic if bound is None else bound[1],
             on_retry=lambda error, wait: log.warning(
                 "%s: %s; retrying in %.1f s", what, error, wait
             ),

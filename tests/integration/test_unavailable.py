@@ -3,16 +3,25 @@ TransientError (retry later), never an untranslated exception or a silent loss."
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from shared.auth import ManagedIdentityTokenProvider, ServicePrincipalTokenProvider
+from shared.auth import (
+    ManagedIdentityTokenProvider,
+    ServicePrincipalTokenProvider,
+    StaticTokenProvider,
+)
 from shared.contracts import Target
 from shared.deadletter import BlobDeadLetterStore, DeadLetter
 from shared.errors import TransientError
+from shared.ingest import Ingestor, PushIncomplete
+from shared.powerbi import PowerBIClient
+from shared.retry import RetryPolicy
 from tests.azurite import start_azurite
 
 SCOPE = "https://analysis.windows.net/powerbi/api/.default"
@@ -54,3 +63,27 @@ def test_dead_letter_store_down_raises_instead_of_losing_rows(tmp_path: Path) ->
     server.stop()
     with pytest.raises(TransientError):
         store.write(Target("d", "t"), [DeadLetter("bad", {"a": 1}, 0)], source=None)
+
+
+def test_looking_a_dataset_up_stops_at_the_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    """With Power BI down, the dataset lookup (list workspaces, list datasets) retries only
+    while a retry can end before the push's deadline: here none can, so the push stops after
+    one attempt, with every row unsent, instead of retrying past the trigger's budget (which
+    once held a queue invocation for 23 s, past its message's lease)."""
+    client = PowerBIClient(f"http://127.0.0.1:{closed_port()}", StaticTokenProvider("t"))
+    ingestor = Ingestor(client, default_workspace="Sales")
+    with caplog.at_level(logging.WARNING), pytest.raises(PushIncomplete) as stopped:
+        ingestor.push(Target("D", "T"), [{"n": 1}], deadline=time.monotonic() + 0.2)
+    assert stopped.value.result.unsent == 1
+    assert "could not connect" in str(stopped.value)
+    assert not [r for r in caplog.records if "retrying in" in r.getMessage()]
+    # Without a deadline the same lookup is retried (bounded by the policy's attempts).
+    patient = PowerBIClient(
+        client.api_root,
+        StaticTokenProvider("t"),
+        retry=RetryPolicy(max_attempts=2, base_delay=0.01),
+    )
+    retried = Ingestor(patient, default_workspace="Sales")
+    with caplog.at_level(logging.WARNING), pytest.raises(PushIncomplete):
+        retried.push(Target("D", "T"), [{"n": 1}])
+    assert [r for r in caplog.records if "retrying in" in r.getMessage()]
