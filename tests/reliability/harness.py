@@ -266,6 +266,9 @@ class Rig:
         if self.host is not None:
             self.host.stop()
             self.log.extend(self.host.output)
+        # Kept for a post-mortem: what devhost and the emulator said.
+        (self.workdir / "devhost.log").write_text("\n".join(self.log) + "\n")
+        (self.workdir / "emulator.log").write_text("\n".join(self.emulator.output) + "\n")
         self.emulator.stop()
         if own_azurite:
             self.azurite.stop()
@@ -545,12 +548,14 @@ def run_scenario(
     crash_window: float = 20.0,
     outage_at: float | None = None,
     outage_seconds: float = 10.0,
+    outage_until: Callable[[Rig], bool] | None = None,
     timeout: float = 300.0,
     seed: int | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Ledger:
     """Send ``plan`` through all three paths, spread over ``duration`` seconds, while faults
-    (and crashes, and an emulator outage) happen; wait until every row is stored or
+    (and crashes, and an emulator outage of at least ``outage_seconds`` and until
+    ``outage_until`` holds) happen; wait until every row is stored or
     dead-lettered (or ``timeout``), replay anything poisoned, and account."""
     seed = random.randrange(1 << 30) if seed is None else seed
     chance = random.Random(seed)
@@ -603,6 +608,10 @@ def run_scenario(
         setup.stop_emulator()
         progress(f"emulator down at {time.monotonic() - started:.1f} s")
         stop.wait(outage_seconds)
+        if outage_until is not None:  # a condition, not a timing, ends it (bounded)
+            until = time.monotonic() + 120
+            while time.monotonic() < until and not outage_until(setup) and not stop.wait(0.5):
+                pass
         setup.restart_emulator()
         progress(f"emulator back at {time.monotonic() - started:.1f} s")
 
