@@ -9,7 +9,7 @@ the next row would pass 10,000 rows or the byte limit, so wide rows split earlie
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,18 +47,36 @@ def pack(
     max_rows: int = limits.MAX_ROWS_PER_POST,
     max_bytes: int = limits.MAX_BODY_BYTES,
     on_reject: Callable[[RowProblem, dict[str, Any]], None] | None = None,
+    keep_together: Mapping[int, int] | None = None,
 ) -> Iterator[Batch]:
     """Lazily yield :class:`Batch` es from ``(index, row)`` pairs, in order.
 
     A row that cannot be serialised, or that alone exceeds ``max_bytes``, is passed to
     ``on_reject`` with the reason (or raises ``ValueError`` when no callback is given).
+
+    ``keep_together`` maps the first index of a group of rows (one queue message) to its
+    length: a group that fits in one batch (by count) is not split across two, so that an
+    ambiguous failure of one POST fails only groups it carries whole, and redelivering them
+    re-sends no row that another POST already delivered.
     """
     parts: list[bytes] = []
     indices: list[int] = []
     kept: list[dict[str, Any]] = []
     size = _ENVELOPE
+    starts = iter(sorted(keep_together or {}))
+    next_start = next(starts, None)
 
     for index, row in rows:
+        group_end = None
+        while next_start is not None and next_start <= index:  # a group began at or before
+            assert keep_together is not None
+            group_end = next_start + keep_together[next_start]
+            next_start = next(starts, None)
+        if group_end is not None and parts:
+            left = group_end - index  # the group's rows from here (some may yet be refused)
+            if len(parts) + left > max_rows >= left:
+                yield Batch(_OPEN + b",".join(parts) + _CLOSE, tuple(indices), tuple(kept))
+                parts, indices, kept, size = [], [], [], _ENVELOPE
         try:
             part = serialise(row)
         except (TypeError, ValueError) as exc:

@@ -331,7 +331,7 @@ class Ingestor:
                 else:
                     yield index, checked
 
-        batches = pack(valid(), on_reject=run.reject)
+        batches = pack(valid(), on_reject=run.reject, keep_together=run.groups())
         for batch in batches:
             try:
                 self._deliver(resolved, batch, run, deadline)
@@ -455,6 +455,19 @@ class _Run:
         for part, result in zip(self.parts, self.results, strict=True):
             if isinstance(part.rows, Sized):
                 result.received = len(part.rows)
+
+    def groups(self) -> dict[int, int]:
+        """Where each part of known length starts in the stream, and its length (for
+        :func:`pack` to keep a part in one POST); streamed parts (files) are not grouped."""
+        found: dict[int, int] = {}
+        index = 0
+        for part in self.parts:
+            if not isinstance(part.rows, Sized):
+                break  # later starts are unknown until the stream is read
+            if len(self.parts) > 1:
+                found[index] = len(part.rows)
+            index += len(part.rows)
+        return found
 
     def rows(self) -> Iterator[tuple[int, Any]]:
         """Every part's rows in order, numbered as one stream; streams are counted as read."""

@@ -272,3 +272,18 @@ def test_pack_yields_a_full_batch_without_reading_another_row() -> None:
     assert first.count == 10_000
     with pytest.raises(RuntimeError):
         next(batches)
+
+
+def test_a_group_that_fits_is_not_split_across_two_batches() -> None:
+    """Groups (queue messages) of 30 rows, batches of at most 100 rows: the fourth group would
+    straddle the first batch, so the first batch closes at 90 rows; a group larger than a
+    batch is split as before."""
+    rows = [(i, {"n": i}) for i in range(250)]
+    groups = {start: 30 for start in range(0, 180, 30)} | {180: 70}
+    batches = list(pack(rows, max_rows=100, keep_together=groups))
+    assert [b.count for b in batches] == [90, 90, 70]
+    batch_of = {i: k for k, batch in enumerate(batches) for i in batch.indices}
+    for start, length in groups.items():
+        assert len({batch_of[i] for i in range(start, start + length)}) == 1, start
+    big = list(pack(rows, max_rows=100, keep_together={0: 20, 20: 230}))
+    assert [b.count for b in big] == [100, 100, 50]
