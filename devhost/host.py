@@ -1082,7 +1082,7 @@ class BlobRunner:
         queue.send_message(
             json.dumps(
                 {
-                    "Type": "blob",
+                    "Type": "BlobTrigger",
                     "FunctionId": f"Host.Functions.{entry.spec.name}",
                     "BlobType": "BlockBlob",
                     "ContainerName": entry.container,

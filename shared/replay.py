@@ -16,6 +16,7 @@ again later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -133,43 +134,51 @@ def replay_poison(
     from azure.core.exceptions import ResourceNotFoundError
 
     report = ReplayReport()
-    others: list[Any] = []
+    others: dict[str, Any] = {}  # other functions' messages, by id: the latest receipt
     try:
         while report.messages_replayed < limit and report.stopped is None:
             batch: list[tuple[Any, bytes]] = []
+            received = 0
             for message in poison.receive_messages(
                 messages_per_page=32,
                 max_messages=min(REPLAY_BATCH, limit - report.messages_replayed),
                 visibility_timeout=300,
             ):
+                received += 1
                 content = message.content
                 body = content.encode("utf-8") if isinstance(content, str) else bytes(content)
                 if blob_function is not None:
                     continuation = _blob_continuation(body, blob_function)
                     if continuation is None:
-                        others.append(message)
+                        others[message.id] = message
                         continue
                     body = continuation
                 batch.append((message, body))
+            if not received:
+                break  # nothing visible is left (other functions' messages are hidden for now)
             if not batch:
-                break
+                continue
             outcomes = asyncio.run(_handle_all(handler, batch))
+            unexpected: BaseException | None = None
             for (message, _), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, TransientError):
                     report.stopped = f"poison message {message.id}: {outcome}"
-                    continue
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                poison.delete_message(message)
-                report.messages_replayed += 1
-                if outcome is not None:
-                    report.rows_sent += outcome.sent
-                    report.rows_rejected_again += outcome.rejected
+                elif isinstance(outcome, BaseException):
+                    unexpected = unexpected or outcome
+                else:  # delivered (or dead-lettered): done, whatever happened to the others
+                    poison.delete_message(message)
+                    report.messages_replayed += 1
+                    if outcome is not None:
+                        report.rows_sent += outcome.sent
+                        report.rows_rejected_again += outcome.rejected
+            if unexpected is not None:
+                raise unexpected
     except ResourceNotFoundError:
         return report  # no poison queue: nothing ever failed for good
     finally:
-        for message in others:  # not ours: visible again for whoever owns it
-            poison.update_message(message, visibility_timeout=0)
+        for message in others.values():  # not ours: visible again for whoever owns it
+            with contextlib.suppress(Exception):  # its receipt may be stale: it reappears anyway
+                poison.update_message(message, visibility_timeout=0)
     return report
 
 
@@ -193,7 +202,7 @@ def _blob_continuation(body: bytes, function: str) -> bytes | None:
         return None
     if (
         not isinstance(found, dict)
-        or found.get("Type") != "blob"
+        or found.get("Type") != "BlobTrigger"  # the WebJobs blob extension's BlobTriggerMessage
         or not str(found.get("FunctionId", "")).endswith(f".{function}")
         or not isinstance(found.get("ContainerName"), str)
         or not isinstance(found.get("BlobName"), str)

@@ -114,7 +114,7 @@ def test_a_blob_the_trigger_gave_up_on_is_resumed_by_replay(
 
     def report(function: str, blob: str) -> str:
         body = {
-            "Type": "blob",
+            "Type": "BlobTrigger",
             "FunctionId": f"Host.Functions.{function}",
             "BlobType": "BlockBlob",
             "ContainerName": container,
