@@ -50,42 +50,73 @@ EXPIRY_MARGIN = 60.0
 class _CachedProvider:
     """Caches one token until ``REFRESH_WINDOW`` seconds before it expires; thread-safe.
 
-    While the identity endpoint is down, a cached token that has not expired yet is still
-    used, and a failed attempt is remembered for ``FAILURE_HOLD`` seconds.
+    One caller at a time asks the identity endpoint. While a token that has not expired is
+    cached, nobody waits for that: the others keep using it, and so does the refresher when
+    its attempt fails. With no usable token, callers wait for the one attempt, and a failure
+    is shared with the callers of the next ``FAILURE_HOLD`` seconds.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the fields below; never held while fetching
+        self._fetching = threading.Lock()  # one attempt at a time
         self._token: str | None = None
         self._expires_on = 0.0
         self._failure: TransientError | None = None
         self._failed_at = 0.0
 
-    def token(self) -> str:
+    def _cached(self, now: float) -> tuple[str | None, bool]:
+        """The token if it needs no refresh yet; else (a still-usable token or None, False)."""
         with self._lock:
-            now = self._clock()
             if self._token is not None and now < self._expires_on - REFRESH_WINDOW:
-                return self._token
-            usable = self._token is not None and now < self._expires_on - EXPIRY_MARGIN
+                return self._token, True
+            if self._token is not None and now < self._expires_on - EXPIRY_MARGIN:
+                return self._token, False
+            return None, False
+
+    def _held_failure(self, now: float) -> TransientError | None:
+        with self._lock:
             if self._failure is not None and now < self._failed_at + FAILURE_HOLD:
-                if usable:
-                    assert self._token is not None
-                    return self._token
                 left = self._failed_at + FAILURE_HOLD - now
-                raise TransientError(
+                return TransientError(
                     f"{self._failure} (tried {now - self._failed_at:.1f} s ago)", retry_after=left
                 )
+            return None
+
+    def token(self) -> str:
+        now = self._clock()
+        token, fresh = self._cached(now)
+        if fresh:
+            assert token is not None
+            return token
+        if token is not None:  # usable while it is refreshed, by one caller, without waiting
+            if self._held_failure(now) is not None or not self._fetching.acquire(blocking=False):
+                return token
+        else:
+            self._fetching.acquire()
+        try:
+            token, fresh = self._cached(self._clock())
+            if fresh:  # another caller fetched one while this one waited
+                assert token is not None
+                return token
+            held = self._held_failure(self._clock())
+            if held is not None:
+                if token is not None:
+                    return token
+                raise held
             try:
-                self._token, self._expires_on = self._acquire()
+                new, expires_on = self._acquire()
             except TransientError as error:
-                self._failure, self._failed_at = error, self._clock()
-                if usable:
-                    assert self._token is not None
-                    return self._token  # still valid: refresh again later
+                with self._lock:
+                    self._failure, self._failed_at = error, self._clock()
+                if token is not None:
+                    return token  # still valid: refresh again later
                 raise
-            self._failure = None
-            return self._token
+            with self._lock:
+                self._token, self._expires_on, self._failure = new, expires_on, None
+            return new
+        finally:
+            self._fetching.release()
 
     def invalidate(self) -> None:
         with self._lock:

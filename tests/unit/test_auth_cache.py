@@ -108,3 +108,33 @@ def test_a_token_still_valid_is_used_while_its_refresh_fails() -> None:
     provider.now += REFRESH_WINDOW - EXPIRY_MARGIN
     with pytest.raises(TransientError):
         provider.token()
+
+
+def test_nobody_waits_for_a_refresh_while_a_usable_token_is_cached() -> None:
+    """One caller refreshes (here it hangs until released); another caller meanwhile gets the
+    cached token at once instead of queueing behind the refresh."""
+    import threading
+
+    class SlowProvider(CountingProvider):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+            self.started = threading.Event()
+
+        def _acquire(self) -> tuple[str, float]:
+            if self.issued:  # the refresh, not the first fetch
+                self.started.set()
+                assert self.release.wait(10)
+            return super()._acquire()
+
+    provider = SlowProvider()
+    assert provider.token() == "token-1"
+    provider.now += 3600 - REFRESH_WINDOW
+    refreshed: list[str] = []
+    refresher = threading.Thread(target=lambda: refreshed.append(provider.token()))
+    refresher.start()
+    assert provider.started.wait(10)
+    assert provider.token() == "token-1"  # did not wait for the refresh
+    provider.release.set()
+    refresher.join(10)
+    assert refreshed == ["token-2"] and provider.token() == "token-2"
