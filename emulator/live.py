@@ -188,7 +188,8 @@ class DeadLetterWatch:
         """Stop polling; a look in progress is cancelled, not awaited."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Whatever ended the task, shutting down goes on (the store must still be closed).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
 
@@ -197,9 +198,19 @@ class DeadLetterWatch:
 
         # No SDK retries (the storage policy would back off for 15 s first) and short timeouts:
         # the next look, a few seconds on, is the retry, and the panel says what failed meanwhile.
-        service = BlobServiceClient.from_connection_string(
-            self._connection_string, retry_total=0, connection_timeout=3, read_timeout=10
-        )
+        try:
+            service = BlobServiceClient.from_connection_string(
+                self._connection_string, retry_total=0, connection_timeout=3, read_timeout=10
+            )
+        except ValueError as exc:  # the type only: the string carries the account key
+            self.summary = DeadLetterSummary(
+                self.container_name,
+                self.summary.endpoint,
+                checked=True,
+                error=f"the connection string is not usable ({type(exc).__name__})",
+            )
+            self._on_change()
+            return
         async with service:
             container = service.get_container_client(self.container_name)
             while True:
@@ -211,7 +222,7 @@ class DeadLetterWatch:
 
     async def look(self, container: ContainerClient) -> DeadLetterSummary:
         """One listing of the container, summarised."""
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
+        from azure.core.exceptions import ResourceNotFoundError
 
         base = DeadLetterSummary(self.container_name, self.summary.endpoint, checked=True)
         targets: dict[tuple[str, str], list[int | str]] = {}
@@ -236,7 +247,7 @@ class DeadLetterWatch:
                 entry[2] = max(str(entry[2]), modified)
         except ResourceNotFoundError:
             return base  # no container yet: the app creates it on its first dead letter
-        except AzureError as exc:
+        except Exception as exc:  # AzureError mostly; whatever it is, polling goes on
             # The type only: messages can carry URLs with SAS tokens.
             return DeadLetterSummary(
                 self.container_name,
