@@ -154,7 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 if report.stopped is None:
                     blobs = queue_client(settings.storage_connection, BLOB_POISON_QUEUE, env)
-                    more = replay_poison(blobs, handler, blob_function=BLOB_FUNCTION)
+                    more = replay_poison(
+                        blobs,
+                        handler,
+                        blob_function=BLOB_FUNCTION,
+                        blob_container=settings.ingest_container,
+                    )
                     report.messages_replayed += more.messages_replayed
                     report.rows_sent += more.rows_sent
                     report.rows_rejected_again += more.rows_rejected_again

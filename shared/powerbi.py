@@ -173,6 +173,15 @@ class PowerBIClient:
         group = f"/groups/{quote(workspace, safe='')}" if workspace else ""
         return f"{self.api_root}/v1.0/myorg{group}{path}"
 
+    def _timeout(self) -> tuple[float, float]:
+        """The request timeouts, shortened to what is left before a :meth:`within` deadline
+        (at least 1 s, so that a call made at the last moment can still complete)."""
+        bound = _DEADLINE.get()
+        if bound is None:
+            return self.timeout
+        left = max(1.0, bound[0] - bound[1]())
+        return (min(self.timeout[0], left), min(self.timeout[1], left))
+
     def _send_once(
         self,
         method: str,
@@ -189,7 +198,7 @@ class PowerBIClient:
                 headers["Content-Type"] = "application/json; charset=utf-8"
             try:
                 response = self.session.request(
-                    method, url, data=body, params=params, headers=headers, timeout=self.timeout
+                    method, url, data=body, params=params, headers=headers, timeout=self._timeout()
                 )
             except requests.RequestException as exc:
                 raise translate(exc, what) from exc

@@ -122,14 +122,16 @@ def replay_poison(
     handler: QueueIngest,
     limit: int = 10_000,
     blob_function: str | None = None,
+    blob_container: str | None = None,
 ) -> ReplayReport:
     """Handle the poison messages like the queue trigger would, up to ``REPLAY_BATCH`` at once;
     delete each once it succeeds. A transient failure stops the replay; the messages that
     failed stay in the poison queue (visible again after five minutes).
 
     With ``blob_function``, ``poison`` is the blob trigger's poison queue: each message naming
-    a blob of that function resumes the blob from its checkpoint (as a ``continueBlob``
-    would); messages of other functions are left where they are.
+    a blob of that function in ``blob_container`` resumes the blob from its checkpoint (as a
+    ``continueBlob`` would); other messages (the queue serves every blob trigger of the
+    storage account) are left where they are.
     """
     from azure.core.exceptions import ResourceNotFoundError
 
@@ -148,7 +150,7 @@ def replay_poison(
                 content = message.content
                 body = content.encode("utf-8") if isinstance(content, str) else bytes(content)
                 if blob_function is not None:
-                    continuation = _blob_continuation(body, blob_function)
+                    continuation = _blob_continuation(body, blob_function, blob_container)
                     if continuation is None:
                         others[message.id] = message
                         continue
@@ -194,8 +196,9 @@ async def _handle_all(
     )
 
 
-def _blob_continuation(body: bytes, function: str) -> bytes | None:
-    """A blob poison message of ``function`` as a ``continueBlob`` message, else None."""
+def _blob_continuation(body: bytes, function: str, container: str | None) -> bytes | None:
+    """A blob poison message of ``function`` (on ``container``, when given) as a
+    ``continueBlob`` message, else None."""
     try:
         found = decode(body)
     except ValidationError:
@@ -206,6 +209,7 @@ def _blob_continuation(body: bytes, function: str) -> bytes | None:
         or not str(found.get("FunctionId", "")).endswith(f".{function}")
         or not isinstance(found.get("ContainerName"), str)
         or not isinstance(found.get("BlobName"), str)
+        or (container is not None and found["ContainerName"] != container)
     ):
         return None
     spec = {"container": found["ContainerName"], "name": found["BlobName"]}

@@ -98,7 +98,8 @@ def test_a_blob_the_trigger_gave_up_on_is_resumed_by_replay(
     api: Api, azurite: Azurite, tmp_path: Path
 ) -> None:
     """A blob reported on ``webjobs-blobtrigger-poison`` (the host's own format) is read again
-    from its checkpoint by `replay poison`; another function's poison message is left alone."""
+    from its checkpoint by `replay poison`; another function's poison message, and one of a
+    function of the same name on another container, are left alone."""
     name = f"BlobPoison-{uuid.uuid4().hex[:6]}"
     dataset_id = api.create_dataset([{"name": "T", "columns": COLUMNS}], name=name)
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
@@ -112,12 +113,12 @@ def test_a_blob_the_trigger_gave_up_on_is_resumed_by_replay(
     with contextlib.suppress(ResourceExistsError):
         poison.create_queue()
 
-    def report(function: str, blob: str) -> str:
+    def report(function: str, blob: str, where: str = container) -> str:
         body = {
             "Type": "BlobTrigger",
             "FunctionId": f"Host.Functions.{function}",
             "BlobType": "BlockBlob",
-            "ContainerName": container,
+            "ContainerName": where,
             "BlobName": blob,
             "ETag": '"0x1"',
         }
@@ -125,7 +126,9 @@ def test_a_blob_the_trigger_gave_up_on_is_resumed_by_replay(
 
     ours = poison.send_message(report("ingest_blob", blob_name))
     theirs = poison.send_message(report("someone_elses_function", "x.csv"))
+    elsewhere = poison.send_message(report("ingest_blob", "y.csv", "someone-elses-container"))
     env = replay_environment(api, azurite, f"rows{uuid.uuid4().hex[:8]}")
+    env["INGEST_CONTAINER"] = container
     settings = str(tmp_path / "none.json")
     done = subprocess.run(
         [sys.executable, "-m", "shared", "--settings", settings, "replay", "poison"],
@@ -139,7 +142,7 @@ def test_a_blob_the_trigger_gave_up_on_is_resumed_by_replay(
     assert json.loads(done.stdout)["messagesReplayed"] >= 1
     assert sorted(r["n"] for r in api.stored_rows(dataset_id, "T")) == [1, 2, 3]
     left = {m.id for m in poison.peek_messages(max_messages=32)}
-    assert theirs.id in left and ours.id not in left
+    assert theirs.id in left and elsewhere.id in left and ours.id not in left
     for message in poison.receive_messages(max_messages=32):
-        if message.id == theirs.id:
+        if message.id in (theirs.id, elsewhere.id):
             poison.delete_message(message)
