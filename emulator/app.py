@@ -375,6 +375,7 @@ class PushApi:
         self.em.store.delete_dataset(dataset)
         self.em.quotas.forget(dataset.id)
         self.em.arrivals.forget(dataset.id)
+        self.em.answers_lost.pop(dataset.id, None)
         self.em.feed.changed()
         return web.Response(status=200)
 
@@ -399,6 +400,8 @@ class PushApi:
         dataset, table = self.em.push_table(request)
         self.em.store.delete_rows(dataset, table)
         self.em.arrivals.forget(dataset.id, table.name)
+        lost = self.em.answers_lost.get(dataset.id, [])
+        lost[:] = [batch for batch in lost if batch["table"] != table.name]  # offsets now void
         self.em.feed.changed()
         return web.Response(status=200)
 

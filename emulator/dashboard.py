@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 #: Coalescing: a stream renders at most this often, however many rows arrive meanwhile.
 MAX_UPDATES_PER_SECOND = 4
+#: Dashboards (event streams) served at once; more get 503 and the browser retries.
+MAX_STREAMS = 16
 #: With no change, a stream re-renders this often (gauges and the chart move with time) and
 #: otherwise sends a keep-alive comment, which is also how a closed page is noticed.
 TICK_SECONDS = 5.0
@@ -484,6 +486,13 @@ class DashboardApi:
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-Sent Events: the first update has every region, later ones those that changed."""
         dataset_id, table_name = request.query.get("dataset"), request.query.get("table")
+        if self.em.feed.subscribers >= MAX_STREAMS:
+            # Each stream renders on the emulator's one event loop: a bound keeps the API fast.
+            return web.json_response(
+                {"error": f"at most {MAX_STREAMS} dashboards at once"},
+                status=503,
+                headers={"Retry-After": "5"},
+            )
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",

@@ -403,3 +403,25 @@ def test_an_unusable_dead_letter_connection_is_reported_not_fatal() -> None:
 
     asyncio.run(run())
     assert changes == [1]
+
+
+def test_dashboards_at_once_are_bounded(emulator: EmulatorProcess) -> None:
+    """Each open dashboard costs renders on the emulator's one event loop: past MAX_STREAMS
+    the events route answers 503 with Retry-After (the browser reconnects by itself)."""
+    from emulator.dashboard import MAX_STREAMS
+
+    url = urlsplit(emulator.base)
+    opened: list[HTTPConnection] = []
+    try:
+        for _ in range(MAX_STREAMS + 1):
+            connection = HTTPConnection(url.hostname, url.port, timeout=30)
+            connection.request("GET", "/_emulator/dashboard/events")
+            answer = connection.getresponse()
+            opened.append(connection)
+            if answer.status != 200:
+                break
+        assert answer.status == 503 and answer.getheader("Retry-After") == "5"
+        assert len(opened) <= MAX_STREAMS + 1
+    finally:
+        for connection in opened:
+            connection.close()
