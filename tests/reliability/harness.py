@@ -190,6 +190,21 @@ class Rig:
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         emulator = _emulator(workdir, port)
+        try:
+            return cls._around(workdir, emulator, port, azurite, settings)
+        except BaseException:
+            emulator.stop()  # nothing left running when the set-up fails
+            raise
+
+    @classmethod
+    def _around(
+        cls,
+        workdir: Path,
+        emulator: EmulatorProcess,
+        port: int,
+        azurite: Azurite | None,
+        settings: dict[str, str],
+    ) -> Rig:
         azurite = azurite or start_azurite()
         suffix = uuid.uuid4().hex[:8]
         env = app_environment(emulator, azurite, f"rows{suffix}")
@@ -261,6 +276,10 @@ class Rig:
         """Bring the emulator back on the same port with the same database."""
         self.emulator = _emulator(self.workdir, self.emulator_port)
         self.api.emulator = self.emulator
+
+    def output(self) -> list[str]:
+        """Everything devhost printed, over every start."""
+        return self.log + (list(self.host.output) if self.host is not None else [])
 
     def stop(self, own_azurite: bool) -> None:
         if self.host is not None:
@@ -347,6 +366,9 @@ class DatasetLedger:
     stored: int = 0
     distinct: int = 0
     dead_lettered: int = 0
+    #: Dead-letter lines for this dataset: more than ``dead_lettered`` when a row was refused
+    #: again on a redelivery (each time with its reason).
+    dead_letter_lines: int = 0
     duplicates: int = 0
     explained_by_lost_answers: int = 0
     lost: int = 0
@@ -578,7 +600,8 @@ def run_scenario(
         k = 0
         while not stop.is_set():
             phase = phases[k % len(phases)]
-            with contextlib.suppress(requests.RequestException):
+            # The emulator may be down (an outage scenario): the next phase tries again.
+            with contextlib.suppress(requests.RequestException, AssertionError):
                 setup.api.set_faults(**{**phase.plan, "seed": chance.randrange(1 << 30)})
                 phase_counts[phase.name] += 1
             k += 1
@@ -750,6 +773,7 @@ def _account(
                 stored=len(stored_ids),
                 distinct=len(copies),
                 dead_lettered=len(dead),
+                dead_letter_lines=sum(1 for x in letters if _dataset_of(x) == sender.name),
                 duplicates=len(stored_ids) - len(copies),
                 explained_by_lost_answers=explained,
                 lost=len(sent - set(copies) - dead),

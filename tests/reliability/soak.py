@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,11 +30,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.azurite import start_azurite
+from tests.azurite import Azurite, start_azurite
 from tests.emulator.conftest import REPO
+from tests.reliability.checks import check_crashes, check_faults, check_long_outage
 from tests.reliability.harness import CRASH_BACKGROUND, Ledger, LoadPlan, rig, run_scenario
-from tests.reliability.test_fault_accounting import check_accounting
-from tests.reliability.test_outage import all_poisoned
+from tests.reliability.test_outage import LONG_OUTAGE, all_poisoned
 
 RESULTS = REPO / "tests" / "reliability" / "results"
 SCENARIOS = ("faults", "crashes", "outage")
@@ -42,49 +43,54 @@ SCENARIOS = ("faults", "crashes", "outage")
 @dataclass
 class Round:
     scenario: str
-    ledger: Ledger
+    ledger: Ledger | None
     failure: str | None
 
 
-def run_round(scenario: str, rows: int, workdir: Path, azurite: object) -> Ledger:
-    """One round of ``scenario``; raises AssertionError when a check fails."""
-    from tests.azurite import Azurite
+CRASHES = 3
 
-    assert isinstance(azurite, Azurite)
+
+def run_round(scenario: str, rows: int, workdir: Path, azurite: Azurite) -> Ledger:
+    """One round of ``scenario``, checked exactly as its test checks it (AssertionError)."""
     if scenario == "faults":
         with rig(workdir, azurite) as setup:
-            return run_scenario(
+            ledger = run_scenario(
                 setup, LoadPlan(rows=rows), phase_seconds=3, duration=45, progress=_say
             )
+        print(ledger.table(), flush=True)
+        check_faults(ledger)
+        return ledger
     if scenario == "crashes":
         plan = LoadPlan(rows=rows, http_share=0.15, queue_share=0.25, blob_files_per_dataset=1)
         with rig(workdir, azurite) as setup:
-            return run_scenario(
+            ledger = run_scenario(
                 setup,
                 plan,
                 phases=CRASH_BACKGROUND,
                 duration=40,
-                crashes=3,
+                crashes=CRASHES,
                 crash_window=35,
                 progress=_say,
             )
+        print(ledger.table(), flush=True)
+        check_crashes(ledger, CRASHES)
+        return ledger
     plan = LoadPlan(datasets=2, rows=max(2, rows // 5), http_share=0.3, queue_share=0.7)
-    with rig(
-        workdir,
-        azurite,
-        QUEUE_TIME_BUDGET_SECONDS="2",
-        AzureFunctionsJobHost__extensions__queues__maxDequeueCount="3",
-    ) as setup:
-        return run_scenario(
+    with rig(workdir, azurite, **LONG_OUTAGE) as setup:
+        ledger = run_scenario(
             setup,
             plan,
             phases=(),
             duration=10,
-            outage_at=2,
+            outage_at=0,
             outage_seconds=30,
             outage_until=all_poisoned,
             progress=_say,
         )
+        output = setup.output()
+    print(ledger.table(), flush=True)
+    check_long_outage(ledger, output, tries=3)
+    return ledger
 
 
 def _say(text: str) -> None:
@@ -122,7 +128,7 @@ def summary(rounds: list[Round], tried: Counter[str], hostile_ok: bool, minutes:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario in SCENARIOS:
-        mine = [r.ledger for r in rounds if r.scenario == scenario]
+        mine = [r.ledger for r in rounds if r.scenario == scenario and r.ledger is not None]
         if not mine:
             continue
         explained = sum(x.total("explained_by_lost_answers") for x in mine)
@@ -135,15 +141,16 @@ def summary(rounds: list[Round], tried: Counter[str], hostile_ok: bool, minutes:
             f"{sum(x.poisoned for x in mine):,} → {sum(x.replayed for x in mine):,} | "
             f"{sum(x.crashes for x in mine)} | **{sum(x.total('lost') for x in mine)}** |"
         )
+    done = [r.ledger for r in rounds if r.ledger is not None]
     injected: Counter[str] = Counter()
     cut: Counter[str] = Counter()
-    for r in rounds:
-        injected.update(r.ledger.injected)
-        cut.update(r.ledger.cut_short())
-    sent = sum(r.ledger.sent for r in rounds)
-    lost = sum(r.ledger.total("lost") for r in rounds)
+    for ledger in done:
+        injected.update(ledger.injected)
+        cut.update(ledger.cut_short())
+    sent = sum(x.sent for x in done)
+    lost = sum(x.total("lost") for x in done)
     failures = [f"{r.scenario}: {r.failure}" for r in rounds if r.failure]
-    seconds = sum(r.ledger.seconds for r in rounds)
+    seconds = sum(x.seconds for x in done)
     lines += [
         "",
         f"- **Load held:** {sent:,} rows in {len(rounds)} rounds over {minutes:.1f} minutes "
@@ -153,11 +160,11 @@ def summary(rounds: list[Round], tried: Counter[str], hostile_ok: bool, minutes:
         "- **Faults injected:** "
         + (", ".join(f"{k.removeprefix('injected_')} {v:,}" for k, v in injected.items()) or "none")
         + ".",
-        f"- **Crashes survived:** {sum(r.ledger.crashes for r in rounds)} SIGKILLs of the host, "
+        f"- **Crashes survived:** {sum(x.crashes for x in done)} SIGKILLs of the host, "
         "cutting short "
         + (", ".join(f"{v:,} {k}" for k, v in sorted(cut.items())) or "nothing")
         + " invocations; "
-        f"{sum(r.ledger.emulator_outages for r in rounds)} Power BI outages of 30 s or more "
+        f"{sum(x.emulator_outages for x in done)} Power BI outages of 30 s or more "
         "(until every waiting message had gone to the poison queue; replay recovered them).",
         "- **Hostile inputs tried:** "
         f"{sum(tried.values()):,} ("
@@ -181,21 +188,25 @@ def main(argv: list[str] | None = None) -> int:
     deadline = started + args.minutes * 60
     azurite = start_azurite()
     rounds: list[Round] = []
+    work = RESULTS / "work"  # each round's devhost and emulator logs, for a post-mortem
+    shutil.rmtree(work, ignore_errors=True)
     try:
-        with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-            k = 0
-            while time.monotonic() < deadline or not rounds:
-                scenario = SCENARIOS[k % len(SCENARIOS)]
-                print(f"round {k + 1}: {scenario}", flush=True)
-                ledger = run_round(scenario, args.rows, Path(tmp) / f"round{k}", azurite)
-                failure = None
-                try:
-                    check_accounting(ledger)
-                except AssertionError as error:
-                    failure = str(error).splitlines()[0]
-                print(ledger.table() + "\n", flush=True)
-                rounds.append(Round(scenario, ledger, failure))
-                k += 1
+        k = 0
+        while time.monotonic() < deadline or not rounds:
+            scenario = SCENARIOS[k % len(SCENARIOS)]
+            print(f"round {k + 1}: {scenario}", flush=True)
+            workdir = work / f"round{k + 1}-{scenario}"
+            ledger: Ledger | None = None
+            failure = None
+            try:
+                ledger = run_round(scenario, args.rows, workdir, azurite)
+            except Exception as error:  # a failed check or a broken round: recorded, go on
+                failure = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+                print(f"  FAILED: {failure}", flush=True)
+            finally:
+                (workdir / "emulator.sqlite").unlink(missing_ok=True)  # the rows: large
+            rounds.append(Round(scenario, ledger, failure))
+            k += 1
     finally:
         azurite.stop()
     print("hostile inputs:", flush=True)
@@ -215,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": machine,
                 "minutes": round(minutes, 1),
                 "rounds": [
-                    {"scenario": r.scenario, "failure": r.failure, **r.ledger.to_json()}
+                    {
+                        "scenario": r.scenario,
+                        "failure": r.failure,
+                        **(r.ledger.to_json() if r.ledger is not None else {}),
+                    }
                     for r in rounds
                 ],
                 "hostile_inputs": dict(tried),
@@ -224,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             indent=2,
         )
     )
-    ok = hostile_ok and all(r.failure is None and r.ledger.total("lost") == 0 for r in rounds)
+    ok = hostile_ok and all(r.failure is None for r in rounds)
     return 0 if ok else 1
 
 

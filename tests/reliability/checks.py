@@ -1,0 +1,76 @@
+"""What each reliability scenario must show, shared by the tests (``make test``) and the soak
+(``make soak``), so that a soak round checks exactly what its test checks."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from tests.reliability.harness import KINDS, PATHS, Ledger
+
+
+def check_accounting(ledger: Ledger) -> None:
+    """Every scenario: no row lost, none invented, the invalid rows dead-lettered and only
+    they, the valid rows stored and only they."""
+    for d in ledger.datasets:
+        assert d.lost == 0, f"{d.name}: {d.lost} rows neither stored nor dead-lettered"
+        assert d.phantom == 0, f"{d.name}: {d.phantom} rows nobody sent"
+        assert d.distinct + d.dead_lettered == d.sent_total, d
+        assert d.dead_lettered == d.bad > 0, d
+        assert d.good_dead_lettered == 0 and d.bad_stored == 0, d
+    assert ledger.replayed == ledger.poisoned, "a poisoned message was not replayed"
+
+
+def check_faults(ledger: Ledger) -> None:
+    """Faults: every path carried rows, every fault kind was met, every duplicate is a copy of
+    a row stored in a batch whose answer was lost, no limit was hit that the client could
+    have avoided."""
+    check_accounting(ledger)
+    for d in ledger.datasets:
+        assert all(d.sent[path] > 0 for path in PATHS), d.sent
+        assert d.unexplained_duplicates == 0, d
+        assert d.avoidable_429s == 0, f"{d.name} hit a limit the client could have avoided"
+    injected = ledger.injected
+    for kind in KINDS:
+        assert injected[f"injected_{kind}"] > 0, f"no {kind} was injected: {dict(injected)}"
+
+
+def check_crashes(ledger: Ledger, crashes: int) -> None:
+    """Crashes: all of them happened, some cut a blob and queue messages short, and a row is
+    stored at most once, plus once per crash re-send and per lost answer."""
+    check_accounting(ledger)
+    assert ledger.crashes == crashes
+    cut = ledger.cut_short()
+    assert cut["ingest_blob"] > 0 and cut["ingest_queue"] > 0, ledger.crash_hits
+    for d in ledger.datasets:
+        assert d.max_copies <= 1 + ledger.crashes + d.injected.get("injected_accept_then_fail", 0)
+
+
+def check_short_outage(ledger: Ledger, output: list[str]) -> None:
+    """A short outage: met by the queue path, ridden out with nothing poisoned; a row appears
+    twice at most (a POST in flight when the emulator was killed may be stored unanswered)."""
+    check_accounting(ledger)
+    assert ledger.emulator_outages == 1
+    assert ledger.poisoned == 0
+    assert any("could not connect" in line for line in output), "the outage was met"
+    assert ledger.total("posts") > 0, "rows arrived after the emulator came back"
+    assert all(d.max_copies <= 2 for d in ledger.datasets)
+
+
+def check_long_outage(ledger: Ledger, output: list[str], tries: int) -> Counter[str]:
+    """A long outage from the start: messages poisoned, each after exactly ``tries`` failed
+    tries, none handled twice, all replayed. Returns the failed tries by number."""
+    check_accounting(ledger)
+    # No answer was lost and nothing crashed: a duplicate would be a message handled twice
+    # (an invocation outliving its lease).
+    assert ledger.total("duplicates") == 0
+    assert ledger.poisoned > 0
+    moved = [line for line in output if f"reached MaxDequeueCount of {tries}" in line]
+    assert len(moved) == ledger.poisoned
+    # Each failed try logs the message and the try's number: the poisoned ones failed a last
+    # time and never once more.
+    failed = re.findall(r"queue message (\S+) \(try (\d+)\): not delivered yet", "\n".join(output))
+    last = {message for message, attempt in failed if attempt == str(tries)}
+    assert max(int(attempt) for _, attempt in failed) == tries
+    assert len(last) == ledger.poisoned
+    return Counter(attempt for _, attempt in failed)
