@@ -425,3 +425,20 @@ def test_dashboards_at_once_are_bounded(emulator: EmulatorProcess) -> None:
     finally:
         for connection in opened:
             connection.close()
+
+
+def test_a_large_table_shows_the_hourly_post_gauge() -> None:
+    """Once a table holds 250,000 rows the dataset is limited to 120 POSTs an hour, and its
+    gauge says so instead of showing the per-minute one."""
+    from emulator.app import Emulator, EmulatorConfig
+    from emulator.dashboard import render_datasets, select
+    from emulator.definitions import parse_dataset
+
+    emulator = Emulator(EmulatorConfig())
+    name, mode, tables = parse_dataset({"name": "Big", "tables": [int_table("T")]})
+    dataset = emulator.store.create_dataset("", name, "None", mode, tables, {})
+    html = render_datasets(emulator, select(emulator, None, None))
+    assert "POSTs in the last minute" in html and "large table" not in html
+    dataset.tables["T"].row_count = 250_000  # as if stored: the gauge reads the count
+    html = render_datasets(emulator, select(emulator, None, None))
+    assert "POSTs in the last hour (large table)" in html and "in the last minute" not in html
