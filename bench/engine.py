@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -37,6 +38,10 @@ class NullPowerBI:
     def __init__(self) -> None:
         self.posts = 0
         self.bytes = 0
+
+    @contextmanager
+    def within(self, deadline: float | None, clock: Any = None) -> Iterator[None]:
+        yield  # nothing here can fail or retry
 
     def get_datasets(self, workspace: str | None = None) -> list[dict[str, Any]]:
         return []
