@@ -16,30 +16,47 @@
     status.className = state;
   }
 
-  // Replacing a region would drop keyboard focus from a link in it: put it back on the same
-  // link (same href) if the new HTML still has one.
+  // Replacing a region would drop keyboard focus from a link (or the scrollable rows box) in
+  // it, and scroll a wide rows table back to its start: keep both where the reader left them.
   function replace(region, html) {
     const active = document.activeElement;
-    const href = active && region.contains(active) ? active.getAttribute("href") : null;
+    const inside = active && region.contains(active);
+    const href = inside ? active.getAttribute("href") : null;
+    const boxFocused = inside && active.classList.contains("scroll");
+    const scrolls = Array.from(region.querySelectorAll(".scroll"), (box) => box.scrollLeft);
     region.innerHTML = html;
+    region.querySelectorAll(".scroll").forEach((box, i) => {
+      if (i < scrolls.length) box.scrollLeft = scrolls[i];
+    });
     if (href !== null) {
       const again = region.querySelector('a[href="' + CSS.escape(href) + '"]');
       if (again) again.focus();
+    } else if (boxFocused) {
+      const box = region.querySelector(".scroll");
+      if (box) box.focus();
     }
   }
 
-  const source = new EventSource("/_emulator/dashboard/events" + window.location.search);
-  source.addEventListener("open", () => setStatus("Live", "live"));
-  source.addEventListener("update", (event) => {
-    const update = JSON.parse(event.data);
-    for (const [name, html] of Object.entries(update.regions)) {
-      const region = regions.get(name);
-      if (region) replace(region, html);
-    }
-    setStatus("Live", "live");
-    updated.textContent = "· updated " + new Date().toLocaleTimeString();
-  });
-  // EventSource reconnects by itself (the server asks for 2 s); just say so meanwhile.
-  source.addEventListener("error", () => setStatus("Disconnected · reconnecting…", "down"));
+  let source = null;
+  function connect() {
+    source = new EventSource("/_emulator/dashboard/events" + window.location.search);
+    source.addEventListener("open", () => setStatus("Live", "live"));
+    source.addEventListener("update", (event) => {
+      const update = JSON.parse(event.data);
+      for (const [name, html] of Object.entries(update.regions)) {
+        const region = regions.get(name);
+        if (region) replace(region, html);
+      }
+      setStatus("Live", "live");
+      updated.textContent = "· updated " + new Date().toLocaleTimeString();
+    });
+    // EventSource reconnects by itself (the server asks for 2 s); just say so meanwhile.
+    source.addEventListener("error", () => setStatus("Disconnected · reconnecting…", "down"));
+  }
+  connect();
   window.addEventListener("pagehide", () => source.close());
+  // Back to the page from the back/forward cache: the closed stream is opened again.
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted) connect();
+  });
 })();

@@ -207,8 +207,14 @@ def test_dashboard_fits_a_phone(stack: Stack, browser: Any) -> None:
         count = page.locator("#row-count")
         expect(count).to_be_visible()
         rows_before = int(count.inner_text().replace(",", ""))
+        # The reader has scrolled the wide rows table sideways: an update keeps it there.
+        box = page.locator("[data-region=table] .scroll")
+        box.evaluate("box => { box.scrollLeft = 120; }")
+        assert box.evaluate("box => box.scrollLeft") > 0, "the rows table is wider than a phone"
         assert stack.push(ROWS).status_code == 200
         expect(count).to_have_text(f"{rows_before + 2:,}", timeout=WAIT_MS)
+        assert box.evaluate("box => box.scrollLeft") == 120
+        box.evaluate("box => { box.scrollLeft = 0; }")
 
         overflow = page.evaluate("[document.scrollingElement.scrollWidth, window.innerWidth]")
         assert overflow[0] <= overflow[1], f"the page scrolls sideways: {overflow}"
