@@ -20,7 +20,40 @@ _OPEN = b'{"rows":['
 _CLOSE = b"]}"
 _ENVELOPE = len(_OPEN) + len(_CLOSE)
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _make_encode() -> Callable[[Any], str]:
+    """``_encoder.encode``, with CPython's C encoder built once instead of on every call
+    (``JSONEncoder.encode`` builds it each time: 2.4 -> 1.8 us for a bench row); the same
+    output and the same errors (NaN, unknown types, circular references)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # not CPython's accelerated json: the plain encoder
+        return _encoder.encode
+    markers: dict[int, Any] = {}  # the encoder's circular-reference check
+    encoder = make(
+        markers, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+
+    def encode(value: Any) -> str:
+        if isinstance(value, str):  # JSONEncoder.encode's own shortcut for a bare string
+            return _encoder.encode(value)
+        try:
+            return "".join(encoder(value, 0))
+        except BaseException:
+            # A failed encoding leaves its containers in ``markers``: a later row whose dict
+            # reused one's id would be refused as circular.
+            markers.clear()
+            raise
+
+    return encode
+
+
+_encode = _make_encode()
 
 
 @dataclass(frozen=True)

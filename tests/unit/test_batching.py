@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.batching import Batch, pack, serialise
 from shared.errors import RowProblem
@@ -287,3 +289,36 @@ def test_a_group_that_fits_is_not_split_across_two_batches() -> None:
         assert len({batch_of[i] for i in range(start, start + length)}) == 1, start
     big = list(pack(rows, max_rows=100, keep_together={0: 20, 20: 230}))
     assert [b.count for b in big] == [100, 100, 50]
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(row=st.dictionaries(st.text(), JSON_VALUES, max_size=6))
+def test_serialise_writes_what_json_dumps_writes(row: dict[str, object]) -> None:
+    """The encoder built once gives byte for byte what the standard library gives."""
+    expected = json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    assert serialise(row) == expected.encode("utf-8")
+
+
+def test_a_refused_row_leaves_nothing_behind_for_the_next() -> None:
+    """A row refused mid-way (NaN deep inside) must not make a later row with the same
+    containers look circular (the C encoder keeps what it was inside when it failed); a real
+    cycle is still refused."""
+    row: dict[str, Any] = {"a": {"b": [{"c": float("nan")}]}}
+    with pytest.raises(ValueError, match="Out of range"):
+        serialise(row)
+    row["a"]["b"][0]["c"] = 1.5  # the same dicts and list, fixed
+    assert serialise(row) == b'{"a":{"b":[{"c":1.5}]}}'
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    with pytest.raises(ValueError, match="Circular"):
+        serialise(loop)
