@@ -88,7 +88,11 @@ class QueueIngest:
         except TransientError as error:
             # Say which try this was: after maxDequeueCount tries the host moves the message to
             # <queue>-poison, and an operator reading the log should see it coming.
-            log.warning("%s: not delivered yet, the host will retry it: %s", source, error)
+            log.warning(
+                "%s: not delivered yet (redelivered later, or poisoned after the last try): %s",
+                source,
+                error,
+            )
             raise
         log.info("%s: %s", source, _summary(result))
         if item.blob is not None:
