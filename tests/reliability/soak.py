@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000, help="rows per round")
     parser.add_argument("--hostile-scale", type=int, default=5, help="x the tests' examples")
     args = parser.parse_args(argv)
+    # Stopped with SIGTERM (a CI timeout, `kill`), unwind like Ctrl-C: every round's finally
+    # blocks stop their emulator, devhost and Azurite instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     deadline = started + args.minutes * 60
     azurite = start_azurite()
