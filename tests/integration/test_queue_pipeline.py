@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -20,8 +18,9 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from tests.azurite import Azurite, dead_letter_lines
-from tests.emulator.conftest import REPO, WORKSPACE_ID, Api, EmulatorProcess
+from tests.emulator.conftest import WORKSPACE_ID, Api, EmulatorProcess
 from tests.integration.test_devhost import Devhost, app_environment, start_devhost
+from tests.integration.test_replay import replay_poison
 
 COLUMNS = [{"name": "n", "dataType": "Int64"}, {"name": "label", "dataType": "string"}]
 
@@ -176,17 +175,7 @@ def test_poison_after_max_tries_then_replay_delivers(api: Api, pipeline: Pipelin
     (poisoned,) = list(pipeline.poison.peek_messages())
     assert poisoned.dequeue_count == 0 or poisoned.content  # moved as it was
     api.session.delete(f"{api.emulator.base}/_emulator/faults")
-    env = {**pipeline.env}
-    done = subprocess.run(
-        [sys.executable, "-m", "shared", "--settings", str(pipeline.settings), "replay", "poison"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["messagesReplayed"] == 1
+    assert replay_poison(pipeline.settings, {**pipeline.env})["messagesReplayed"] == 1
     assert sorted(r["n"] for r in api.stored_rows(dataset_id, "T")) == [0, 1, 2]
     assert queue_empty(pipeline.poison)
 

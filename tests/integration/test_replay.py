@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
@@ -66,6 +67,21 @@ def replay_environment(api: Api, azurite: Azurite, queue: str) -> dict[str, str]
     return env
 
 
+def replay_poison(settings: Path, env: dict[str, str], timeout: float = 120) -> dict[str, Any]:
+    """``python -m shared replay poison``, as an operator runs it; its JSON report."""
+    done = subprocess.run(
+        [sys.executable, "-m", "shared", "--settings", str(settings), "replay", "poison"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
 def test_poison_messages_are_replayed_by_the_command(
     api: Api, azurite: Azurite, tmp_path: Path
 ) -> None:
@@ -79,17 +95,7 @@ def test_poison_messages_are_replayed_by_the_command(
         envelope = {"dataset": name, "table": "T", "rows": [{"n": start + i} for i in range(3)]}
         poison.send_message(base64.b64encode(json.dumps(envelope).encode()).decode())
     env = replay_environment(api, azurite, queue)
-    command = [sys.executable, "-m", "shared", "--settings", str(tmp_path / "none.json")]
-    done = subprocess.run(
-        [*command, "replay", "poison"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["messagesReplayed"] == 2
+    assert replay_poison(tmp_path / "none.json", env)["messagesReplayed"] == 2
     assert sorted(r["n"] for r in api.stored_rows(dataset_id, "T")) == [0, 1, 2, 10, 11, 12]
     assert poison.get_queue_properties().approximate_message_count == 0
 
@@ -129,17 +135,7 @@ def test_a_blob_the_trigger_gave_up_on_is_resumed_by_replay(
     elsewhere = poison.send_message(report("ingest_blob", "y.csv", "someone-elses-container"))
     env = replay_environment(api, azurite, f"rows{uuid.uuid4().hex[:8]}")
     env["INGEST_CONTAINER"] = container
-    settings = str(tmp_path / "none.json")
-    done = subprocess.run(
-        [sys.executable, "-m", "shared", "--settings", settings, "replay", "poison"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["messagesReplayed"] >= 1
+    assert replay_poison(tmp_path / "none.json", env)["messagesReplayed"] >= 1
     assert sorted(r["n"] for r in api.stored_rows(dataset_id, "T")) == [1, 2, 3]
     left = {m.id for m in poison.peek_messages(max_messages=32)}
     assert theirs.id in left and elsewhere.id in left and ours.id not in left

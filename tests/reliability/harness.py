@@ -24,8 +24,6 @@ import random
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -41,8 +39,9 @@ from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
 from tests.azurite import Azurite, dead_letter_lines, start_azurite
-from tests.emulator.conftest import REPO, WORKSPACE_ID, Api, EmulatorProcess, start_emulator
+from tests.emulator.conftest import WORKSPACE_ID, Api, EmulatorProcess, start_emulator
 from tests.integration.test_devhost import Devhost, app_environment, start_devhost
+from tests.integration.test_replay import replay_poison
 
 TABLE = "Events"
 COLUMNS = [
@@ -318,17 +317,7 @@ class Rig:
 
     def replay_poison(self) -> dict[str, Any]:
         """``python -m shared replay poison``, as an operator would run it."""
-        done = subprocess.run(
-            [sys.executable, "-m", "shared", "--settings", str(self.settings), "replay", "poison"],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        report: dict[str, Any] = json.loads(done.stdout)
-        return report
+        return replay_poison(self.settings, self.env, timeout=300)
 
 
 _EXECUTING = re.compile(r"Executing 'Functions\.(\w+)' .*Id=([0-9a-f-]+)\)")

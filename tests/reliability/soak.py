@@ -35,7 +35,8 @@ from tests.azurite import Azurite, start_azurite
 from tests.emulator.conftest import REPO
 from tests.reliability.checks import check_crashes, check_faults, check_long_outage
 from tests.reliability.harness import CRASH_BACKGROUND, Ledger, LoadPlan, rig, run_scenario
-from tests.reliability.test_outage import LONG_OUTAGE, all_poisoned
+from tests.reliability.test_fault_accounting import crash_plan
+from tests.reliability.test_outage import LONG_OUTAGE, long_outage
 
 RESULTS = REPO / "tests" / "reliability" / "results"
 SCENARIOS = ("faults", "crashes", "outage")
@@ -62,11 +63,10 @@ def run_round(scenario: str, rows: int, workdir: Path, azurite: Azurite) -> Ledg
         check_faults(ledger)
         return ledger
     if scenario == "crashes":
-        plan = LoadPlan(rows=rows, http_share=0.15, queue_share=0.25, blob_files_per_dataset=1)
         with rig(workdir, azurite) as setup:
             ledger = run_scenario(
                 setup,
-                plan,
+                crash_plan(rows),
                 phases=CRASH_BACKGROUND,
                 duration=40,
                 crashes=CRASHES,
@@ -78,16 +78,7 @@ def run_round(scenario: str, rows: int, workdir: Path, azurite: Azurite) -> Ledg
         return ledger
     plan = LoadPlan(datasets=2, rows=max(2, rows // 5), http_share=0.3, queue_share=0.7)
     with rig(workdir, azurite, **LONG_OUTAGE) as setup:
-        ledger = run_scenario(
-            setup,
-            plan,
-            phases=(),
-            duration=10,
-            outage_at=0,
-            outage_seconds=30,
-            outage_until=all_poisoned,
-            progress=_say,
-        )
+        ledger = long_outage(setup, plan, at_least=30, progress=_say)
         output = setup.output()
     print(ledger.table(), flush=True)
     check_long_outage(ledger, output, tries=3)

@@ -16,10 +16,11 @@ from tests.reliability.harness import CRASH_BACKGROUND, LoadPlan, rig, run_scena
 
 pytestmark = pytest.mark.integration
 
-#: The crash scenario: one bigger file per dataset (two POSTs), so a crash can land in it.
-CRASH_PLAN = LoadPlan(
-    datasets=5, rows=100_000, http_share=0.15, queue_share=0.25, blob_files_per_dataset=1
-)
+
+def crash_plan(rows: int = 100_000) -> LoadPlan:
+    """The crash scenario's load: one bigger file per dataset (two POSTs), so a crash can land
+    in the middle of it."""
+    return LoadPlan(rows=rows, http_share=0.15, queue_share=0.25, blob_files_per_dataset=1)
 
 
 def test_100000_rows_through_every_fault_lose_nothing(tmp_path: Path, azurite: Azurite) -> None:
@@ -43,7 +44,7 @@ def test_sigkill_during_queue_and_blob_processing_loses_nothing(
     with rig(tmp_path, azurite) as setup:
         ledger = run_scenario(
             setup,
-            CRASH_PLAN,
+            crash_plan(),
             phases=CRASH_BACKGROUND,
             duration=30,
             crashes=3,

@@ -8,13 +8,14 @@ SQLite across the outage, as the real service would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.azurite import Azurite
 from tests.reliability.checks import check_long_outage, check_short_outage
-from tests.reliability.harness import LoadPlan, Rig, rig, run_scenario
+from tests.reliability.harness import Ledger, LoadPlan, Rig, rig, run_scenario
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +50,23 @@ LONG_OUTAGE = {
 }
 
 
+def long_outage(
+    setup: Rig, plan: LoadPlan, at_least: float, progress: Callable[[str], None]
+) -> Ledger:
+    """Power BI down from the start, for ``at_least`` seconds and until every waiting message
+    has gone to the poison queue; then back, and what was poisoned replayed."""
+    return run_scenario(
+        setup,
+        plan,
+        phases=(),
+        duration=10,
+        outage_at=0,
+        outage_seconds=at_least,
+        outage_until=all_poisoned,
+        progress=progress,
+    )
+
+
 def test_a_long_outage_poisons_only_after_the_configured_tries_and_replay_recovers(
     tmp_path: Path, azurite: Azurite
 ) -> None:
@@ -57,16 +75,7 @@ def test_a_long_outage_poisons_only_after_the_configured_tries_and_replay_recove
     maxDequeueCount 3 and a 2 s budget: each went after exactly 3 tries, none was handled
     twice; once Power BI is back, replay delivers them and nothing is lost."""
     with rig(tmp_path, azurite, **LONG_OUTAGE) as setup:
-        ledger = run_scenario(
-            setup,
-            PLAN,
-            phases=(),
-            duration=10,
-            outage_at=0,
-            outage_seconds=20,
-            outage_until=all_poisoned,
-            progress=print,
-        )
+        ledger = long_outage(setup, PLAN, at_least=20, progress=print)
         output = setup.output()
     print("\n" + ledger.table())
     tries = check_long_outage(ledger, output, tries=3)
