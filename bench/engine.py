@@ -19,13 +19,13 @@ from typing import Any, cast
 
 from bench import data, naive
 from bench.report import Figure, median, profile
-from shared.batching import pack
 from shared.contracts import Target
-from shared.formats import read_rows
-from shared.governor import Governor, Quotas
-from shared.ingest import Ingestor
-from shared.powerbi import PowerBIClient
-from shared.schema import DatasetDefinition, RowValidator
+from shared.destinations.powerbi import PowerBIClient
+from shared.engine.batching import pack
+from shared.engine.governor import Governor, Quotas
+from shared.engine.ingest import Ingestor
+from shared.engine.schema import DatasetDefinition, RowValidator
+from shared.sources.formats import read_rows
 
 NAME = "SalesMarketing"
 TARGET_RATIO = 2.0

@@ -32,19 +32,19 @@ from typing import Any
 from bench import data, servers
 from bench.machine import REPO
 from bench.report import Figure
-from shared.auth import StaticTokenProvider
-from shared.claimcheck import ClaimCheckStore
-from shared.coalesce import Coalescer
 from shared.contracts import Target
-from shared.deadletter import DeadLetter
-from shared.formats import read_rows
-from shared.governor import Governor, Quotas
-from shared.ingest import Ingestor
-from shared.messages import encode
-from shared.powerbi import PowerBIClient
-from shared.queue_ingest import QueueIngest
-from shared.schema import DatasetDefinition
+from shared.destinations.auth import StaticTokenProvider
+from shared.destinations.powerbi import PowerBIClient
+from shared.engine.coalesce import Coalescer
+from shared.engine.governor import Governor, Quotas
+from shared.engine.ingest import Ingestor
+from shared.engine.schema import DatasetDefinition
 from shared.settings import Settings
+from shared.sources.claimcheck import ClaimCheckStore
+from shared.sources.formats import read_rows
+from shared.sources.messages import encode
+from shared.sources.queue_ingest import QueueIngest
+from shared.stores.deadletter import DeadLetter
 from tests.emulator.conftest import Api, EmulatorProcess
 
 TIME_SCALE = 60.0

@@ -159,8 +159,8 @@ class DeadLetterWatch:
 
     The app writes one JSON-lines blob per batch, named
     ``<yyyy>/<mm>/<dd>/<dataset>/<table>/<time>-<id>.jsonl`` with metadata ``rows`` and
-    ``replayed`` (see ``shared/deadletter.py``); replay sets ``replayed=true``. A blob not yet
-    replayed is "waiting". At most :attr:`max_blobs` blobs are listed per look, so a huge
+    ``replayed`` (see ``shared/stores/deadletter.py``); replay sets ``replayed=true``. A blob
+    not yet replayed is "waiting". At most :attr:`max_blobs` blobs are listed per look, so a huge
     container costs a bounded amount of work (the summary then says it is truncated).
     """
 

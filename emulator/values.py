@@ -7,7 +7,7 @@ service accepts the spellings used in Microsoft's own samples (``Int64``, ``int6
 ``string``, ``DateTime``, ``dateTime``).
 
 This module is the emulator's own model of the service. It deliberately shares no code with the
-bundle's ``shared/schema.py``: the emulator is the test oracle for that code.
+bundle's ``shared/engine/schema.py``: the emulator is the test oracle for that code.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Blob trigger: a thin adapter from an uploaded file to :mod:`shared.blob_ingest`.
+"""Blob trigger: a thin adapter from an uploaded file to :mod:`shared.sources.blob_ingest`.
 
 The Event Grid source (``source=EVENT_GRID``) is the only blob trigger on the Flex Consumption
 plan, and the SDK-type ``BlobClient`` binding (azurefunctions-extensions-bindings-blob) lets the

@@ -1,4 +1,4 @@
-"""HTTP triggers: thin adapters from ``func.HttpRequest`` to :mod:`shared.webhook` and back.
+"""HTTP triggers: thin adapters from ``func.HttpRequest`` to :mod:`shared.sources.webhook` and back.
 
 Routes (under the host's ``api`` prefix; auth level FUNCTION, so callers send a function key):
 ``POST datasets/{dataset}/tables/{table}/rows``, ``POST rows``, ``GET health``. The two POST
@@ -11,9 +11,9 @@ import os
 
 import azure.functions as func
 
-from shared.claimcheck import ClaimCheckStore
 from shared.runtime import get_ingestor, get_settings
-from shared.webhook import Webhook, WebRequest, WebResponse
+from shared.sources.claimcheck import ClaimCheckStore
+from shared.sources.webhook import Webhook, WebRequest, WebResponse
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # the library leaves __init__ untyped
 

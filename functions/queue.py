@@ -1,9 +1,9 @@
-"""Queue trigger: a thin adapter from the rows-queue message to :mod:`shared.queue_ingest`.
+"""Queue trigger: a thin adapter from the rows-queue message to :mod:`shared.sources.queue_ingest`.
 
 Returning completes the message (rows delivered, or dead-lettered with a reason); a raised
 TransientError makes the host redeliver it, and after ``maxDequeueCount`` tries move it to
 ``<queue>-poison`` (host.json). host.json sets ``messageEncoding: none`` so that a malformed
-message reaches this function and is dead-lettered at once (see ``shared/messages.py``).
+message reaches this function and is dead-lettered at once (see ``shared/sources/messages.py``).
 """
 
 from __future__ import annotations

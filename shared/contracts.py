@@ -26,7 +26,7 @@ class Target:
 
 @dataclass
 class PushResult:
-    """What happened to the rows of one :func:`shared.ingest.Ingestor.push` call.
+    """What happened to the rows of one :func:`shared.engine.ingest.Ingestor.push` call.
 
     Every row received is accounted for: ``sent + rejected + unsent == received``. Rejected
     rows were refused for good (by validation, or by Power BI with a 4xx, or because the target
@@ -91,3 +91,15 @@ class PushResult:
                 else None
             ),
         }
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A piece of a source (a file's line, say) that is not a row: where it is, why, and its
+    text (shortened)."""
+
+    reason: str
+    text: str = ""
+    line: int | None = None
+    #: True when nothing after it can be read (the stream itself failed).
+    final: bool = False

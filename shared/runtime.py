@@ -2,7 +2,7 @@
 
 Triggers call :func:`get_ingestor`; building the credential, the HTTP session and the governor
 once per worker process is what keeps tokens cached and pacing shared across invocations.
-Tests build their own :class:`~shared.ingest.Ingestor` with the pieces they need.
+Tests build their own :class:`~shared.engine.ingest.Ingestor` with the pieces they need.
 """
 
 from __future__ import annotations
@@ -15,22 +15,22 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from shared.auth import make_token_provider
-from shared.blob_events import BlobEvents
-from shared.blob_ingest import BlobIngest
-from shared.checkpoint import CheckpointStore
-from shared.claimcheck import ClaimCheckStore
-from shared.coalesce import Coalescer
-from shared.deadletter import BlobDeadLetterStore
+from shared.destinations.auth import make_token_provider
+from shared.destinations.powerbi import DEFAULT_TIMEOUT, PowerBIClient
+from shared.engine.coalesce import Coalescer
+from shared.engine.governor import Governor, Quotas
+from shared.engine.ingest import Ingestor
+from shared.engine.schema import load_definitions
 from shared.errors import ConfigError
-from shared.governor import Governor, Quotas
-from shared.ingest import Ingestor
-from shared.messages import encode
-from shared.powerbi import DEFAULT_TIMEOUT, PowerBIClient
-from shared.queue_ingest import QueueIngest
-from shared.schema import load_definitions
 from shared.settings import Settings
-from shared.storage import blob_service, queue_client
+from shared.sources.blob_events import BlobEvents
+from shared.sources.blob_ingest import BlobIngest
+from shared.sources.claimcheck import ClaimCheckStore
+from shared.sources.messages import encode
+from shared.sources.queue_ingest import QueueIngest
+from shared.stores.checkpoint import CheckpointStore
+from shared.stores.deadletter import BlobDeadLetterStore
+from shared.stores.storage import blob_service, queue_client
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobClient

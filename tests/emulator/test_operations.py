@@ -1,7 +1,7 @@
 """The 17 push operations, driven over HTTP in both URL forms and checked against the OpenAPI spec.
 
 Every success answer is validated with ``assert_conforms`` against the response schema the spec
-(``shared/powerbi/powerbi-swagger-push-subset.json``, read at run time) gives for its operationId
+(``tests/vendor/powerbi/powerbi-swagger-push-subset.json``, vendored with its source) gives for its operationId
 and status; ``test_zz_every_operation_checked_against_spec`` then checks that all 17 were covered.
 """
 
@@ -18,7 +18,7 @@ from jsonschema import Draft4Validator
 
 from tests.emulator.conftest import REPO, WORKSPACE_ID, WORKSPACE_NAME, Api, int_table
 
-SPEC_PATH = REPO.parent / "shared" / "powerbi" / "powerbi-swagger-push-subset.json"
+SPEC_PATH = REPO / "tests" / "vendor" / "powerbi" / "powerbi-swagger-push-subset.json"
 CHECKED: set[str] = set()  # operationIds whose success answers went through assert_conforms
 GROUPS = pytest.mark.parametrize("group", [None, WORKSPACE_ID], ids=["myorg", "group"])
 

@@ -14,8 +14,8 @@ from azure.storage.blob import BlobServiceClient
 
 from functions.queue import ingest_queue
 from shared import runtime
-from shared.claimcheck import ClaimCheckStore
 from shared.errors import TransientError
+from shared.sources.claimcheck import ClaimCheckStore
 from tests.azurite import Azurite
 from tests.emulator.conftest import WORKSPACE_ID, Api
 from tests.functional.test_http_functions import PRODUCT_COLUMNS, rows, settings

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from azure.storage.blob import BlobServiceClient
 
-from shared.auth import StaticTokenProvider
-from shared.blob_ingest import BlobIngest
-from shared.checkpoint import CheckpointStore
-from shared.deadletter import BlobDeadLetterStore
-from shared.ingest import Ingestor
-from shared.powerbi import PowerBIClient
+from shared.destinations.auth import StaticTokenProvider
+from shared.destinations.powerbi import PowerBIClient
+from shared.engine.ingest import Ingestor
+from shared.sources.blob_ingest import BlobIngest
+from shared.stores.checkpoint import CheckpointStore
+from shared.stores.deadletter import BlobDeadLetterStore
 
 
 def main(api: str, token: str, connection: str, container: str, name: str) -> None:

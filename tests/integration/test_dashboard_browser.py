@@ -244,7 +244,7 @@ def test_dead_letter_panel_counts_what_waits_and_never_shows_the_key(
     from azure.storage.blob import BlobServiceClient
 
     from shared.contracts import Target
-    from shared.deadletter import BlobDeadLetterStore, DeadLetter
+    from shared.stores.deadletter import BlobDeadLetterStore, DeadLetter
 
     state_url = f"{stack.emulator.base}/_emulator/dashboard/state"
 

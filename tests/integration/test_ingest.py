@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from shared.auth import StaticTokenProvider
 from shared.contracts import Target
-from shared.deadletter import BlobDeadLetterStore
-from shared.governor import Governor, Quotas
-from shared.ingest import Ingestor, PushIncomplete, _Resolved
-from shared.powerbi import PowerBIClient
-from shared.retry import RetryPolicy
-from shared.schema import DatasetDefinition, load_definitions
+from shared.destinations.auth import StaticTokenProvider
+from shared.destinations.powerbi import PowerBIClient
+from shared.engine.governor import Governor, Quotas
+from shared.engine.ingest import Ingestor, PushIncomplete, _Resolved
+from shared.engine.retry import RetryPolicy
+from shared.engine.schema import DatasetDefinition, load_definitions
+from shared.stores.deadletter import BlobDeadLetterStore
 from tests.azurite import Azurite
 from tests.emulator.conftest import REPO, WORKSPACE_NAME, Api, start_emulator
 

@@ -9,12 +9,15 @@ from typing import Any
 
 import pytest
 
-from shared.auth import (
+from shared.destinations.auth import (
     ManagedIdentityTokenProvider,
     ServicePrincipalTokenProvider,
     StaticTokenProvider,
 )
-from shared.batching import pack
+from shared.destinations.powerbi import PowerBIClient
+from shared.engine.batching import pack
+from shared.engine.retry import RetryPolicy
+from shared.engine.schema import load_definitions
 from shared.errors import (
     AuthError,
     ConfigError,
@@ -24,9 +27,6 @@ from shared.errors import (
     TransientError,
     ValidationError,
 )
-from shared.powerbi import PowerBIClient
-from shared.retry import RetryPolicy
-from shared.schema import load_definitions
 from tests.emulator.conftest import (
     CERT_CLIENT_ID,
     CLIENT_ID,

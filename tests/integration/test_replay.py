@@ -16,12 +16,12 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
-from shared.auth import StaticTokenProvider
+from shared.cli.replay import replay_dead_letters
 from shared.contracts import Target
-from shared.deadletter import BlobDeadLetterStore
-from shared.ingest import Ingestor
-from shared.powerbi import PowerBIClient
-from shared.replay import replay_dead_letters
+from shared.destinations.auth import StaticTokenProvider
+from shared.destinations.powerbi import PowerBIClient
+from shared.engine.ingest import Ingestor
+from shared.stores.deadletter import BlobDeadLetterStore
 from tests.azurite import Azurite
 from tests.emulator.conftest import IDENTITY_HEADER, REPO, Api
 

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from shared.auth import (
+from shared.contracts import Target
+from shared.destinations.auth import (
     ManagedIdentityTokenProvider,
     ServicePrincipalTokenProvider,
     StaticTokenProvider,
 )
-from shared.contracts import Target
-from shared.deadletter import BlobDeadLetterStore, DeadLetter
+from shared.destinations.powerbi import PowerBIClient
+from shared.engine.ingest import Ingestor, PushIncomplete
+from shared.engine.retry import RetryPolicy
 from shared.errors import TransientError
-from shared.ingest import Ingestor, PushIncomplete
-from shared.powerbi import PowerBIClient
-from shared.retry import RetryPolicy
+from shared.stores.deadletter import BlobDeadLetterStore, DeadLetter
 from tests.azurite import start_azurite
 
 SCOPE = "https://analysis.windows.net/powerbi/api/.default"

@@ -41,14 +41,14 @@ from hypothesis import strategies as st
 from functions import http
 from functions.queue import ingest_queue
 from shared import runtime
-from shared.auth import StaticTokenProvider
-from shared.blob_ingest import BlobIngest
-from shared.checkpoint import CheckpointStore
-from shared.deadletter import BlobDeadLetterStore
-from shared.formats import DEFAULT_MAX_BYTES, FORMATS, Unreadable, read_rows
-from shared.ingest import Ingestor
-from shared.powerbi import PowerBIClient
-from shared.replay import replay_dead_letters
+from shared.cli.replay import replay_dead_letters
+from shared.destinations.auth import StaticTokenProvider
+from shared.destinations.powerbi import PowerBIClient
+from shared.engine.ingest import Ingestor
+from shared.sources.blob_ingest import BlobIngest
+from shared.sources.formats import DEFAULT_MAX_BYTES, FORMATS, Unreadable, read_rows
+from shared.stores.checkpoint import CheckpointStore
+from shared.stores.deadletter import BlobDeadLetterStore
 from tests.azurite import Azurite
 from tests.emulator.conftest import WORKSPACE_ID, WORKSPACE_NAME, Api
 from tests.functional.test_http_functions import PRODUCT_COLUMNS, Out, settings

@@ -29,11 +29,11 @@ import urllib3
 
 from functions import http
 from shared import runtime
-from shared.auth import StaticTokenProvider
-from shared.blob_events import BLOB_CREATED, BlobEvents, Refused
+from shared.destinations.auth import StaticTokenProvider
+from shared.destinations.powerbi import PowerBIClient
 from shared.errors import ConfigError
-from shared.powerbi import PowerBIClient
 from shared.settings import Settings
+from shared.sources.blob_events import BLOB_CREATED, BlobEvents, Refused
 from tests.azurite import KEY as AZURITE_KEY
 from tests.azurite import Azurite
 from tests.conftest import find_secrets

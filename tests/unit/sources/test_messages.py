@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from shared.messages import MessageError, decode, encode
+from shared.sources.messages import MessageError, decode, encode
 
 
 def test_round_trip_of_what_the_app_writes() -> None:

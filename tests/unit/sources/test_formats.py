@@ -1,4 +1,5 @@
-"""Unit tests for shared.formats: format detection and the streaming CSV/NDJSON/JSON/gzip readers.
+"""Unit tests for shared.sources.formats: format detection and the streaming CSV/NDJSON/JSON/gzip
+readers.
 
 Every input is built in memory and fed in small pieces (7-byte and 1-byte chunks) so the
 readers are shown to stream and to be safe wherever a chunk boundary falls.
@@ -17,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from shared import formats
-from shared.formats import FormatError, Unreadable, detect, read_rows
+from shared.sources import formats
+from shared.sources.formats import FormatError, Unreadable, detect, read_rows
 
 CHUNK_SIZES = [7, 1]
 BOM = b"\xef\xbb\xbf"

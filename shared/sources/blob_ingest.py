@@ -3,12 +3,12 @@
 :meth:`BlobIngest.handle` takes a blob (an ``azure.storage.blob.BlobClient``, as the SDK-type
 binding gives it), finds its target from the path convention ``<dataset>/<table>/<name>`` (or
 the blob's ``dataset``/``table``/``workspace`` metadata), and streams it in chunks through the
-readers of :mod:`shared.formats` into :meth:`~shared.ingest.Ingestor.push`. After each
-acknowledged Add Rows it records the position reached for this blob version (ETag); a re-run
-resumes there, a new version starts over, a finished one is skipped. When the remaining rows
-cannot be sent within the time budget (the hourly quota, a long throttle), it checkpoints and
-hands the rest on as a continuation message on the rows queue, due when the service said to
-retry, instead of failing.
+readers of :mod:`shared.sources.formats` into :meth:`~shared.engine.ingest.Ingestor.push`.
+After each acknowledged Add Rows it records the position reached for this blob version (ETag);
+a re-run resumes there, a new version starts over, a finished one is skipped. When the
+remaining rows cannot be sent within the time budget (the hourly quota, a long throttle), it
+checkpoints and hands the rest on as a continuation message on the rows queue, due when the
+service said to retry, instead of failing.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shared.checkpoint import Checkpoint, CheckpointStore
 from shared.contracts import PushResult, Target
-from shared.deadletter import DeadLetter, DeadLetterStore
-from shared.formats import DEFAULT_MAX_BYTES, FormatError, detect, read_rows
-from shared.ingest import Ingestor, PushIncomplete
+from shared.engine.ingest import Ingestor, PushIncomplete
+from shared.sources.formats import DEFAULT_MAX_BYTES, FormatError, detect, read_rows
+from shared.stores.checkpoint import Checkpoint, CheckpointStore
+from shared.stores.deadletter import DeadLetter, DeadLetterStore
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobClient

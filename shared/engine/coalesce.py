@@ -6,7 +6,7 @@ a dataset at 120 messages a minute. Here, invocations for the same (workspace, d
 join one buffer. The first one in waits while messages keep arriving: until none has arrived
 for ``linger`` seconds, or the buffer holds a full POST (10,000 rows), or ``max_wait`` has
 passed since it opened; then it sends everything in the buffer through
-:meth:`~shared.ingest.Ingestor.push_parts`. Each invocation gets back the result for its own
+:meth:`~shared.engine.ingest.Ingestor.push_parts`. Each invocation gets back the result for its own
 rows only, and returns only once they are acknowledged by Power BI (or dead-lettered): a
 message is never completed before its rows are safe.
 
@@ -26,8 +26,8 @@ from typing import Any
 
 from shared import limits
 from shared.contracts import PushResult, Target
+from shared.engine.ingest import Ingestor, Part, PushIncomplete
 from shared.errors import TransientError
-from shared.ingest import Ingestor, Part, PushIncomplete
 
 
 @dataclass

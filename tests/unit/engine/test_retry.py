@@ -1,4 +1,4 @@
-"""Unit tests for shared.retry: Retry-After parsing and the retry policy."""
+"""Unit tests for shared.engine.retry: Retry-After parsing and the retry policy."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared.engine.retry import RetryPolicy, parse_retry_after
 from shared.errors import (
     AuthError,
     ConfigError,
@@ -17,7 +18,6 @@ from shared.errors import (
     TransientError,
     ValidationError,
 )
-from shared.retry import RetryPolicy, parse_retry_after
 from tests.unit.fakes import FakeClock
 
 NOW = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)

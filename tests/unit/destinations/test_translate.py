@@ -9,6 +9,7 @@ import pytest
 import requests
 import urllib3.exceptions
 
+from shared.destinations.powerbi import translate
 from shared.errors import (
     AuthError,
     ConfigError,
@@ -18,7 +19,6 @@ from shared.errors import (
     TransientError,
     ValidationError,
 )
-from shared.powerbi import translate
 
 
 def response(status: int, body: object = None, **headers: str) -> requests.Response:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from shared.errors import NotFoundError, TransientError, ValidationError
-from shared.storage import blob_service
+from shared.stores.storage import blob_service
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient

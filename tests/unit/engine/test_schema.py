@@ -1,4 +1,4 @@
-"""Unit tests for shared.schema: type names, value coercion and dataset definitions."""
+"""Unit tests for shared.engine.schema: type names, value coercion and dataset definitions."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from shared.engine.schema import DatasetDefinition, RowValidator, canonical_type, load_definitions
 from shared.errors import ConfigError, RowProblem
-from shared.schema import DatasetDefinition, RowValidator, canonical_type, load_definitions
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 COLUMNS = {
     "i": "Int64",

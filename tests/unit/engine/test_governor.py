@@ -1,4 +1,4 @@
-"""Unit tests for shared.governor: per-dataset pacing under Power BI's push quotas."""
+"""Unit tests for shared.engine.governor: per-dataset pacing under Power BI's push quotas."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from shared.engine.governor import Governor, Quotas
 from shared.errors import TransientError
-from shared.governor import Governor, Quotas
 from tests.unit.fakes import FakeClock
 
 

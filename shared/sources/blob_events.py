@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from shared.blob_ingest import BlobIngest, BlobOutcome
 from shared.settings import clean_authority, is_loopback
+from shared.sources.blob_ingest import BlobIngest, BlobOutcome
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobClient

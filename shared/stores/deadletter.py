@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from shared.contracts import Target
 from shared.errors import TransientError
-from shared.storage import blob_service
+from shared.stores.storage import blob_service
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient

@@ -24,10 +24,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.contracts import PushResult, Target
+from shared.engine.ingest import Ingestor
 from shared.errors import TransientError, ValidationError
-from shared.ingest import Ingestor
-from shared.messages import decode
-from shared.queue_ingest import UNREADABLE, QueueIngest
+from shared.sources.messages import decode
+from shared.sources.queue_ingest import UNREADABLE, QueueIngest
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient

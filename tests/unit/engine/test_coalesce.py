@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from shared.coalesce import Coalescer
 from shared.contracts import PushResult, Target
+from shared.engine.coalesce import Coalescer
+from shared.engine.ingest import Part, PushIncomplete
 from shared.errors import TransientError
-from shared.ingest import Part, PushIncomplete
 
 TARGET = Target("Sales", "Product")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.auth import (
+from shared.destinations.auth import (
     EXPIRY_MARGIN,
     FAILURE_HOLD,
     REFRESH_WINDOW,

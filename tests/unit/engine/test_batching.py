@@ -1,4 +1,4 @@
-"""Unit tests for shared.batching: packing rows into the fewest legal Add Rows bodies."""
+"""Unit tests for shared.engine.batching: packing rows into the fewest legal Add Rows bodies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.batching import Batch, pack, serialise
+from shared.engine.batching import Batch, pack, serialise
 from shared.errors import RowProblem
 
 ENVELOPE = len(b'{"rows":[]}')  # 11 bytes around the joined rows

@@ -1,11 +1,11 @@
 """A client for Power BI's push-dataset operations, with errors translated in one place.
 
 One pooled ``requests.Session`` per client, explicit timeouts, the bearer token from a
-:class:`~shared.auth.TokenProvider` (dropped and fetched again once when the service says it
-expired), and every HTTP status or transport failure mapped by :func:`translate` into the
-bundle's error hierarchy (``shared.errors``). Idempotent calls are retried by the
-:class:`~shared.retry.RetryPolicy`; Add Rows is sent once per call, because only its caller
-knows whether a re-send is safe (see ``retry``).
+:class:`~shared.destinations.auth.TokenProvider` (dropped and fetched again once when the
+service says it expired), and every HTTP status or transport failure mapped by
+:func:`translate` into the bundle's error hierarchy (``shared.errors``). Idempotent calls are
+retried by the :class:`~shared.engine.retry.RetryPolicy`; Add Rows is sent once per call,
+because only its caller knows whether a re-send is safe (see ``retry``).
 
 Endpoints: https://learn.microsoft.com/en-us/rest/api/power-bi/push-datasets
 """
@@ -23,7 +23,8 @@ from urllib.parse import quote
 
 import requests
 
-from shared.auth import TokenProvider, check_token_destination
+from shared.destinations.auth import TokenProvider, check_token_destination
+from shared.engine.retry import RetryPolicy, parse_retry_after
 from shared.errors import (
     AuthError,
     ConfigError,
@@ -33,7 +34,6 @@ from shared.errors import (
     TransientError,
     ValidationError,
 )
-from shared.retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
 

@@ -30,14 +30,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.claimcheck import MAX_INLINE_MESSAGE_BYTES, ClaimCheckStore
 from shared.contracts import PushResult, Target
-from shared.envelope import BodyError, Envelope, envelopes, loads, loads_ndjson, rows_of
+from shared.engine.ingest import Ingestor, PushIncomplete
 from shared.errors import AuthError, ConfigError, NotFoundError, PushError
-from shared.ingest import Ingestor, PushIncomplete
-from shared.messages import encode
 from shared.settings import Settings
-from shared.storage import blob_service
+from shared.sources.claimcheck import MAX_INLINE_MESSAGE_BYTES, ClaimCheckStore
+from shared.sources.envelope import BodyError, Envelope, envelopes, loads, loads_ndjson, rows_of
+from shared.sources.messages import encode
+from shared.stores.storage import blob_service
 
 SIGNATURE_HEADER = "x-signature-256"
 _NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")

@@ -3,9 +3,9 @@
 :meth:`Ingestor.push` resolves the target (workspace by name or id, dataset by name or id,
 created from ``datasets/<name>.json`` when missing, widened with Put Table when the definition
 gained columns), validates and coerces each row, packs the valid ones into the fewest Add Rows
-bodies, paces them through the :class:`~shared.governor.Governor`, sends them, and dead-letters
-what cannot be delivered. It returns a :class:`~shared.contracts.PushResult`; it raises only
-:class:`PushIncomplete` (transient: the caller should redeliver the rows not sent).
+bodies, paces them through the :class:`~shared.engine.governor.Governor`, sends them, and
+dead-letters what cannot be delivered. It returns a :class:`~shared.contracts.PushResult`; it
+raises only :class:`PushIncomplete` (transient: the caller should redeliver the rows not sent).
 
 Add Rows is not idempotent. A batch is re-sent in place only when the failure proves it was not
 stored (never sent, 429, 503). After an ambiguous failure (a timeout, a lost answer, a 500) its
@@ -27,9 +27,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import limits
-from shared.batching import Batch, pack
-from shared.contracts import PushResult, Target
-from shared.deadletter import DeadLetter, DeadLetterStore
+from shared.contracts import PushResult, Target, Unreadable
+from shared.engine.batching import Batch, pack
+from shared.engine.destination import Destination
+from shared.engine.governor import Governor
+from shared.engine.retry import REFUSED_STATUSES, RetryPolicy
+from shared.engine.schema import (
+    Column,
+    DatasetDefinition,
+    RowValidator,
+    TableSchema,
+    canonical_type,
+)
 from shared.errors import (
     ConfigError,
     NotFoundError,
@@ -39,11 +48,7 @@ from shared.errors import (
     TransientError,
     ValidationError,
 )
-from shared.formats import Unreadable
-from shared.governor import Governor
-from shared.powerbi import PowerBIClient
-from shared.retry import REFUSED_STATUSES, RetryPolicy
-from shared.schema import Column, DatasetDefinition, RowValidator, TableSchema, canonical_type
+from shared.stores.deadletter import DeadLetter, DeadLetterStore
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +107,7 @@ class Ingestor:
 
     def __init__(
         self,
-        client: PowerBIClient,
+        client: Destination,
         *,
         definitions: Mapping[str, DatasetDefinition] | None = None,
         governor: Governor | None = None,

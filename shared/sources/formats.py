@@ -22,11 +22,12 @@ import io
 import json
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import ijson
+
+from shared.contracts import Unreadable
 
 FORMATS = ("csv", "ndjson", "json")
 #: Decompressed bytes allowed per file by default (a 1 GB CSV compresses to ~100 MB).
@@ -37,17 +38,6 @@ MAX_JSON_DEPTH = 64
 #: A CSV or NDJSON line longer than this is refused: a file without newlines must not be held
 #: in memory whole.
 MAX_LINE_BYTES = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """A piece of the file that is not a row: where it is, why, and its text (shortened)."""
-
-    reason: str
-    text: str = ""
-    line: int | None = None
-    #: True when nothing after it can be read (the stream itself failed).
-    final: bool = False
 
 
 class FormatError(ValueError):

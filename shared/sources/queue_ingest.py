@@ -17,18 +17,18 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from shared.claimcheck import ClaimCheckStore
-from shared.coalesce import Coalescer
 from shared.contracts import PushResult, Target
-from shared.deadletter import DeadLetter, DeadLetterStore
-from shared.envelope import envelope, rows_of
+from shared.engine.coalesce import Coalescer
 from shared.errors import NotFoundError, TransientError, ValidationError
-from shared.messages import MessageError, decode
+from shared.sources.claimcheck import ClaimCheckStore
+from shared.sources.envelope import envelope, rows_of
+from shared.sources.messages import MessageError, decode
+from shared.stores.deadletter import DeadLetter, DeadLetterStore
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
 
-    from shared.blob_ingest import BlobIngest
+    from shared.sources.blob_ingest import BlobIngest
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The operator commands (``python -m shared ...``): push, provision, replay, and the rest."""

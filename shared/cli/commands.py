@@ -1,0 +1,189 @@
+"""Command line for operators: ``python -m shared COMMAND ...`` (see ``--help``).
+
+The seed's steps and a few chores, through the same settings, auth and engine as the functions:
+``groups``, ``datasets``, ``provision FILE``, ``push FILE``, ``delete-rows``. Settings come from
+the environment, completed by the ``Values`` of ``local.settings.json`` when it exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.cli.replay import BLOB_POISON_QUEUE, replay_dead_letters, replay_poison
+from shared.contracts import Target
+from shared.destinations.powerbi import PowerBIClient
+from shared.engine.ingest import PushIncomplete
+from shared.engine.schema import DatasetDefinition
+from shared.errors import ConfigError, PushError
+from shared.runtime import build_ingestor, build_queue_ingest
+from shared.settings import Settings
+from shared.stores.deadletter import BlobDeadLetterStore
+from shared.stores.storage import queue_client
+
+#: The blob trigger's function name (functions/blob.py), as its poison messages name it.
+BLOB_FUNCTION = "ingest_blob"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m shared", description="Push rows into Power BI push datasets."
+    )
+    parser.add_argument(
+        "--settings",
+        default="local.settings.json",
+        help="a local.settings.json whose Values fill in unset environment variables",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("groups", help="list the workspaces this identity can see")
+    datasets = commands.add_parser("datasets", help="list the datasets of a workspace")
+    datasets.add_argument("--workspace", help="name or id (default: the configured one)")
+    provision = commands.add_parser("provision", help="create a dataset from its definition")
+    provision.add_argument("file", type=Path, help="a Create Dataset JSON, e.g. datasets/X.json")
+    provision.add_argument("--workspace")
+    push = commands.add_parser("push", help="push a JSON or NDJSON file's rows to a table")
+    push.add_argument("file", type=Path, help='.json (array or {"rows": [...]}) or .ndjson')
+    push.add_argument("--dataset", required=True, help="name or id")
+    push.add_argument("--table", required=True)
+    push.add_argument("--workspace")
+    replay = commands.add_parser(
+        "replay", help="re-drive dead letters or poison messages once the cause is fixed"
+    )
+    replay.add_argument("what", choices=["deadletters", "poison"])
+    replay.add_argument("--prefix", help="deadletters: only blobs under this name prefix")
+    replay.add_argument("--queue", help="poison: the rows queue (default ROWS_QUEUE)")
+    delete = commands.add_parser("delete-rows", help="delete every row of a table")
+    delete.add_argument("--dataset", required=True)
+    delete.add_argument("--table", required=True)
+    delete.add_argument("--workspace")
+    return parser
+
+
+def load_environment(path: Path) -> dict[str, str]:
+    """The process environment, completed (never overridden) by ``path``'s ``Values``."""
+    env = dict(os.environ)
+    if path.is_file():
+        try:
+            values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConfigError(str(path), f"cannot read it: {exc}") from exc
+        for key, value in values.items():
+            if str(value).strip():
+                env.setdefault(key, str(value))
+    return env
+
+
+def read_rows(path: Path) -> Iterator[Any]:
+    """Rows from a JSON file (an array, or ``{"rows": [...]}``) or NDJSON (one per line)."""
+    if path.suffix.lower() in (".ndjson", ".jsonl"):
+        with path.open(encoding="utf-8-sig") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError as exc:
+                        raise ConfigError(str(path), f"line {number} is not JSON: {exc}") from exc
+        return
+    try:
+        body = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(path), f"is not a JSON file: {exc}") from exc
+    rows = body.get("rows") if isinstance(body, dict) else body
+    if not isinstance(rows, list):
+        raise ConfigError(str(path), 'must hold a JSON array of rows or {"rows": [...]}')
+    yield from rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        env = load_environment(Path(args.settings))
+        settings = Settings.from_env(env)
+        with_store = bool(
+            env.get(settings.deadletter_connection)
+            or env.get(f"{settings.deadletter_connection}__blobServiceUri")
+        )
+        ingestor = build_ingestor(settings, env, dead_letters=with_store)
+        client = ingestor.client
+        assert isinstance(client, PowerBIClient)  # what build_ingestor makes
+        workspace = getattr(args, "workspace", None) or ingestor.default_workspace
+        if args.command == "groups":
+            _print([{"id": g["id"], "name": g.get("name")} for g in client.get_groups()])
+        elif args.command == "datasets":
+            workspace_id = ingestor.workspace_id(workspace)
+            _print(
+                [{"id": d["id"], "name": d.get("name")} for d in client.get_datasets(workspace_id)]
+            )
+        elif args.command == "provision":
+            body = json.loads(args.file.read_text(encoding="utf-8"))
+            definition = DatasetDefinition.from_body(body, str(args.file))
+            resolved = ingestor.provision(definition, workspace)
+            _print(
+                {"id": resolved.dataset_id, "name": definition.name, "created": resolved.created}
+            )
+        elif args.command == "push":
+            if not with_store:
+                print(
+                    f"note: {settings.deadletter_connection} is not set, so rejected rows are "
+                    "listed here but not dead-lettered",
+                    file=sys.stderr,
+                )
+            target = Target(args.dataset, args.table, workspace)
+            result = ingestor.push(target, read_rows(args.file), source=str(args.file))
+            _print(result.to_json())
+            return 0 if result.rejected == 0 else 1
+        elif args.command == "replay":
+            if args.what == "deadletters":
+                if not isinstance(ingestor.dead_letters, BlobDeadLetterStore):
+                    raise ConfigError(settings.deadletter_connection, "is needed to replay")
+                report = replay_dead_letters(ingestor.dead_letters.container, ingestor, args.prefix)
+            else:
+                handler = build_queue_ingest(settings, ingestor, env)
+                queue = f"{args.queue or settings.rows_queue}-poison"
+                report = replay_poison(
+                    queue_client(settings.storage_connection, queue, env), handler
+                )
+                if report.stopped is None:
+                    blobs = queue_client(settings.storage_connection, BLOB_POISON_QUEUE, env)
+                    more = replay_poison(
+                        blobs,
+                        handler,
+                        blob_function=BLOB_FUNCTION,
+                        blob_container=settings.ingest_container,
+                    )
+                    report.messages_replayed += more.messages_replayed
+                    report.rows_sent += more.rows_sent
+                    report.rows_rejected_again += more.rows_rejected_again
+                    report.stopped = more.stopped
+            _print(report.to_json())
+            return 0 if report.stopped is None else 3
+        elif args.command == "delete-rows":
+            resolved = ingestor.resolve(Target(args.dataset, args.table, workspace))
+            client.delete_rows(resolved.dataset_id, args.table, resolved.workspace_id)
+            _print({"deleted": f"{args.dataset}/{args.table}"})
+    except PushIncomplete as exc:
+        _print(exc.result.to_json())
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PushError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))

@@ -1,0 +1,60 @@
+"""The engine's own view of where rows go: the calls :class:`~shared.engine.ingest.Ingestor`
+makes, and nothing else.
+
+The engine never imports a concrete client; :class:`shared.destinations.powerbi.PowerBIClient`
+implements this protocol (checked by mypy wherever one is passed to an ``Ingestor``), and a
+test or benchmark can pass any object that does. The shape is Power BI's push model (a
+workspace holds datasets, a dataset holds tables, rows are added in batches), which is the
+model the engine validates and paces for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+
+class Destination(Protocol):
+    """A push-dataset service: workspaces, datasets, tables, and Add Rows."""
+
+    def within(
+        self, deadline: float | None, clock: Callable[[], float] = ...
+    ) -> AbstractContextManager[None]:
+        """Calls made inside the block retry only while a retry can end before ``deadline``."""
+        ...
+
+    def ping(self) -> None:
+        """One quick authenticated call, not retried (health checks)."""
+        ...
+
+    def group_id(self, name: str) -> str:
+        """The id of the workspace called ``name``."""
+        ...
+
+    def get_datasets(self, workspace: str | None = None) -> list[dict[str, Any]]:
+        """The datasets of a workspace (``None``: the default one), each with ``id`` and
+        ``name``."""
+        ...
+
+    def create_dataset(
+        self, definition: dict[str, Any], workspace: str | None = None
+    ) -> dict[str, Any]:
+        """Create a dataset from its definition; the answer carries its ``id``."""
+        ...
+
+    def get_tables(self, dataset_id: str, workspace: str | None = None) -> list[dict[str, Any]]:
+        """A dataset's tables, each with ``name`` and ``columns``."""
+        ...
+
+    def put_table(
+        self, dataset_id: str, table: dict[str, Any], workspace: str | None = None
+    ) -> dict[str, Any]:
+        """Replace a table's schema (used only to add columns)."""
+        ...
+
+    def post_rows(
+        self, dataset_id: str, table: str, body: bytes, workspace: str | None = None
+    ) -> None:
+        """Send one ready-made ``{"rows": [...]}`` body, once."""
+        ...
