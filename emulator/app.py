@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from emulator import limits
 from emulator.clock import ScaledClock
@@ -46,6 +47,7 @@ from emulator.errors import (
 from emulator.faults import FaultConfigError, FaultPlan
 from emulator.identity import POWERBI_RESOURCE, IdentityConfig, TokenIssuer, TokenRejected
 from emulator.live import ArrivalHistory, DeadLetterWatch, LiveFeed
+from emulator.odata import FilterError, parse_filter
 from emulator.quotas import QuotaBook, Throttle, retry_after_header
 from emulator.store import MY_WORKSPACE, Dataset, Store, Table
 from emulator.values import COERCERS, ValueRejected
@@ -54,6 +56,13 @@ log = logging.getLogger("emulator")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_ERROR_DETAILS = 20
+#: The header clients of the 2016 preview send on Post Rows ("Specifying sequence numbers to
+#: guarantee which rows have been successfully pushed and avoiding duplication", archived blog
+#: https://powerbi.microsoft.com/it-it/blog/newdatasets/). It is in neither the current REST
+#: reference nor its OpenAPI spec, and what the service answers to an old or repeated number
+#: was never documented, so the emulator does not deduplicate on it (README, "What it does not
+#: emulate"): the rows are stored like any others, the request is counted and the answer says so.
+SEQUENCE_NUMBER_HEADER = "X-PowerBI-PushData-SequenceNumber"
 _JSON_TYPES = re.compile(r"^(application|text)/([\w.+-]+\+)?json$")
 
 
@@ -90,6 +99,8 @@ class Emulator:
         self.auth_failures: Counter[str] = Counter()
         for name, workspace_id in config.workspaces:
             self.store.add_workspace(name, workspace_id)
+        #: Datasets whose Post Rows carried a sequence number already logged (once each).
+        self.sequence_numbers_seen: set[str] = set()
         #: What the live dashboard watches (emulator/live.py).
         self.feed = LiveFeed()
         self.arrivals = ArrivalHistory(self.clock)
@@ -328,6 +339,7 @@ class PushApi:
         return fault
 
     async def get_groups(self, request: web.Request) -> web.Response:
+        matches = _odata_filter(request.query.get("$filter"))  # parsed once; 400 before any work
         groups = [
             {
                 "id": gid,
@@ -338,7 +350,7 @@ class PushApi:
             }
             for gid, name in sorted(self.em.store.workspaces.items(), key=lambda kv: kv[1])
         ]
-        groups = [g for g in groups if _odata_filter(request.query.get("$filter"))(g)]
+        groups = [g for g in groups if matches(g)]
         skip = _int_param(request, "$skip", 0)
         top = _int_param(request, "$top", len(groups))
         page = groups[skip : skip + top]
@@ -408,6 +420,7 @@ class PushApi:
     async def post_rows(self, request: web.Request) -> web.StreamResponse:
         dataset, table = self.em.push_table(request)
         self.em.count(dataset.id, "requests")
+        answer_headers = self._sequence_number(request, dataset)
         pending = self.em.quotas.begin(dataset.id)
         if pending is not None:
             self.em.count(dataset.id, f"throttled_{pending.reason}")
@@ -450,9 +463,25 @@ class PushApi:
                     {"table": table.name, "offset": offset, "count": len(rows)}
                 )
                 _drop_connection(request)
-            return web.Response(status=200)
+            return web.Response(status=200, headers=answer_headers)
         finally:
             self.em.quotas.end(dataset.id)
+
+    def _sequence_number(self, request: web.Request, dataset: Dataset) -> dict[str, str]:
+        """Note a sequence-number header (not emulated: see SEQUENCE_NUMBER_HEADER); return the
+        headers that tell the client its number was not acted on."""
+        if SEQUENCE_NUMBER_HEADER not in request.headers:
+            return {}
+        self.em.count(dataset.id, "sequence_numbers_ignored")
+        if dataset.id not in self.em.sequence_numbers_seen:
+            self.em.sequence_numbers_seen.add(dataset.id)
+            log.warning(
+                "dataset %s: Post Rows carries %s; the emulator does not deduplicate on it "
+                "(an undocumented preview feature): every batch is stored",
+                dataset.id,
+                SEQUENCE_NUMBER_HEADER,
+            )
+        return {"x-emulator-ignored": SEQUENCE_NUMBER_HEADER}
 
 
 def _check_rows(table: Table, body: Any) -> list[dict[str, Any]]:
@@ -514,46 +543,16 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
     return value
 
 
-_FILTER_TERM = re.compile(
-    r"^\s*(?:(name|id)\s+eq\s+'((?:[^']|'')*)'|contains\(\s*name\s*,\s*'((?:[^']|'')*)'\s*\))\s*$",
-    re.IGNORECASE,
-)
-
-
 def _odata_filter(expression: str | None) -> Callable[[dict[str, Any]], bool]:
-    """The ``$filter`` subset: ``name eq '..'``, ``id eq '..'``, ``contains(name,'..')``,
-    joined by ``or`` / ``and`` (``and`` binds tighter, as in OData)."""
-    if not expression:
-        return lambda group: True
-    # Each term is (field, operator, lower-cased value); a group matches when every term of
-    # at least one alternative holds.
-    alternatives: list[list[tuple[str, str, str]]] = []
-    for alternative in re.split(r"\s+or\s+", expression, flags=re.IGNORECASE):
-        terms: list[tuple[str, str, str]] = []
-        for term in re.split(r"\s+and\s+", alternative, flags=re.IGNORECASE):
-            match = _FILTER_TERM.match(term)
-            if match is None:
-                raise bad_request(
-                    f"Unsupported $filter term {term.strip()!r}; the emulator understands "
-                    "name eq '...', id eq '...' and contains(name,'...').",
-                    "$filter",
-                )
-            field_name, equal, contained = match.groups()
-            if contained is not None:
-                terms.append(("name", "contains", contained.replace("''", "'").lower()))
-            else:
-                terms.append((field_name.lower(), "eq", equal.replace("''", "'").lower()))
-        alternatives.append(terms)
-
-    def holds(group: dict[str, Any], term: tuple[str, str, str]) -> bool:
-        field_name, operator, value = term
-        actual = str(group[field_name]).lower()
-        return value in actual if operator == "contains" else actual == value
-
-    def matches(group: dict[str, Any]) -> bool:
-        return any(all(holds(group, term) for term in terms) for terms in alternatives)
-
-    return matches
+    """The ``$filter`` predicate (emulator/odata.py), or a 400 naming what is not understood."""
+    try:
+        return parse_filter(expression)
+    except FilterError as exc:
+        raise bad_request(
+            f"Unsupported $filter {expression!r}: {exc}. The emulator understands name eq "
+            "'...', id eq '...' and contains(name,'...'), joined by and / or, in parentheses.",
+            "$filter",
+        ) from None
 
 
 # -- token endpoints --------------------------------------------------------------------------
@@ -781,10 +780,35 @@ class AdminApi:
             self.em.arrivals.forget(dataset.id)
         self.em.counters.clear()
         self.em.answers_lost.clear()
+        self.em.sequence_numbers_seen.clear()
         self.em.auth_failures.clear()
         self.em.faults = FaultPlan()
         self.em.feed.changed()
         return _json({"status": "reset"})
+
+
+_SLASHES = re.compile(r"/{2,}")
+
+
+async def _without_empty_segments(request: web.Request) -> web.StreamResponse:
+    """Serve a push-API path that has empty segments as the same path without them.
+
+    Power BI tolerates empty path segments: one public client has always built
+    ``.../v1.0/myorg//datasets...`` and gets answers. The request is resolved again on the
+    collapsed path (query string kept) and handed to that route's handler; the middlewares have
+    already run (token checked, errors rendered) for this request, so they are not run twice.
+    """
+    raw = _SLASHES.sub("/", request.rel_url.raw_path).rstrip("/") or "/"
+    inner = request.clone(
+        rel_url=URL.build(path=raw, query_string=request.rel_url.raw_query_string, encoded=True)
+    )
+    match = await request.app.router.resolve(inner)
+    match.add_app(request.app)
+    match.freeze()
+    # What aiohttp's Application._handle does with a resolved route (aiohttp 3.x): there is no
+    # public way to re-route a request, and a redirect would make clients re-send their body.
+    inner._match_info = match
+    return await match.handler(inner)  # an unknown collapsed path raises its 404/405 here
 
 
 def create_app(config: EmulatorConfig | None = None) -> web.Application:
@@ -809,6 +833,9 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
         app.router.add_post(rows, push.post_rows)
         app.router.add_delete(rows, push.delete_rows)
     app.router.add_get("/v1.0/myorg/groups", push.get_groups)
+    # Last: a push-API path with an empty segment (``myorg//datasets``, ``groups/{id}//...``,
+    # a trailing ``/``) matches none of the routes above; it is served as the path without them.
+    app.router.add_route("*", "/v1.0/{path:/.*|.*//.*|.*/}", _without_empty_segments)
     app.router.add_get("/msi/token", tokens.msi_token)
     app.router.add_get(
         "/{tenant}/v2.0/.well-known/openid-configuration", tokens.openid_configuration

@@ -55,10 +55,15 @@ class Table:
         return {column.name: column.data_type for column in self.columns}
 
     def to_api(self) -> dict[str, Any]:
-        """The table as Get Tables and Put Table return it."""
+        """The table as Get Tables and Put Table return it: each column's ``dataType`` in the
+        service's own spelling (``Int64``, ``Double``, ``Decimal``, ``Boolean``, ``DateTime``,
+        ``String``, the names of the "Dataset properties" type table, see emulator/values.py),
+        whatever alias or case the table was defined with, as Power BI normalises them."""
         body = {k: v for k, v in self.definition.items() if k not in ("rows", "columns")}
         body["name"] = self.name
-        body["columns"] = [column.definition for column in self.columns]
+        body["columns"] = [
+            {**column.definition, "dataType": column.data_type} for column in self.columns
+        ]
         return body
 
 

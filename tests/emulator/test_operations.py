@@ -1,8 +1,9 @@
 """The 17 push operations, driven over HTTP in both URL forms and checked against the OpenAPI spec.
 
 Every success answer is validated with ``assert_conforms`` against the response schema the spec
-(``tests/vendor/powerbi/powerbi-swagger-push-subset.json``, vendored with its source) gives for its operationId
-and status; ``test_zz_every_operation_checked_against_spec`` then checks that all 17 were covered.
+(``tests/vendor/powerbi/powerbi-swagger-push-subset.json``, vendored with its source) gives for
+its operationId and status; ``test_zz_every_operation_checked_against_spec`` then checks that all
+17 were covered.
 """
 
 from __future__ import annotations
