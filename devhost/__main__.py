@@ -72,6 +72,9 @@ async def serve(host: Host, settings: Path | None) -> int:
         print("devhost: stopping", flush=True)
     finally:
         await host.stop()
+    # The last line, after everything the host logged: whoever reads the output knows, on
+    # seeing it, that nothing more is coming (rather than waiting a while to be sure).
+    print("devhost: stopped", flush=True)
     return 0
 
 

@@ -31,6 +31,9 @@ a hard-coded list:
   run by devhost". Runners are looked up in :data:`TRIGGER_RUNNERS` and output senders in
   :data:`OUTPUT_HANDLERS` by binding type, so queue and blob triggers can be added there.
 - ``AzureWebJobs.<name>.Disabled=true`` disables a function, as in ``local.settings.json``.
+- ``GET /admin/devhost/activity`` (devhost only) counts what the host has done: container
+  scans, queue polls, blob versions found done, invocations started and finished. Tests that
+  must show something did not happen wait on these (see :class:`Activity`) instead of sleeping.
 
 App settings come from ``local.settings.json``'s ``Values`` (see :func:`load_settings`); they
 never override a variable already set in the environment.
@@ -55,6 +58,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -444,6 +448,40 @@ def thread_count(env: Mapping[str, str]) -> int:
     return count
 
 
+ACTIVITY_PATH = "/admin/devhost/activity"
+
+
+@dataclass
+class Activity:
+    """What the host has done so far, for tests that must show something did NOT happen: they
+    wait until the host has done the work that would have made it happen (N more scans or
+    polls, a version found done) instead of sleeping. Served as JSON at :data:`ACTIVITY_PATH`
+    (``/admin`` is reserved for the host, as in the real one; no keys, no names of secrets)."""
+
+    #: Completed listings of each blob trigger's container (every blob listed was looked at).
+    blob_scans: Counter[str] = field(default_factory=Counter)
+    #: Blob versions found already done (their receipt exists), per container: never run again.
+    blob_receipts_found: Counter[str] = field(default_factory=Counter)
+    #: Completed receive calls on each trigger queue (whatever they returned).
+    queue_polls: Counter[str] = field(default_factory=Counter)
+    #: Invocations started and finished (succeeded or failed), per function.
+    started: Counter[str] = field(default_factory=Counter)
+    finished: Counter[str] = field(default_factory=Counter)
+
+    def to_json(self) -> dict[str, Any]:
+        """The counters, plus the invocations still running per function."""
+        running = self.started - self.finished
+        return {
+            "pid": os.getpid(),
+            "blobScans": dict(self.blob_scans),
+            "blobReceiptsFound": dict(self.blob_receipts_found),
+            "queuePolls": dict(self.queue_polls),
+            "started": dict(self.started),
+            "finished": dict(self.finished),
+            "running": sum(running.values()),
+        }
+
+
 class Host:
     """The functions of one app, their trigger runners, output senders and worker thread pool."""
 
@@ -466,12 +504,14 @@ class Host:
         }
         self.bind = bind
         self.port = port
+        self.activity = Activity()
         self.runners: dict[str, TriggerRunner] = {
             kind: make_runner(self) for kind, make_runner in TRIGGER_RUNNERS.items()
         }
         http = self.runners["httpTrigger"]
         assert isinstance(http, HttpRunner)
         self.http = http  # the host's HTTP server: its URL is the host's URL
+        self.http.app.router.add_get(ACTIVITY_PATH, self._activity)
         self.functions: list[FunctionSpec] = []
         self.not_run: list[tuple[str, str]] = []
         self.in_error: list[tuple[str, str]] = []
@@ -522,6 +562,9 @@ class Host:
                 f"bindings without a parameter: {', '.join(sorted(bound - parameters))}"
             )
 
+    async def _activity(self, request: web.Request) -> web.Response:
+        return web.json_response(self.activity.to_json())
+
     async def start(self) -> None:
         for runner in self.runners.values():
             await runner.start()
@@ -561,6 +604,7 @@ class Host:
         log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", spec.name, reason, invocation_id)
         started = time.monotonic()
         loop = asyncio.get_running_loop()
+        self.activity.started[spec.name] += 1
         try:
             if spec.is_async:
                 value = await spec.function(**kwargs)
@@ -576,6 +620,8 @@ class Host:
                 exc_info=exc,
             )
             raise InvocationFailed(spec.name, invocation_id) from exc
+        finally:
+            self.activity.finished[spec.name] += 1
         log.info(
             "Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)",
             spec.name,
@@ -874,6 +920,8 @@ class QueueRunner:
             except Exception as exc:  # storage unreachable: log, back off, keep polling
                 log.warning("queue %s: receive failed: %s", entry.queue, exc)
                 messages = []
+            else:
+                self.host.activity.queue_polls[entry.queue] += 1
             for message in messages:
                 task = asyncio.create_task(self._process(entry, message))
                 in_flight.add(task)
@@ -1036,9 +1084,10 @@ class BlobRunner:
                 blobs = await loop.run_in_executor(None, lambda: list(container.list_blobs()))
             except Exception as exc:
                 log.warning("container %s: listing failed: %s", entry.container, exc)
-                blobs = []
-            for blob in blobs:
-                self._start(entry, blob.name, str(blob.etag))
+            else:
+                for blob in blobs:
+                    self._start(entry, blob.name, str(blob.etag))
+                self.host.activity.blob_scans[entry.container] += 1
             await asyncio.sleep(self.poll)
 
     def _start(self, entry: BlobEntry, name: str, etag: str) -> None:
@@ -1055,6 +1104,7 @@ class BlobRunner:
         receipt = self._receipt(entry, name, etag)
         if await loop.run_in_executor(None, receipt.exists):
             self._tries[key] = -1  # done in an earlier run
+            self.host.activity.blob_receipts_found[entry.container] += 1
             return
         client = entry.service.get_blob_client(entry.container, name)
         try:
