@@ -131,7 +131,13 @@ def signed_host(
     host = start_devhost(env, settings)
     yield host
     host.stop()
-    time.sleep(0.5)  # the reader thread takes the last lines
+    # Every line is read once devhost's last one is (it prints it after everything it logged).
+    deadline = time.monotonic() + 10
+    while "devhost: stopped" not in host.output:
+        assert time.monotonic() < deadline, "devhost's last line never came:\n" + "\n".join(
+            host.output[-20:]
+        )
+        time.sleep(0.05)
     leaks = [line for line in host.output if no_secret_in(line, DEVHOST_SECRET)]
     assert leaks == [], "devhost printed secrets:\n" + "\n".join(leaks)
 
@@ -234,6 +240,32 @@ class Listener:
     port: int
     port6: int | None
     connections: list[str] = field(default_factory=list)
+
+    def settled(self) -> list[str]:
+        """Every connection made before this call, with none still to be recorded.
+
+        A marker connection is made to each listener and waited for (bounded): a listening
+        socket hands out connections first in, first out, so once its marker is recorded,
+        every connection made before it has been recorded too. The markers are left out."""
+        markers: list[str] = []
+        clients: list[socket.socket] = []
+        addresses = [(socket.AF_INET, ("127.0.0.1", self.port))]
+        if self.port6 is not None:
+            addresses.append((socket.AF_INET6, ("::1", self.port6)))
+        try:
+            for family, address in addresses:
+                client = socket.socket(family)
+                clients.append(client)
+                client.connect(address)
+                markers.append(str(client.getsockname()))
+            deadline = time.monotonic() + 10
+            while not set(markers) <= set(self.connections):
+                assert time.monotonic() < deadline, "the listener never saw its marker"
+                time.sleep(0.01)
+        finally:
+            for client in clients:
+                client.close()
+        return [c for c in self.connections if c not in markers]
 
 
 @contextlib.contextmanager
@@ -383,17 +415,15 @@ def test_blob_created_never_requests_a_url_off_the_allow_list(
     url = template.format(trap=trap.port, trap6=trap.port6, ok=allowed_account.port)
     events, ingest, opened = events_for(allowed_account.port)
     outcome = events.handle(event_type, {"api": api_name, "url": url})
-    time.sleep(0.3)  # a connection made by the call has been accepted by now
+    # Not a pause: each listener records a marker connection made now, so any connection the
+    # call made (before it) is on record.
+    trapped, reached = trap.settled(), allowed_account.settled()
     problems = [
         *([] if isinstance(outcome, Refused) else ["the event was accepted"]),
         *([f"a blob client was opened for {opened}"] if opened else []),
         *([f"the ingester was called with {ingest.calls}"] if ingest.calls else []),
-        *([f"the trap listener got {trap.connections}"] if trap.connections else []),
-        *(
-            [f"the allowed listener got {allowed_account.connections}"]
-            if allowed_account.connections
-            else []
-        ),
+        *([f"the trap listener got {trapped}"] if trapped else []),
+        *([f"the allowed listener got {reached}"] if reached else []),
     ]
     assert problems == [], f"{url!r}: " + "; ".join(problems)
     assert any("BlobCreated event refused" in r.getMessage() for r in caplog.records)
@@ -408,11 +438,8 @@ def test_blob_created_on_the_allow_list_is_ingested(
     events, ingest, opened = events_for(allowed_account.port)
     outcome: Any = events.handle(BLOB_CREATED, {"api": "PutBlockList", "url": url})
     assert outcome == "ingested"
-    deadline = time.monotonic() + 5
-    while not allowed_account.connections and time.monotonic() < deadline:
-        time.sleep(0.05)
     assert opened == ingest.calls == [url]
-    assert allowed_account.connections and trap.connections == []
+    assert allowed_account.settled() and trap.settled() == []
 
 
 # -- bearer tokens: https only, except to a loopback emulator ----------------------------------
