@@ -668,8 +668,8 @@ def _wait_until_settled(
     deadline: float,
     progress: Callable[[str], None],
 ) -> None:
-    """Until every sent row is stored or dead-lettered and the queues are empty, then a little
-    longer, so that a late re-send would still be counted."""
+    """Until every sent row is stored or dead-lettered, the queues are empty and the host is
+    quiet (:func:`_quiet`), so that a late re-send would still be counted."""
     expected_good = {s.name: sum(map(len, s.sent.values())) - len(s.bad) for s in senders}
     last = 0.0
     previous, changed = -1, time.monotonic()
@@ -687,13 +687,65 @@ def _wait_until_settled(
             progress(f"{stored:,} rows stored; {waiting:,} messages waiting")
             last = time.monotonic()
         settled = all(counts[n] >= expected_good[n] for n in ids) and waiting == 0
-        if settled and _complete(setup, senders, ids):
-            time.sleep(3)  # a re-send still in flight would land now
+        if settled and _complete(setup, senders, ids) and _quiet(setup, ids, counts, deadline):
+            progress("every row accounted for; the host has scanned and polled again, idle")
             return
         if waiting == 0 and time.monotonic() - changed > 8 and setup.poisoned():
             return  # what is left is in a poison queue, for replay
         time.sleep(1)
     progress("deadline reached before every row was accounted for")
+
+
+def _activity(setup: Rig) -> dict[str, Any] | None:
+    """devhost's activity counters (``/admin/devhost/activity``); None while it is down."""
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        answer: dict[str, Any] = session.get(
+            f"{setup.host_base}/admin/devhost/activity", timeout=10
+        ).json()
+    except (requests.RequestException, ValueError):
+        return None
+    return answer
+
+
+def _quiet(setup: Rig, ids: dict[str, str], counts: dict[str, int], deadline: float) -> bool:
+    """Whether nothing can still add a row, shown by the host doing the work that would start
+    one and starting none (instead of waiting a while and hoping).
+
+    A row can only still come from an invocation that is running, a queue message (visible or
+    leased: the queue's count includes both), a blob version without a receipt, or a POST the
+    emulator has not finished. So: nothing running; then the host lists the ingest container
+    twice more and polls the rows queue twice more (at least one full look that began after
+    this point), and in that time starts no invocation, the queue stays empty, the emulator has
+    no POST pending and no table's row count moved. False (and the caller looks again) when
+    anything moved or the host restarted meanwhile."""
+    container, queue = setup.env["INGEST_CONTAINER"], setup.env["ROWS_QUEUE"]
+    before = _activity(setup)
+    if before is None or before["running"]:
+        return False
+
+    def looked_again(now: dict[str, Any]) -> bool:
+        scans = int(now["blobScans"].get(container, 0)) - int(before["blobScans"].get(container, 0))
+        polls = int(now["queuePolls"].get(queue, 0)) - int(before["queuePolls"].get(queue, 0))
+        return scans >= 2 and polls >= 2
+
+    after = before
+    while not looked_again(after):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+        found = _activity(setup)
+        if found is None or found["pid"] != before["pid"]:
+            return False
+        after = found
+    if after["started"] != before["started"] or after["running"] or setup.waiting():
+        return False
+    for name, dataset_id in ids.items():
+        state = setup.api.state(dataset_id)
+        if state["usage"]["pending"] or int(state["tables"][0]["rows"]) != counts[name]:
+            return False
+    return True
 
 
 def _dataset_of(letter: dict[str, Any]) -> str | None:
