@@ -604,7 +604,7 @@ class Host:
         log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", spec.name, reason, invocation_id)
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        self.activity.started[spec.name] += 1
+        self.activity.started[spec.name] += 1  # after its line: a log reader can catch up to it
         try:
             if spec.is_async:
                 value = await spec.function(**kwargs)
@@ -619,15 +619,15 @@ class Host:
                 (time.monotonic() - started) * 1000,
                 exc_info=exc,
             )
+            self.activity.finished[spec.name] += 1  # counted after its line is logged
             raise InvocationFailed(spec.name, invocation_id) from exc
-        finally:
-            self.activity.finished[spec.name] += 1
         log.info(
             "Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)",
             spec.name,
             invocation_id,
             (time.monotonic() - started) * 1000,
         )
+        self.activity.finished[spec.name] += 1
         return Invocation(invocation_id, value, outs)
 
     def _run(self, spec: FunctionSpec, kwargs: dict[str, Any], outs: dict[str, OutValue]) -> Any:

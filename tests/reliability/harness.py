@@ -246,13 +246,28 @@ class Rig:
         """SIGKILL devhost: no clean-up, no answer to what it was doing. Returns the
         invocations that were running, by function."""
         assert self.host is not None
+        seen = _activity(self)  # what the host had started and finished, just before
         os.kill(self.host.process.pid, signal.SIGKILL)
         self.host.process.wait()
-        time.sleep(0.2)  # the output reader's last lines
+        if seen is not None:  # the output reader has caught up with that much of the log
+            until = time.monotonic() + 10
+            while time.monotonic() < until and not self._log_reached(seen):
+                time.sleep(0.01)
         hit = self.in_flight()
         self.crashes += 1
         self.crash_hits.append(dict(hit))
         return dict(hit)
+
+    def _log_reached(self, seen: dict[str, Any]) -> bool:
+        """Whether the host's output read so far holds at least the Executing and Executed
+        lines of the invocations ``seen`` counted (each is logged before it is counted)."""
+        assert self.host is not None
+        lines = list(self.host.output)
+        executing = sum(1 for line in lines if _EXECUTING.search(line))
+        executed = sum(1 for line in lines if _EXECUTED.search(line))
+        return executing >= sum(seen["started"].values()) and executed >= sum(
+            seen["finished"].values()
+        )
 
     def in_flight(self) -> Counter[str]:
         """Invocations devhost has started and not finished, by function (from its log)."""
