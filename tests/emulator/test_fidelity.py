@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -283,3 +284,14 @@ def test_the_sequence_numbers_route_is_not_served(api: Api) -> None:
         api, "GET", f"{api.prefix(None)}/datasets/{dataset_id}/tables/T/sequenceNumbers"
     )
     assert_error(response, 404, "NotFound")
+
+
+def test_empty_segments_keep_an_encoded_table_name(api: Api) -> None:
+    """The path is collapsed as sent, so a table name with a space, ``#`` or a non-ASCII
+    letter (percent-encoded) still names its table."""
+    name = "Sales #1 é"
+    dataset_id = create(api, None, tables=[spelled_table(name)])["id"]
+    url = f"{api.prefix(None)}//datasets/{dataset_id}/tables/{quote(name)}//rows"
+    response = call(api, "POST", url, json={"rows": [{"c0": 1}]})
+    assert_conforms(op("PostRows", None), 200, response)
+    assert api.state(dataset_id)["tables"][0]["rows"] == 1
