@@ -256,9 +256,12 @@ class DatasetDefinition:
 
 
 def load_definitions(directory: Path) -> dict[str, DatasetDefinition]:
-    """Every ``*.json`` definition in ``directory``, by dataset name."""
+    """Every ``*.json`` definition in ``directory``, by dataset name (not the ingest profiles,
+    ``*.profile.json``, that may stand beside them: see :mod:`shared.engine.profile`)."""
     definitions: dict[str, DatasetDefinition] = {}
     for path in sorted(directory.glob("*.json")):
+        if path.name.endswith(".profile.json"):
+            continue
         try:
             body = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
