@@ -27,6 +27,7 @@ from typing import Any
 from shared import limits
 from shared.contracts import PushResult, Target
 from shared.engine.ingest import Ingestor, Part, PushIncomplete
+from shared.engine.retry import Deadline, earliest
 from shared.errors import TransientError
 
 
@@ -36,7 +37,7 @@ class _Buffer:
     last_arrival: float
     full: asyncio.Event = field(default_factory=asyncio.Event)
     parts: list[Part] = field(default_factory=list)
-    deadlines: list[float] = field(default_factory=list)
+    deadlines: list[Deadline] = field(default_factory=list)
     rows: int = 0
     results: asyncio.Future[list[PushResult]] | None = None
 
@@ -68,12 +69,13 @@ class Coalescer:
         rows: Sequence[Any],
         *,
         source: str | None = None,
-        deadline: float | None = None,
+        deadline: Deadline | None = None,
     ) -> PushResult:
         """Deliver ``rows`` together with whatever else is waiting for the same table.
 
         Returns this caller's result; raises :class:`PushIncomplete` when its rows were not all
-        delivered (a transient failure), so the caller can have them redelivered.
+        delivered (a transient failure), so the caller can have them redelivered. The shared
+        delivery keeps to the earliest ``deadline`` of the callers in it.
         """
         key = (target.workspace or self.ingestor.default_workspace, target.dataset, target.table)
         buffer = self._open.get(key)
@@ -122,7 +124,7 @@ class Coalescer:
             delivered = await asyncio.get_running_loop().run_in_executor(
                 None,
                 lambda: self.ingestor.push_parts(
-                    target, buffer.parts, deadline=min(buffer.deadlines, default=None)
+                    target, buffer.parts, deadline=earliest(buffer.deadlines)
                 ),
             )
         except BaseException as error:  # every waiting invocation must learn of it
