@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,12 @@ from shared.contracts import PushResult, Target
 from shared.engine.ingest import Ingestor, Part, PushIncomplete
 from shared.engine.retry import Deadline, earliest
 from shared.errors import TransientError
+
+
+async def wait_for_event(event: asyncio.Event, seconds: float) -> None:
+    """Return when ``event`` is set or ``seconds`` have passed, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
 
 
 @dataclass
@@ -53,12 +59,16 @@ class Coalescer:
         max_wait: float = 5.0,
         max_rows: int = limits.MAX_ROWS_PER_POST,
         clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[asyncio.Event, float], Awaitable[None]] = wait_for_event,
     ) -> None:
+        """``clock`` and ``wait`` (:func:`wait_for_event` on that clock) are injected so that
+        tests can run the linger and max-wait rules on a virtual clock."""
         self.ingestor = ingestor
         self.linger = linger
         self.max_wait = max_wait
         self.max_rows = max_rows
         self._clock = clock
+        self._wait = wait
         self._open: dict[tuple[str | None, str, str], _Buffer] = {}
         #: Number of shared deliveries made, for logs and tests.
         self.flushes = 0
@@ -118,8 +128,7 @@ class Coalescer:
                 left = buffer.opened + self.max_wait - now
                 if quiet <= 0 or left <= 0:
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(buffer.full.wait(), min(quiet, left))
+                await self._wait(buffer.full, min(quiet, left))
             self._close(key, buffer)
             delivered = await asyncio.get_running_loop().run_in_executor(
                 None,
