@@ -54,8 +54,8 @@ attempt fails retryably:
 In general a batch never takes more than ``A`` POSTs, so a delivery that acknowledged ``k``
 batches made at most ``(k + 1) x A``. (A 400 that names rows is not a retry: the rows named are
 dead-lettered and the rest sent as a new, smaller batch with its own ``A`` attempts; with a local
-schema, rows the service would refuse are caught before sending.) ``tests/unit/engine/
-test_retry.py`` drives these worst cases and counts the POSTs.
+schema, rows the service would refuse are caught before sending.)
+``tests/unit/test_retry_worst_case.py`` drives these worst cases and counts the POSTs.
 """
 
 from __future__ import annotations
