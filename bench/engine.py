@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -39,20 +38,23 @@ class NullPowerBI:
         self.posts = 0
         self.bytes = 0
 
-    @contextmanager
-    def within(self, deadline: float | None, clock: Any = None) -> Iterator[None]:
-        yield  # nothing here can fail or retry
-
-    def get_datasets(self, workspace: str | None = None) -> list[dict[str, Any]]:
+    def get_datasets(
+        self, workspace: str | None = None, deadline: Any = None
+    ) -> list[dict[str, Any]]:
         return []
 
     def create_dataset(
-        self, definition: dict[str, Any], workspace: str | None = None, retention: str | None = None
+        self, definition: dict[str, Any], workspace: str | None = None, deadline: Any = None
     ) -> dict[str, Any]:
         return {"id": "00000000-0000-0000-0000-00000000bench", "name": definition["name"]}
 
     def post_rows(
-        self, dataset_id: str, table: str, body: bytes, workspace: str | None = None
+        self,
+        dataset_id: str,
+        table: str,
+        body: bytes,
+        workspace: str | None = None,
+        deadline: Any = None,
     ) -> None:
         self.posts += 1
         self.bytes += len(body)

@@ -20,6 +20,7 @@ from shared.destinations.powerbi import DEFAULT_TIMEOUT, PowerBIClient
 from shared.engine.coalesce import Coalescer
 from shared.engine.governor import Governor, Quotas
 from shared.engine.ingest import Ingestor
+from shared.engine.retry import RetryPolicy
 from shared.engine.schema import load_definitions
 from shared.errors import ConfigError
 from shared.settings import Settings
@@ -57,10 +58,13 @@ def build_ingestor(
 ) -> Ingestor:
     """An ingestor wired from ``settings`` (``env`` supplies the storage connection)."""
     env = os.environ if env is None else env
+    # One policy for every in-process retry: the client's lookups and the ingestor's Add Rows.
+    retry = RetryPolicy(max_retry_after=settings.max_retry_after)
     client = PowerBIClient(
         settings.api_root,
         make_token_provider(settings),
         timeout=(DEFAULT_TIMEOUT[0], settings.request_timeout),
+        retry=retry,
     )
     store = (
         BlobDeadLetterStore.from_settings(
@@ -74,6 +78,7 @@ def build_ingestor(
         definitions=load_definitions(settings.datasets_dir),
         governor=Governor(Quotas(time_scale=settings.quota_time_scale)),
         dead_letters=store,
+        retry=retry,
         default_workspace=settings.workspace_id or settings.workspace_name,
     )
 

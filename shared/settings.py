@@ -105,6 +105,7 @@ class Settings:
     workspace_name: str | None
     datasets_dir: Path
     request_timeout: float
+    max_retry_after: float
     quota_time_scale: float
     deadletter_connection: str
     deadletter_container: str
@@ -196,6 +197,9 @@ class Settings:
                 get("DATASETS_DIR") or Path(__file__).resolve().parents[1] / "datasets"
             ),
             request_timeout=_positive(get, "POWERBI_TIMEOUT_SECONDS", 30.0),
+            # The longest Retry-After waited out in process; why 300 s: DEFAULT_MAX_RETRY_AFTER
+            # in shared/engine/retry.py (not imported: settings import nothing of the engine).
+            max_retry_after=_positive(get, "POWERBI_MAX_RETRY_AFTER_SECONDS", 300.0),
             quota_time_scale=_positive(get, "POWERBI_QUOTA_TIME_SCALE", 1.0),
             deadletter_connection=get("DEADLETTER_CONNECTION") or "AzureWebJobsStorage",
             deadletter_container=get("DEADLETTER_CONTAINER") or "deadletter",

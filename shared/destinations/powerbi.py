@@ -1,11 +1,13 @@
 """A client for Power BI's push-dataset operations, with errors translated in one place.
 
-One pooled ``requests.Session`` per client, explicit timeouts, the bearer token from a
-:class:`~shared.destinations.auth.TokenProvider` (dropped and fetched again once when the
-service says it expired), and every HTTP status or transport failure mapped by
-:func:`translate` into the bundle's error hierarchy (``shared.errors``). Idempotent calls are
-retried by the :class:`~shared.engine.retry.RetryPolicy`; Add Rows is sent once per call,
-because only its caller knows whether a re-send is safe (see ``retry``).
+One pooled ``requests.Session`` per client, explicit timeouts (cut to what is left of the
+caller's :class:`~shared.engine.retry.Deadline`), the bearer token from a
+:class:`~shared.destinations.auth.TokenProvider` (dropped when the service says it expired, so
+that the retry policy's one re-send fetches a new one), and every HTTP status or transport
+failure mapped by :func:`translate` into the bundle's error hierarchy (``shared.errors``).
+Idempotent calls are retried by the :class:`~shared.engine.retry.RetryPolicy`; Add Rows is sent
+once per call, because only its caller knows whether a re-send is safe: the ingestor runs it
+through the same policy (see ``retry``).
 
 Endpoints: https://learn.microsoft.com/en-us/rest/api/power-bi/push-datasets
 """
@@ -14,17 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+import math
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
 from shared.destinations.auth import TokenProvider, check_token_destination
-from shared.engine.retry import RetryPolicy, parse_retry_after
+from shared.engine.retry import TOKEN_EXPIRED, Deadline, RetryPolicy, parse_retry_after
 from shared.errors import (
     AuthError,
     ConfigError,
@@ -75,8 +74,14 @@ def translate(
         text += " — " + "; ".join(details[:5])
     kwargs: dict[str, Any] = {"status": status, "code": code, "request_id": request_id}
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    if status == 429 or status == 503:
+    if status == 429:
         return TransientError(text, retry_after=retry_after, maybe_delivered=False, **kwargs)
+    if status == 503:
+        # A 503 with Retry-After is the service refusing the request (throttled, or down for a
+        # while); without one it may come from a front end after the request was processed.
+        return TransientError(
+            text, retry_after=retry_after, maybe_delivered=retry_after is None, **kwargs
+        )
     if status >= 500 or status == 408:
         return TransientError(text, retry_after=retry_after, maybe_delivered=True, **kwargs)
     if status in (401, 403):
@@ -118,21 +123,14 @@ def _error_body(response: requests.Response) -> tuple[str | None, str, list[str]
 
 
 def _auth_hint(status: int, code: str | None) -> str:
-    if code == "TokenExpired":
-        return " (the token expired and a fresh one was refused too)"
+    if code == TOKEN_EXPIRED:
+        return " (the token had expired; it is dropped, and a fresh one is fetched next)"
     if status == 401:
         return (
             " (is 'Service principals can use Fabric APIs' enabled for this identity in the "
             "tenant settings?)"
         )
     return " (is the identity a Member or Contributor of the workspace?)"
-
-
-#: The deadline (and its clock) that retries of the calls made in this context must respect:
-#: set by :meth:`PowerBIClient.within` around work done for a trigger with a time budget.
-_DEADLINE: ContextVar[tuple[float, Callable[[], float]] | None] = ContextVar(
-    "powerbi_deadline", default=None
-)
 
 
 class PowerBIClient:
@@ -157,29 +155,16 @@ class PowerBIClient:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    @contextmanager
-    def within(
-        self, deadline: float | None, clock: Callable[[], float] = time.monotonic
-    ) -> Iterator[None]:
-        """Calls made inside the block retry only while a retry can end before ``deadline``
-        (a ``clock()`` value); without one, only the retry policy's attempts bound them."""
-        token = _DEADLINE.set(None if deadline is None else (deadline, clock))
-        try:
-            yield
-        finally:
-            _DEADLINE.reset(token)
-
     def url(self, path: str, workspace: str | None = None) -> str:
         group = f"/groups/{quote(workspace, safe='')}" if workspace else ""
         return f"{self.api_root}/v1.0/myorg{group}{path}"
 
-    def _timeout(self) -> tuple[float, float]:
-        """The request timeouts, shortened to what is left before a :meth:`within` deadline
-        (at least 1 s, so that a call made at the last moment can still complete)."""
-        bound = _DEADLINE.get()
-        if bound is None:
+    def _timeout(self, deadline: Deadline | None) -> tuple[float, float]:
+        """The request timeouts, shortened to what is left before ``deadline`` (at least 1 s,
+        so that a call made at the last moment can still complete)."""
+        if deadline is None:
             return self.timeout
-        left = max(1.0, bound[0] - bound[1]())
+        left = max(1.0, deadline.left())
         return (min(self.timeout[0], left), min(self.timeout[1], left))
 
     def _send_once(
@@ -190,27 +175,31 @@ class PowerBIClient:
         *,
         body: bytes | None = None,
         params: dict[str, Any] | None = None,
+        deadline: Deadline | None = None,
     ) -> requests.Response:
-        """One exchange; a 401/403 TokenExpired drops the token and retries exactly once."""
-        for attempt in (1, 2):
-            headers = {"Authorization": f"Bearer {self.tokens.token()}"}
-            if body is not None:
-                headers["Content-Type"] = "application/json; charset=utf-8"
-            try:
-                response = self.session.request(
-                    method, url, data=body, params=params, headers=headers, timeout=self._timeout()
-                )
-            except requests.RequestException as exc:
-                raise translate(exc, what) from exc
-            if response.ok:
-                return response
-            error = translate(response, what)
-            if attempt == 1 and response.status_code in (401, 403) and error.code == "TokenExpired":
-                log.info("%s: token expired; fetching a new one", what)
-                self.tokens.invalidate()
-                continue
-            raise error
-        raise AssertionError("unreachable")
+        """One exchange. A 401/403 TokenExpired drops the cached token before it is raised:
+        the retry policy sends the call once more, with a fresh token."""
+        headers = {"Authorization": f"Bearer {self.tokens.token()}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json; charset=utf-8"
+        try:
+            response = self.session.request(
+                method,
+                url,
+                data=body,
+                params=params,
+                headers=headers,
+                timeout=self._timeout(deadline),
+            )
+        except requests.RequestException as exc:
+            raise translate(exc, what) from exc
+        if response.ok:
+            return response
+        error = translate(response, what)
+        if response.status_code in (401, 403) and error.code == TOKEN_EXPIRED:
+            log.info("%s: token expired; it is dropped and a new one fetched", what)
+            self.tokens.invalidate()
+        raise error
 
     def _call(
         self,
@@ -222,15 +211,14 @@ class PowerBIClient:
         payload: Any = None,
         params: dict[str, Any] | None = None,
         idempotent: bool = True,
+        deadline: Deadline | None = None,
     ) -> Any:
         url = self.url(path, workspace)
         body = None if payload is None else json.dumps(payload).encode("utf-8")
-        bound = _DEADLINE.get()
         response = self.retry.run(
-            lambda: self._send_once(method, url, what, body=body, params=params),
+            lambda: self._send_once(method, url, what, body=body, params=params, deadline=deadline),
             idempotent=idempotent,
-            deadline=None if bound is None else bound[0],
-            clock=time.monotonic if bound is None else bound[1],
+            deadline=deadline,
             on_retry=lambda error, wait: log.warning(
                 "%s: %s; retrying in %.1f s", what, error, wait
             ),
@@ -245,24 +233,38 @@ class PowerBIClient:
     # -- operations -----------------------------------------------------------------------
 
     def ping(self) -> None:
-        """One quick authenticated call (Get Groups, top 1), not retried: for health checks."""
-        self._send_once("GET", self.url("/groups"), "reach Power BI", params={"$top": 1})
+        """One quick authenticated call (Get Groups, top 1), for health checks: not retried,
+        except the policy's one re-send after an expired token (a deadline already passed
+        allows no wait)."""
+        url = self.url("/groups")
+        self.retry.run(
+            lambda: self._send_once("GET", url, "reach Power BI", params={"$top": 1}),
+            idempotent=True,
+            deadline=Deadline(-math.inf),
+        )
 
-    def get_groups(self, filter: str | None = None, top: int | None = None) -> list[dict[str, Any]]:
+    def get_groups(
+        self,
+        filter: str | None = None,
+        top: int | None = None,
+        *,
+        deadline: Deadline | None = None,
+    ) -> list[dict[str, Any]]:
         """Workspaces the identity can see (Get Groups)."""
         params: dict[str, Any] = {}
         if filter:
             params["$filter"] = filter
         if top is not None:
             params["$top"] = top
-        body = self._call("GET", "/groups", "list workspaces", params=params)
+        body = self._call("GET", "/groups", "list workspaces", params=params, deadline=deadline)
         return list(body.get("value", []))
 
-    def group_id(self, name: str) -> str:
+    def group_id(self, name: str, *, deadline: Deadline | None = None) -> str:
         """The id of the workspace called ``name``, looked up once and cached."""
         if name not in self._group_ids:
             escaped = name.replace("'", "''")
-            groups = [g for g in self.get_groups(f"name eq '{escaped}'") if g.get("name") == name]
+            found = self.get_groups(f"name eq '{escaped}'", deadline=deadline)
+            groups = [g for g in found if g.get("name") == name]
             if not groups:
                 raise NotFoundError(f"no workspace named {name!r} is visible to this identity")
             if len(groups) > 1:
@@ -272,8 +274,13 @@ class PowerBIClient:
             self._group_ids[name] = str(groups[0]["id"])
         return self._group_ids[name]
 
-    def get_datasets(self, workspace: str | None = None) -> list[dict[str, Any]]:
-        body = self._call("GET", "/datasets", "list datasets", workspace=workspace)
+    def get_datasets(
+        self, workspace: str | None = None, *, deadline: Deadline | None = None
+    ) -> list[dict[str, Any]]:
+        """The datasets of a workspace (Get Datasets)."""
+        body = self._call(
+            "GET", "/datasets", "list datasets", workspace=workspace, deadline=deadline
+        )
         return list(body.get("value", []))
 
     def get_dataset(self, dataset_id: str, workspace: str | None = None) -> dict[str, Any]:
@@ -288,6 +295,8 @@ class PowerBIClient:
         definition: dict[str, Any],
         workspace: str | None = None,
         retention: str | None = None,
+        *,
+        deadline: Deadline | None = None,
     ) -> dict[str, Any]:
         """Create a push dataset. Not retried after an ambiguous failure: it could duplicate."""
         params = {"defaultRetentionPolicy": retention} if retention else None
@@ -299,6 +308,7 @@ class PowerBIClient:
             payload=definition,
             params=params,
             idempotent=False,
+            deadline=deadline,
         )
         return body
 
@@ -306,27 +316,53 @@ class PowerBIClient:
         path = f"/datasets/{quote(dataset_id, safe='')}"
         self._call("DELETE", path, f"delete dataset {dataset_id}", workspace=workspace)
 
-    def get_tables(self, dataset_id: str, workspace: str | None = None) -> list[dict[str, Any]]:
+    def get_tables(
+        self, dataset_id: str, workspace: str | None = None, *, deadline: Deadline | None = None
+    ) -> list[dict[str, Any]]:
+        """A dataset's tables (Get Tables)."""
         path = f"/datasets/{quote(dataset_id, safe='')}/tables"
-        body = self._call("GET", path, f"list tables of {dataset_id}", workspace=workspace)
+        body = self._call(
+            "GET", path, f"list tables of {dataset_id}", workspace=workspace, deadline=deadline
+        )
         return list(body.get("value", []))
 
     def put_table(
-        self, dataset_id: str, table: dict[str, Any], workspace: str | None = None
+        self,
+        dataset_id: str,
+        table: dict[str, Any],
+        workspace: str | None = None,
+        *,
+        deadline: Deadline | None = None,
     ) -> dict[str, Any]:
+        """Replace a table's schema (Put Table)."""
         path = f"/datasets/{quote(dataset_id, safe='')}/tables/{quote(table['name'], safe='')}"
         body: dict[str, Any] = self._call(
-            "PUT", path, f"update table {table['name']!r}", workspace=workspace, payload=table
+            "PUT",
+            path,
+            f"update table {table['name']!r}",
+            workspace=workspace,
+            payload=table,
+            deadline=deadline,
         )
         return body
 
     def post_rows(
-        self, dataset_id: str, table: str, body: bytes, workspace: str | None = None
+        self,
+        dataset_id: str,
+        table: str,
+        body: bytes,
+        workspace: str | None = None,
+        *,
+        deadline: Deadline | None = None,
     ) -> None:
         """Add Rows with a ready-made body, sent once (see the module docstring)."""
         path = f"/datasets/{quote(dataset_id, safe='')}/tables/{quote(table, safe='')}/rows"
         self._send_once(
-            "POST", self.url(path, workspace), f"add rows to {table!r} of {dataset_id}", body=body
+            "POST",
+            self.url(path, workspace),
+            f"add rows to {table!r} of {dataset_id}",
+            body=body,
+            deadline=deadline,
         )
 
     def delete_rows(self, dataset_id: str, table: str, workspace: str | None = None) -> None:

@@ -20,14 +20,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared import limits
 from shared.contracts import PushResult, Target
 from shared.engine.ingest import Ingestor, Part, PushIncomplete
+from shared.engine.retry import Deadline, earliest
 from shared.errors import TransientError
+
+
+async def wait_for_event(event: asyncio.Event, seconds: float) -> None:
+    """Return when ``event`` is set or ``seconds`` have passed, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
 
 
 @dataclass
@@ -36,7 +43,7 @@ class _Buffer:
     last_arrival: float
     full: asyncio.Event = field(default_factory=asyncio.Event)
     parts: list[Part] = field(default_factory=list)
-    deadlines: list[float] = field(default_factory=list)
+    deadlines: list[Deadline] = field(default_factory=list)
     rows: int = 0
     results: asyncio.Future[list[PushResult]] | None = None
 
@@ -52,12 +59,16 @@ class Coalescer:
         max_wait: float = 5.0,
         max_rows: int = limits.MAX_ROWS_PER_POST,
         clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[asyncio.Event, float], Awaitable[None]] = wait_for_event,
     ) -> None:
+        """``clock`` and ``wait`` (:func:`wait_for_event` on that clock) are injected so that
+        tests can run the linger and max-wait rules on a virtual clock."""
         self.ingestor = ingestor
         self.linger = linger
         self.max_wait = max_wait
         self.max_rows = max_rows
         self._clock = clock
+        self._wait = wait
         self._open: dict[tuple[str | None, str, str], _Buffer] = {}
         #: Number of shared deliveries made, for logs and tests.
         self.flushes = 0
@@ -68,12 +79,13 @@ class Coalescer:
         rows: Sequence[Any],
         *,
         source: str | None = None,
-        deadline: float | None = None,
+        deadline: Deadline | None = None,
     ) -> PushResult:
         """Deliver ``rows`` together with whatever else is waiting for the same table.
 
         Returns this caller's result; raises :class:`PushIncomplete` when its rows were not all
-        delivered (a transient failure), so the caller can have them redelivered.
+        delivered (a transient failure), so the caller can have them redelivered. The shared
+        delivery keeps to the earliest ``deadline`` of the callers in it.
         """
         key = (target.workspace or self.ingestor.default_workspace, target.dataset, target.table)
         buffer = self._open.get(key)
@@ -116,13 +128,12 @@ class Coalescer:
                 left = buffer.opened + self.max_wait - now
                 if quiet <= 0 or left <= 0:
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(buffer.full.wait(), min(quiet, left))
+                await self._wait(buffer.full, min(quiet, left))
             self._close(key, buffer)
             delivered = await asyncio.get_running_loop().run_in_executor(
                 None,
                 lambda: self.ingestor.push_parts(
-                    target, buffer.parts, deadline=min(buffer.deadlines, default=None)
+                    target, buffer.parts, deadline=earliest(buffer.deadlines)
                 ),
             )
         except BaseException as error:  # every waiting invocation must learn of it

@@ -10,51 +10,68 @@ model the engine validates and paces for.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any, Protocol
+
+from shared.engine.retry import Deadline
 
 
 class Destination(Protocol):
-    """A push-dataset service: workspaces, datasets, tables, and Add Rows."""
+    """A push-dataset service: workspaces, datasets, tables, and Add Rows.
 
-    def within(
-        self, deadline: float | None, clock: Callable[[], float] = ...
-    ) -> AbstractContextManager[None]:
-        """Calls made inside the block retry only while a retry can end before ``deadline``."""
-        ...
+    ``deadline`` (the trigger's time budget) bounds a call's retries and its request timeouts.
+    """
 
     def ping(self) -> None:
         """One quick authenticated call, not retried (health checks)."""
         ...
 
-    def group_id(self, name: str) -> str:
+    def group_id(self, name: str, *, deadline: Deadline | None = None) -> str:
         """The id of the workspace called ``name``."""
         ...
 
-    def get_datasets(self, workspace: str | None = None) -> list[dict[str, Any]]:
+    def get_datasets(
+        self, workspace: str | None = None, *, deadline: Deadline | None = None
+    ) -> list[dict[str, Any]]:
         """The datasets of a workspace (``None``: the default one), each with ``id`` and
         ``name``."""
         ...
 
     def create_dataset(
-        self, definition: dict[str, Any], workspace: str | None = None
+        self,
+        definition: dict[str, Any],
+        workspace: str | None = None,
+        *,
+        deadline: Deadline | None = None,
     ) -> dict[str, Any]:
         """Create a dataset from its definition; the answer carries its ``id``."""
         ...
 
-    def get_tables(self, dataset_id: str, workspace: str | None = None) -> list[dict[str, Any]]:
+    def get_tables(
+        self, dataset_id: str, workspace: str | None = None, *, deadline: Deadline | None = None
+    ) -> list[dict[str, Any]]:
         """A dataset's tables, each with ``name`` and ``columns``."""
         ...
 
     def put_table(
-        self, dataset_id: str, table: dict[str, Any], workspace: str | None = None
+        self,
+        dataset_id: str,
+        table: dict[str, Any],
+        workspace: str | None = None,
+        *,
+        deadline: Deadline | None = None,
     ) -> dict[str, Any]:
         """Replace a table's schema (used only to add columns)."""
         ...
 
     def post_rows(
-        self, dataset_id: str, table: str, body: bytes, workspace: str | None = None
+        self,
+        dataset_id: str,
+        table: str,
+        body: bytes,
+        workspace: str | None = None,
+        *,
+        deadline: Deadline | None = None,
     ) -> None:
-        """Send one ready-made ``{"rows": [...]}`` body, once."""
+        """Send one ready-made ``{"rows": [...]}`` body, once. An expired token is dropped
+        before the error is raised, so that the retry policy's one re-send gets a fresh one."""
         ...

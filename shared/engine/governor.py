@@ -9,6 +9,11 @@ fits every window, and a 429's ``Retry-After`` pauses every caller of that datas
 
 Windows are rolling (stricter than fixed ones). The clock and the sleep are injected, so tests
 run on a fake clock with no real waiting.
+
+The governor decides nothing about retries: :class:`~shared.engine.retry.RetryPolicy` does, and
+hands a service's ``Retry-After`` to :meth:`Governor.pause`; the governor only makes callers
+wait for their turn, never past their :class:`~shared.engine.retry.Deadline`, and never for a
+service pause longer than the policy's cap (``max_pause``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from shared import limits
+from shared.engine.retry import Deadline
 from shared.errors import TransientError
 
 
@@ -103,12 +109,20 @@ class Governor:
         return max(0.0, *waits)
 
     @contextmanager
-    def slot(self, dataset: str, rows: int, deadline: float | None = None) -> Iterator[float]:
+    def slot(
+        self,
+        dataset: str,
+        rows: int,
+        deadline: Deadline | None = None,
+        *,
+        max_pause: float | None = None,
+    ) -> Iterator[float]:
         """Hold one of the dataset's POST slots for the body of the ``with`` block, which is
         given the seconds it waited for the slot.
 
         Waits (sleeping on the injected clock) until the POST fits; raises
-        :class:`TransientError` with ``retry_after`` when that would pass ``deadline``. The
+        :class:`TransientError` with ``retry_after`` when that would pass ``deadline``, or when
+        the service's pause (:meth:`pause`) has more than ``max_pause`` seconds to run. The
         POST is counted when the slot is taken and stamped again when it is released (see
         :meth:`_restamp`), whatever its outcome, because the service counts requests, not
         successes.
@@ -126,17 +140,23 @@ class Governor:
                     pace.rows.append((now, rows))
                     pace.rows_in_hour += rows
                     break
+                paused = pace.paused_until - now
+                if max_pause is not None and paused > max_pause:
+                    raise TransientError(
+                        f"dataset {dataset}: Power BI asked to wait {paused:.0f} s, longer than "
+                        f"{max_pause:.0f} s (POWERBI_MAX_RETRY_AFTER_SECONDS)",
+                        retry_after=paused,
+                    )
                 if wait <= 0:
                     # Only the pending limit is in the way: wait for a slot to be released.
-                    if deadline is not None and now >= deadline:
+                    if deadline is not None and deadline.left() <= 0:
                         raise TransientError(
                             f"dataset {dataset}: {self.quotas.max_pending} POSTs already pending",
                             retry_after=1.0,
                         )
-                    timeout = None if deadline is None else deadline - now
-                    self._freed.wait(timeout)
+                    self._freed.wait(None if deadline is None else deadline.left())
                     continue
-            if deadline is not None and now + wait > deadline:
+            if deadline is not None and not deadline.allows(wait):
                 raise TransientError(
                     f"dataset {dataset}: its quota frees up in {wait:.1f} s, after the deadline",
                     retry_after=wait,

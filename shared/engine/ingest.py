@@ -7,11 +7,18 @@ bodies, paces them through the :class:`~shared.engine.governor.Governor`, sends 
 dead-letters what cannot be delivered. It returns a :class:`~shared.contracts.PushResult`; it
 raises only :class:`PushIncomplete` (transient: the caller should redeliver the rows not sent).
 
-Add Rows is not idempotent. A batch is re-sent in place only when the failure proves it was not
-stored (never sent, 429, 503). After an ambiguous failure (a timeout, a lost answer, a 500) its
-rows are counted as ``unconfirmed`` and delivery stops: re-sending is the caller's decision
-(the queue host redelivers; a blob resumes from its checkpoint), and the caller knows those rows
-may arrive twice.
+Add Rows is not idempotent. Each batch is sent through the one
+:class:`~shared.engine.retry.RetryPolicy`, which re-sends it in place only when the failure
+proves it was not stored (never sent, 429, 503 with Retry-After, an expired token), or after a
+404 once the dataset was looked up again (deleted or recreated out of band: the cached id is
+forgotten, the target resolved again by the name the caller gave, created from its definition if
+it is gone, and the same batch sent once more). After an ambiguous failure (a timeout, a lost
+answer, a 500) its rows are counted as ``unconfirmed`` and delivery stops: re-sending is the
+caller's decision (the queue host redelivers; a blob resumes from its checkpoint), and the caller
+knows those rows may arrive twice.
+
+The time budget is a :class:`~shared.engine.retry.Deadline` passed as an argument, from
+:meth:`Ingestor.push` down to the governor, the policy and the client.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from shared.contracts import PushResult, Target, Unreadable
 from shared.engine.batching import Batch, pack
 from shared.engine.destination import Destination
 from shared.engine.governor import Governor
-from shared.engine.retry import REFUSED_STATUSES, RetryPolicy
+from shared.engine.retry import Deadline, RetryPolicy, stored_nothing
 from shared.engine.schema import (
     Column,
     DatasetDefinition,
@@ -131,17 +138,17 @@ class Ingestor:
 
     # -- resolution -------------------------------------------------------------------------
 
-    def resolve(self, target: Target, deadline: float | None = None) -> _Resolved:
+    def resolve(self, target: Target, deadline: Deadline | None = None) -> _Resolved:
         """Find (or create) the target's dataset once per process; check the table exists.
 
-        With ``deadline`` (a value of the ingestor's clock), neither the wait for another
-        caller's lookup nor the lookup's own retries go past it: a TransientError instead.
+        With ``deadline``, neither the wait for another caller's lookup nor the lookup's own
+        retries go past it: a TransientError instead.
         """
         workspace = target.workspace or self.default_workspace
         key = (workspace, target.dataset)
         resolved = self._resolved.get(key)
         if resolved is None:
-            timeout = -1.0 if deadline is None else max(0.0, deadline - self._clock())
+            timeout = -1.0 if deadline is None else max(0.0, deadline.left())
             # One lookup (and one creation) at a time, however many invocations race for it.
             if not self._resolve_lock.acquire(timeout=timeout):
                 raise TransientError(
@@ -152,8 +159,7 @@ class Ingestor:
             try:
                 resolved = self._resolved.get(key)
                 if resolved is None:
-                    with self.client.within(deadline, self._clock):
-                        resolved = self._resolve(workspace, target.dataset)
+                    resolved = self._resolve(workspace, target.dataset, deadline)
                     self._resolved[key] = resolved
             finally:
                 self._resolve_lock.release()
@@ -172,21 +178,30 @@ class Ingestor:
         first_table = next(iter(definition.tables))
         return self.resolve(Target(definition.name, first_table, workspace))
 
-    def workspace_id(self, workspace: str | None) -> str | None:
+    def workspace_id(self, workspace: str | None, deadline: Deadline | None = None) -> str | None:
         """A workspace given by id or by name (looked up once), or None for My workspace."""
         if not workspace:
             return None
-        return workspace if _looks_like_id(workspace) else self.client.group_id(workspace)
+        if _looks_like_id(workspace):
+            return workspace
+        return self.client.group_id(workspace, deadline=deadline)
 
-    def forget(self, target: Target) -> None:
-        """Drop a cached resolution (e.g. after the dataset was deleted)."""
+    def forget(self, target: Target, dataset_id: str | None = None) -> None:
+        """Drop a cached resolution (e.g. after the dataset was deleted). With ``dataset_id``,
+        only if that is still the cached id: a caller that met the stale id late must not drop
+        the fresh resolution another caller has just made."""
+        key = (target.workspace or self.default_workspace, target.dataset)
         with self._resolve_lock:
-            self._resolved.pop((target.workspace or self.default_workspace, target.dataset), None)
+            cached = self._resolved.get(key)
+            if cached is not None and dataset_id in (None, cached.dataset_id):
+                del self._resolved[key]
 
-    def _resolve(self, workspace: str | None, dataset: str) -> _Resolved:
-        workspace_id = self.workspace_id(workspace)
+    def _resolve(
+        self, workspace: str | None, dataset: str, deadline: Deadline | None = None
+    ) -> _Resolved:
+        workspace_id = self.workspace_id(workspace, deadline)
         where = f"workspace {workspace!r}" if workspace else "My workspace"
-        found = self.client.get_datasets(workspace_id)
+        found = self.client.get_datasets(workspace_id, deadline=deadline)
         matches = [d for d in found if d.get("id") == dataset] or [
             d for d in found if d.get("name") == dataset
         ]
@@ -198,7 +213,7 @@ class Ingestor:
                     f"dataset {dataset!r} does not exist in {where}, and there is no definition "
                     f"datasets/{dataset}.json to create it from"
                 )
-            created = self.client.create_dataset(definition.body, workspace_id)
+            created = self.client.create_dataset(definition.body, workspace_id, deadline=deadline)
             log.info("created dataset %s (%s) in %s", name, created["id"], where)
             return _Resolved(
                 str(created["id"]), workspace_id, dict(definition.tables), created=True
@@ -208,13 +223,18 @@ class Ingestor:
                 "target", f"{len(matches)} datasets are named {dataset!r} in {where}; use the id"
             )
         dataset_id = str(matches[0]["id"])
-        live = {t["name"]: t for t in self.client.get_tables(dataset_id, workspace_id)}
+        live = {
+            t["name"]: t
+            for t in self.client.get_tables(dataset_id, workspace_id, deadline=deadline)
+        }
         tables: dict[str, TableSchema | None] = {
             table: _schema_from_service(table, body) for table, body in live.items()
         }
         if definition is not None:
             for table, schema in definition.tables.items():
-                if table in live and self._widen(dataset_id, workspace_id, definition, live[table]):
+                if table in live and self._widen(
+                    dataset_id, workspace_id, definition, live[table], deadline
+                ):
                     tables[table] = schema
         return _Resolved(dataset_id, workspace_id, tables)
 
@@ -224,6 +244,7 @@ class Ingestor:
         workspace_id: str | None,
         definition: DatasetDefinition,
         live: dict[str, Any],
+        deadline: Deadline | None = None,
     ) -> bool:
         """Apply an additive column change with Put Table; never remove or retype a column.
         Returns whether the definition's schema now describes the live table."""
@@ -241,7 +262,7 @@ class Ingestor:
                 dataset_id,
             )
             return False
-        self.client.put_table(dataset_id, wanted, workspace_id)
+        self.client.put_table(dataset_id, wanted, workspace_id, deadline=deadline)
         log.info(
             "table %s of dataset %s: added columns %s",
             name,
@@ -257,15 +278,15 @@ class Ingestor:
         target: Target,
         rows: Iterable[Any],
         *,
-        deadline: float | None = None,
+        deadline: Deadline | None = None,
         source: str | None = None,
         dead_letter: bool = True,
         on_progress: Callable[[int], None] | None = None,
     ) -> PushResult:
         """Push ``rows`` (an iterable: a list, or a stream read lazily) to ``target``.
 
-        ``deadline`` is a value of the ingestor's clock (a trigger's remaining time budget):
-        no wait goes past it. ``source`` is recorded with dead letters (a file and line, a
+        ``deadline`` is the trigger's time budget: no wait goes past it, and no request outlives
+        it by more than a second. ``source`` is recorded with dead letters (a file and line, a
         message id). Permanent failures are dead-lettered (unless ``dead_letter`` is False: a
         synchronous HTTP caller gets its rejected rows back instead) and reported in the
         result; a transient one raises :class:`PushIncomplete`, after dead-lettering what was
@@ -289,7 +310,7 @@ class Ingestor:
         target: Target,
         parts: Sequence[Part],
         *,
-        deadline: float | None = None,
+        deadline: Deadline | None = None,
         dead_letter: bool = True,
         on_progress: Callable[[int], None] | None = None,
     ) -> list[PushResult]:
@@ -314,7 +335,7 @@ class Ingestor:
         self._store(run)
         return run.results
 
-    def _run(self, run: _Run, deadline: float | None) -> None:
+    def _run(self, run: _Run, deadline: Deadline | None) -> None:
         target = run.target
         try:
             resolved = self.resolve(target, deadline)
@@ -322,6 +343,7 @@ class Ingestor:
             run.fail(error)
             run.reject_all(run.rows(), error)
             return
+        run.resolved = resolved
         run.dataset(resolved.dataset_id, resolved.workspace_id)
         validator = resolved.validator(target.table)
 
@@ -339,24 +361,23 @@ class Ingestor:
         batches = pack(valid(), on_reject=run.reject, keep_together=run.groups())
         for batch in batches:
             try:
-                self._deliver(resolved, batch, run, deadline)
+                self._deliver(batch, run, deadline)
             except PermanentError as error:
-                # The dataset, the table or the identity is not usable: this batch and every
-                # row after it go to the dead letters with this reason.
+                # The dataset, the table or the identity is not usable (a 404 even after the
+                # target was looked up again): this batch and every row after it go to the dead
+                # letters with this reason.
                 run.fail(error)
                 run.reject_all(zip(batch.indices, batch.rows, strict=True), error)
                 for later in batches:
                     run.reject_all(zip(later.indices, later.rows, strict=True), error)
-                if isinstance(error, NotFoundError):
-                    self.forget(target)
+                if isinstance(error, NotFoundError) and run.resolved is not None:
+                    self.forget(target, run.resolved.dataset_id)
                 return
 
-    def _deliver(
-        self, resolved: _Resolved, batch: Batch, run: _Run, deadline: float | None
-    ) -> None:
+    def _deliver(self, batch: Batch, run: _Run, deadline: Deadline | None) -> None:
         """Send one batch; split out the rows the service names as bad and send the rest."""
         try:
-            self._send(resolved, batch, run, deadline)
+            self._send(batch, run, deadline)
         except ValidationError as error:
             named = {int(m) for m in _ROW_TARGET.findall(str(error)) if int(m) < batch.count}
             keep: list[tuple[int, dict[str, Any]]] = []
@@ -368,46 +389,75 @@ class Ingestor:
                 else:
                     keep.append((index, row))
             for smaller in pack(keep):
-                self._deliver(resolved, smaller, run, deadline)
+                self._deliver(smaller, run, deadline)
 
-    def _send(self, resolved: _Resolved, batch: Batch, run: _Run, deadline: float | None) -> None:
-        """Add Rows for one batch, paced, re-sent only where it cannot duplicate rows."""
-        dataset_id, table = resolved.dataset_id, run.target.table
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                with self.governor.slot(dataset_id, batch.count, deadline) as waited:
-                    run.waited(batch, waited)
-                    self.client.post_rows(dataset_id, table, batch.body, resolved.workspace_id)
-            except TransientError as error:
-                if not self.retry.retryable(error, idempotent=False):
-                    run.unconfirmed(batch)
-                    raise
-                if attempt >= self.retry.max_attempts:
-                    raise
-                paced = error.status in REFUSED_STATUSES and error.retry_after is not None
-                if paced:
-                    # The service said when: every caller of this dataset waits, not only
-                    # this one, and the next slot() does the waiting.
-                    assert error.retry_after is not None
-                    self.governor.pause(dataset_id, error.retry_after)
-                wait = error.retry_after if paced else self.retry.backoff(attempt)
-                assert wait is not None
-                if deadline is not None and self._clock() + wait > deadline:
-                    raise
-                run.retried(batch)
-                log.warning("%s/%s: %s; retry %d", run.target.dataset, table, error, attempt)
-                if not paced:
-                    self._sleep(wait)
-                continue
-            run.acknowledged(batch)
-            if run.on_progress is not None:
-                # Dead letters first: a checkpoint must never pass a refused row not yet kept.
-                self._store(run)
-                run.on_progress(batch.indices[-1] + 1)
-            self._note_sent(dataset_id, table, batch.count)
-            return
+    def _send(self, batch: Batch, run: _Run, deadline: Deadline | None) -> None:
+        """Add Rows for one batch, paced, through the retry policy (see ``retry``): re-sent in
+        place only where that cannot duplicate rows, and once after a 404 with the target looked
+        up again."""
+        table = run.target.table
+
+        def attempt() -> None:
+            resolved = run.current()
+            with self.governor.slot(
+                resolved.dataset_id, batch.count, deadline, max_pause=self.retry.max_retry_after
+            ) as waited:
+                run.waited(batch, waited)
+                self.client.post_rows(
+                    resolved.dataset_id,
+                    table,
+                    batch.body,
+                    resolved.workspace_id,
+                    deadline=deadline,
+                )
+
+        def pause(seconds: float) -> None:
+            # The service said when: every caller of this dataset waits, not only this one,
+            # and the next slot() does the waiting.
+            self.governor.pause(run.current().dataset_id, seconds)
+
+        def recover(error: PushError) -> None:
+            # A 404 stored nothing. The dataset was deleted (or deleted and made again, so it
+            # has a new id) since it was looked up: look it up again by the name the caller
+            # gave (created from its definition if it is gone), then the batch goes once more.
+            stale = run.current()
+            self.forget(run.target, stale.dataset_id)
+            fresh = self.resolve(run.target, deadline)
+            run.resolved = fresh
+            run.dataset(fresh.dataset_id, fresh.workspace_id)
+            log.warning(
+                "%s/%s: dataset %s not found (%s); looked up again as %s, re-sending the batch",
+                run.target.dataset,
+                table,
+                stale.dataset_id,
+                error.message,
+                fresh.dataset_id,
+            )
+
+        def on_retry(error: PushError, wait: float) -> None:
+            run.retried(batch)
+            log.warning("%s/%s: %s; retrying in %.1f s", run.target.dataset, table, error, wait)
+
+        try:
+            self.retry.run(
+                attempt,
+                idempotent=False,
+                deadline=deadline,
+                sleep=self._sleep,
+                on_retry=on_retry,
+                pause=pause,
+                recover=recover,
+            )
+        except TransientError as error:
+            if not stored_nothing(error):
+                run.unconfirmed(batch)
+            raise
+        run.acknowledged(batch)
+        if run.on_progress is not None:
+            # Dead letters first: a checkpoint must never pass a refused row not yet kept.
+            self._store(run)
+            run.on_progress(batch.indices[-1] + 1)
+        self._note_sent(run.current().dataset_id, table, batch.count)
 
     def _note_sent(self, dataset_id: str, table: str, rows: int) -> None:
         key = (dataset_id, table)
@@ -455,6 +505,8 @@ class _Run:
         self.results = [PushResult(target) for _ in self.parts]
         self.letters: list[list[DeadLetter]] = [[] for _ in self.parts]
         self.on_progress: Callable[[int], None] | None = None
+        #: The target as resolved now (looked up again when Add Rows answers 404).
+        self.resolved: _Resolved | None = None
         self._starts: list[int] = []  # first stream index of each part, filled while reading
         self._read: set[int] = set()  # parts read to their end
         for part, result in zip(self.parts, self.results, strict=True):
@@ -498,6 +550,10 @@ class _Run:
             number = self._owner(index)[0]
             counts[number] = counts.get(number, 0) + 1
         return counts
+
+    def current(self) -> _Resolved:
+        assert self.resolved is not None, "the target is resolved before any batch is sent"
+        return self.resolved
 
     def dataset(self, dataset_id: str, workspace_id: str | None) -> None:
         for result in self.results:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.contracts import PushResult, Target
 from shared.engine.ingest import Ingestor, PushIncomplete
+from shared.engine.retry import Deadline
 from shared.sources.formats import DEFAULT_MAX_BYTES, FormatError, detect, read_rows
 from shared.stores.checkpoint import Checkpoint, CheckpointStore
 from shared.stores.deadletter import DeadLetter, DeadLetterStore
@@ -154,7 +155,7 @@ class BlobIngest:
             result = self.ingestor.push(
                 target,
                 rows,
-                deadline=self._clock() + self.time_budget,
+                deadline=Deadline.after(self.time_budget, self._clock),
                 source=source,
                 on_progress=progress,
             )

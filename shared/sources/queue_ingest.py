@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.contracts import PushResult, Target
 from shared.engine.coalesce import Coalescer
+from shared.engine.retry import Deadline
 from shared.errors import NotFoundError, TransientError, ValidationError
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.envelope import envelope, rows_of
@@ -83,7 +84,10 @@ class QueueIngest:
         assert rows is not None
         try:
             result = await self._coalescer().push(
-                item.target, rows, source=source, deadline=self._clock() + self.time_budget
+                item.target,
+                rows,
+                source=source,
+                deadline=Deadline.after(self.time_budget, self._clock),
             )
         except TransientError as error:
             # Say which try this was: after maxDequeueCount tries the host moves the message to

@@ -32,6 +32,7 @@ from typing import Any
 
 from shared.contracts import PushResult, Target
 from shared.engine.ingest import Ingestor, PushIncomplete
+from shared.engine.retry import Deadline
 from shared.errors import AuthError, ConfigError, NotFoundError, PushError
 from shared.settings import Settings
 from shared.sources.claimcheck import MAX_INLINE_MESSAGE_BYTES, ClaimCheckStore
@@ -210,7 +211,7 @@ class Webhook:
 
     def _push(self, found: list[Envelope], settings: Settings, *, single: bool) -> WebResponse:
         ingestor = self._ingestor()
-        deadline = self._clock() + settings.http_time_budget
+        deadline = Deadline.after(settings.http_time_budget, self._clock)
         results: list[PushResult] = []
         incomplete: PushIncomplete | None = None
         for item in found:

@@ -404,6 +404,23 @@ def test_throttled_past_the_time_budget_is_429_with_retry_after(
     assert [r["ProductID"] for r in stored(api, dataset)] == [0]
 
 
+def test_a_retry_after_over_the_cap_is_answered_at_once_not_waited(
+    api: Api, dataset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Power BI asks for 30 s, within the 200 s budget but over POWERBI_MAX_RETRY_AFTER_SECONDS
+    (5): the request is not held for 30 s but answered 429 with the service's Retry-After (30),
+    and nothing is pushed. (Without the cap it would wait 30 s and answer 200.)"""
+    monkeypatch.setenv("POWERBI_MAX_RETRY_AFTER_SECONDS", "5")
+    runtime.reset()
+    add_rows(dataset, {"rows": rows(1)})  # resolve the dataset first
+    api.set_faults(script=["throttle"], retry_after=30)
+    response, _ = add_rows(dataset, {"rows": rows(1, 100)})
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "30"
+    assert answer(response)["sent"] == 0
+    assert [r["ProductID"] for r in stored(api, dataset)] == [0]
+
+
 def test_config_error_is_500_naming_the_setting(
     settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -157,3 +157,23 @@ def test_throttling_past_the_budget_raises_for_redelivery(
             ingest_queue(message({"dataset": name, "table": "Product", "rows": rows(1, 50)}))
         )
     assert [r["ProductID"] for r in api.stored_rows(dataset_id, "Product")] == [0]
+
+
+def test_a_retry_after_over_the_cap_raises_for_redelivery_at_once(
+    api: Api, dataset: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Power BI asks for 30 s, within the 240 s budget but over POWERBI_MAX_RETRY_AFTER_SECONDS
+    (5): the invocation does not hold the message for 30 s, it raises at once (with the
+    service's retry_after) so the host redelivers it."""
+    name, dataset_id = dataset
+    monkeypatch.setenv("POWERBI_MAX_RETRY_AFTER_SECONDS", "5")
+    runtime.reset()
+    asyncio.run(ingest_queue(message({"dataset": name, "table": "Product", "rows": rows(1)})))
+    api.set_faults(script=["throttle"], retry_after=30)
+    with pytest.raises(TransientError) as caught:
+        asyncio.run(
+            ingest_queue(message({"dataset": name, "table": "Product", "rows": rows(1, 50)}))
+        )
+    assert caught.value.retry_after == 30.0
+    assert [r["ProductID"] for r in api.stored_rows(dataset_id, "Product")] == [0]
+    assert api.state(dataset_id)["counters"]["injected_throttle"] == 1  # one POST, no re-send

@@ -61,8 +61,10 @@ def store(azurite: Azurite) -> BlobDeadLetterStore:
 
 
 def dead_letters(store: BlobDeadLetterStore) -> list[dict[str, Any]]:
-    """Every dead letter in the store, read back from Azurite."""
+    """Every dead letter in the store, read back from Azurite (none: not even the container)."""
     lines: list[dict[str, Any]] = []
+    if not store.container.exists():
+        return lines
     for blob in store.container.list_blobs():
         text = store.container.download_blob(blob.name).readall().decode("utf-8")
         lines.extend(json.loads(line) for line in text.splitlines())
@@ -247,3 +249,77 @@ def test_throttles_and_outages_are_ridden_out_within_the_quotas(tmp_path: Path) 
         assert counters["posts_accepted"] == 201
     finally:
         server.stop()
+
+
+class CountingClient(PowerBIClient):
+    """The real client, counting its dataset lookups (Get Datasets)."""
+
+    lookups = 0
+
+    def get_datasets(self, workspace: str | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+        self.lookups += 1
+        return super().get_datasets(workspace, **kwargs)
+
+
+@pytest.mark.parametrize("change", ["deleted", "deleted and recreated"])
+@pytest.mark.parametrize("workspace", [None, WORKSPACE_NAME], ids=["my-workspace", "workspace"])
+def test_a_dataset_deleted_out_of_band_is_looked_up_again_and_the_batch_re_sent(
+    api: Api, store: BlobDeadLetterStore, change: str, workspace: str | None
+) -> None:
+    """Between two pushes the dataset is deleted (and, in the second case, made again by
+    someone else with the same name, so it has a new id). The second push's Add Rows meets a
+    404 for the cached id: the target is looked up again by name (created again from its
+    definition when it is gone) and the same batch sent once more. Nothing is dead-lettered,
+    every row of the second push is stored, and it took exactly one extra lookup."""
+    name = f"Stale-{uuid.uuid4().hex[:6]}"
+    client = CountingClient(api.emulator.base, StaticTokenProvider(api.token), retry=FAST)
+    ingestor = Ingestor(
+        client, definitions={name: definition(name)}, dead_letters=store, retry=FAST
+    )
+    target = Target(name, "Product", workspace)
+    first = ingestor.push(target, [product(i) for i in range(3)])
+    assert client.lookups == 1
+    group = _group(api) if workspace else None
+    old = first.dataset_id or ""
+    response = api.request("DELETE", f"{api.prefix(group)}/datasets/{old}")
+    assert response.status_code == 200, response.text
+    if change == "deleted and recreated":
+        tables = definition(name).body["tables"]
+        someone_elses = api.create_dataset(tables, group, name=name)
+
+    second = ingestor.push(target, [product(i) for i in range(100, 1_100)])
+
+    assert (second.sent, second.rejected, second.dead_lettered) == (1_000, 0, 0)
+    assert client.lookups == 2, "exactly one extra lookup"
+    assert second.dataset_id and second.dataset_id != old
+    assert dataset_id(api, name, group) == second.dataset_id  # one dataset of that name
+    if change == "deleted and recreated":
+        assert second.dataset_id == someone_elses
+    stored = [r["ProductID"] for r in api.stored_rows(second.dataset_id, "Product")]
+    assert stored == list(range(100, 1_100))
+    assert dead_letters(store) == []
+    # The fresh id is cached: the next push needs no lookup.
+    ingestor.push(target, [product(-1)])
+    assert client.lookups == 2
+
+
+def test_a_dataset_named_by_id_and_deleted_is_dead_lettered_after_one_more_lookup(
+    api: Api, store: BlobDeadLetterStore
+) -> None:
+    """A caller who named the dataset by its id cannot have it made again: after the 404 the
+    id is looked up once more, found missing, and the rows are dead-lettered with the reason
+    (as before), not retried further."""
+    existing = api.create_dataset(definition("ById").body["tables"])
+    client = CountingClient(api.emulator.base, StaticTokenProvider(api.token), retry=FAST)
+    ingestor = Ingestor(client, dead_letters=store, retry=FAST)
+    target = Target(existing, "Product")
+    ingestor.push(target, [product(0)])
+    api.request("DELETE", f"{api.prefix(None)}/datasets/{existing}")
+
+    result = ingestor.push(target, [product(i) for i in range(1, 6)])
+
+    assert (result.sent, result.rejected, result.dead_lettered) == (0, 5, 5)
+    assert client.lookups == 2
+    letters = dead_letters(store)
+    assert [letter["index"] for letter in letters] == [0, 1, 2, 3, 4]
+    assert all("does not exist" in letter["reason"] for letter in letters)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from shared.contracts import Target
 from shared.destinations.auth import (
     ManagedIdentityTokenProvider,
     ServicePrincipalTokenProvider,
@@ -16,6 +17,7 @@ from shared.destinations.auth import (
 )
 from shared.destinations.powerbi import PowerBIClient
 from shared.engine.batching import pack
+from shared.engine.ingest import Ingestor
 from shared.engine.retry import RetryPolicy
 from shared.engine.schema import load_definitions
 from shared.errors import (
@@ -189,14 +191,32 @@ class ExpiringOnce:
 
 
 def test_expired_token_is_dropped_and_the_call_retried_once(api: Api) -> None:
-    """A 403 TokenExpired drops the cached token and retries exactly once."""
+    """A 403 TokenExpired drops the cached token; the retry policy sends the call once more,
+    with a fresh token: for a lookup, and for Add Rows (the rows land once)."""
     dataset = api.create_dataset(seed_definition()["tables"])
     provider = ExpiringOnce(api)
     client = PowerBIClient(api.emulator.base, provider)
-    (batch,) = pack(product_rows(2))
-    client.post_rows(dataset, "Product", batch.body)
+    assert dataset in [d["id"] for d in client.get_datasets()]
     assert provider.invalidated == 1
+
+    ingestor = Ingestor(client, retry=client.retry)
+    ingestor.resolve(Target(dataset, "Product"))  # looked up while the token was good
+    provider.invalidated = 0  # ... and now the cached token has expired
+    result = ingestor.push(Target(dataset, "Product"), [row for _, row in product_rows(2)])
+    assert provider.invalidated == 1
+    assert result.sent == 2 and result.retries == 1
     assert len(api.stored_rows(dataset, "Product")) == 2
+
+
+def test_add_rows_itself_is_sent_once_on_an_expired_token(api: Api) -> None:
+    """post_rows alone does not re-send (the policy does): it drops the token and raises."""
+    dataset = api.create_dataset(seed_definition()["tables"])
+    provider = ExpiringOnce(api)
+    (batch,) = pack(product_rows(2))
+    with pytest.raises(AuthError) as caught:
+        PowerBIClient(api.emulator.base, provider).post_rows(dataset, "Product", batch.body)
+    assert caught.value.code == "TokenExpired" and provider.invalidated == 1
+    assert api.stored_rows(dataset, "Product") == []
 
 
 def test_service_errors_are_translated(api: Api) -> None:

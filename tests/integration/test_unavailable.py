@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from shared.destinations.auth import (
 )
 from shared.destinations.powerbi import PowerBIClient
 from shared.engine.ingest import Ingestor, PushIncomplete
-from shared.engine.retry import RetryPolicy
+from shared.engine.retry import Deadline, RetryPolicy
 from shared.errors import TransientError
 from shared.stores.deadletter import BlobDeadLetterStore, DeadLetter
 from tests.azurite import start_azurite
@@ -73,7 +72,7 @@ def test_looking_a_dataset_up_stops_at_the_deadline(caplog: pytest.LogCaptureFix
     client = PowerBIClient(f"http://127.0.0.1:{closed_port()}", StaticTokenProvider("t"))
     ingestor = Ingestor(client, default_workspace="Sales")
     with caplog.at_level(logging.WARNING), pytest.raises(PushIncomplete) as stopped:
-        ingestor.push(Target("D", "T"), [{"n": 1}], deadline=time.monotonic() + 0.2)
+        ingestor.push(Target("D", "T"), [{"n": 1}], deadline=Deadline.after(0.2))
     assert stopped.value.result.unsent == 1
     assert "could not connect" in str(stopped.value)
     assert not [r for r in caplog.records if "retrying in" in r.getMessage()]

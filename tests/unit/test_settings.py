@@ -356,6 +356,35 @@ def test_timeout_accepts_positive_numbers(raw: str, seconds: float) -> None:
     assert Settings.from_env({"POWERBI_TIMEOUT_SECONDS": raw}).request_timeout == seconds
 
 
+@pytest.mark.parametrize("raw", ["abc", "0", "-1", "nan", "5m", "1,5"])
+def test_max_retry_after_must_be_a_positive_number(raw: str) -> None:
+    """POWERBI_MAX_RETRY_AFTER_SECONDS that is not a number above 0 is a ConfigError naming
+    it."""
+    error = config_error({"POWERBI_MAX_RETRY_AFTER_SECONDS": raw})
+
+    assert error.setting == "POWERBI_MAX_RETRY_AFTER_SECONDS"
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [(None, 300.0), ("60", 60.0), (" 900.5 ", 900.5)])
+def test_max_retry_after_defaults_to_300_seconds(raw: str | None, seconds: float) -> None:
+    """The Retry-After cap is 300 s unless POWERBI_MAX_RETRY_AFTER_SECONDS says otherwise."""
+    env = {} if raw is None else {"POWERBI_MAX_RETRY_AFTER_SECONDS": raw}
+
+    assert Settings.from_env(env).max_retry_after == seconds
+
+
+def test_max_retry_after_reaches_the_one_retry_policy() -> None:
+    """The process's ingestor and its Power BI client share one retry policy, built with the
+    cap from the settings."""
+    from shared.runtime import build_ingestor
+
+    settings = Settings.from_env({"POWERBI_MAX_RETRY_AFTER_SECONDS": "42"})
+    ingestor = build_ingestor(settings, {}, dead_letters=False)
+
+    assert ingestor.retry.max_retry_after == 42.0
+    assert ingestor.client.retry is ingestor.retry  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("raw", ["fast", "0", "-60"])
 def test_quota_time_scale_must_be_a_positive_number(raw: str) -> None:
     """POWERBI_QUOTA_TIME_SCALE that is not a number above 0 is a ConfigError naming it."""

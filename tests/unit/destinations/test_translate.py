@@ -108,16 +108,37 @@ def test_every_requests_exception_is_translated() -> None:
         (429, TransientError, False),
         (500, TransientError, True),
         (502, TransientError, True),
-        (503, TransientError, False),
+        (503, TransientError, True),
         (504, TransientError, True),
     ],
 )
 def test_statuses(status: int, kind: type[PushError], maybe_delivered: bool | None) -> None:
-    """Each status maps to its class; 429 and 503 are refusals, other 5xx are ambiguous."""
+    """Each status maps to its class; 429 is a refusal, a 503 without Retry-After and other
+    5xx are ambiguous (a 503 with Retry-After: next test)."""
     error = translate(response(status, {"error": {"code": "X", "message": "m"}}), "call")
     assert type(error) is kind and error.status == status and error.code == "X"
     if maybe_delivered is not None:
         assert isinstance(error, TransientError) and error.maybe_delivered is maybe_delivered
+
+
+@pytest.mark.parametrize(("retry_after", "maybe_delivered"), [("5", False), (None, True)])
+def test_a_503_is_a_refusal_only_with_retry_after(
+    retry_after: str | None, maybe_delivered: bool
+) -> None:
+    """A 503 with Retry-After is the service refusing the request: nothing was stored, so Add
+    Rows may be re-sent. Without one it may come from a front end after the request was
+    processed: ambiguous, so Add Rows is not re-sent in process."""
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    error = translate(response(503, {"message": "busy"}, **headers), "add rows")
+    assert isinstance(error, TransientError) and error.maybe_delivered is maybe_delivered
+
+
+def test_expired_token_says_it_is_refreshed() -> None:
+    """A TokenExpired answer keeps its code (the retry policy's cue for its one re-send) and
+    says what happens next."""
+    error = translate(response(403, {"error": {"code": "TokenExpired", "message": "m"}}), "x")
+    assert isinstance(error, AuthError) and error.code == "TokenExpired"
+    assert "a fresh one is fetched" in str(error)
 
 
 def test_retry_after_request_id_and_details_are_kept() -> None:

@@ -12,6 +12,7 @@ import pytest
 from shared.contracts import PushResult, Target
 from shared.engine.coalesce import Coalescer
 from shared.engine.ingest import Part, PushIncomplete
+from shared.engine.retry import Deadline
 from shared.errors import TransientError
 
 TARGET = Target("Sales", "Product")
@@ -24,15 +25,17 @@ class FakeIngestor:
 
     def __init__(self, deliver_parts: int | None = None, explode: bool = False) -> None:
         self.calls: list[list[int]] = []
+        self.deadlines: list[Deadline | None] = []
         self.deliver_parts = deliver_parts
         self.explode = explode
         self.lock = threading.Lock()
 
     def push_parts(
-        self, target: Target, parts: Sequence[Part], *, deadline: float | None = None
+        self, target: Target, parts: Sequence[Part], *, deadline: Deadline | None = None
     ) -> list[PushResult]:
         with self.lock:
             self.calls.append([len(list(p.rows)) for p in parts])  # type: ignore[arg-type]
+            self.deadlines.append(deadline)
         if self.explode:
             raise RuntimeError("boom")
         results = []
@@ -125,20 +128,98 @@ def test_empty_and_single_rows(rows: int) -> None:
     assert asyncio.run(coalescer.push(TARGET, [{"n": 1}] * rows)).received == rows
 
 
+class VirtualTime:
+    """Time for one event loop that moves only when the test moves it: the coalescer's clock
+    and its ``wait`` (an event, or a timeout on this clock). No wall clock is involved, so the
+    outcome cannot depend on how fast the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._made = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> None:
+        """Return when ``event`` is set or the test has moved time ``seconds`` on."""
+        if event.is_set():
+            return
+        due: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._made += 1
+        entry = (self.now + seconds, self._made, due)
+        self._sleepers.append(entry)
+        setter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({due, setter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            setter.cancel()
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+
+    async def advance(self, seconds: float) -> None:
+        """Move time on by ``seconds``, waking each waiter that falls due, in order, and
+        letting it run until it waits again."""
+        end = self.now + seconds
+        while self._sleepers and min(self._sleepers)[0] <= end:
+            entry = min(self._sleepers)
+            self._sleepers.remove(entry)
+            self.now = entry[0]
+            entry[2].set_result(None)
+            await settle()
+        self.now = end
+
+
+async def settle() -> None:
+    """Let every task that can run do so until it waits (a fixed number of loop turns: no task
+    here does I/O before it waits, so this does not depend on time)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
 def test_a_steady_stream_is_held_until_it_pauses_or_max_wait() -> None:
-    """Arrivals closer together than the linger keep the buffer open, up to max_wait."""
+    """Arrivals closer together than the linger keep the buffer open, up to max_wait: with one
+    arrival a second for 20 s, a linger of 2 s and a max wait of 12 s, the first buffer is sent
+    at 12 s with the 12 arrivals of 0..11 s, and the second, opened at 12 s, once the stream
+    has been quiet for 2 s, with the other 8. (Without the quiet-period rule each linger would
+    send 2 arrivals: 10 deliveries.)"""
     ingestor = FakeIngestor()
-    coalescer = Coalescer(ingestor, linger=0.1, max_wait=0.6)  # type: ignore[arg-type]
+    time = VirtualTime()
+    coalescer = Coalescer(
+        ingestor,  # type: ignore[arg-type]
+        linger=2,
+        max_wait=12,
+        clock=time.clock,
+        wait=time.wait,
+    )
 
     async def stream() -> None:
         calls = []
-        for n in range(20):  # one arrival every 50 ms for a second
+        for n in range(20):
             calls.append(asyncio.ensure_future(coalescer.push(TARGET, [{"n": n}])))
-            await asyncio.sleep(0.05)
-        await asyncio.gather(*calls)
+            await settle()
+            await time.advance(1)
+        await time.advance(2)  # the quiet period after the last arrival
+        results = await asyncio.gather(*calls)
+        assert [r.sent for r in results] == [1] * 20
 
     asyncio.run(stream())
-    # Without the quiet-period rule each 0.1 s linger would flush 2 arrivals (10 deliveries);
-    # held to max_wait, a second of arrivals makes two or three.
-    assert 2 <= len(ingestor.calls) <= 3
-    assert sum(sum(call) for call in ingestor.calls) == 20
+    assert ingestor.calls == [[1] * 12, [1] * 8]
+
+
+def test_a_shared_delivery_keeps_to_the_earliest_deadline() -> None:
+    """Callers with different time budgets share a POST: it keeps to the one that ends first,
+    so no caller's budget is overrun."""
+    ingestor = FakeIngestor()
+    coalescer = Coalescer(ingestor, linger=0.05)  # type: ignore[arg-type]
+    later, sooner = Deadline(100.0), Deadline(50.0)
+
+    async def both() -> None:
+        await asyncio.gather(
+            coalescer.push(TARGET, [{"n": 1}], deadline=later),
+            coalescer.push(TARGET, [{"n": 2}], deadline=sooner),
+            coalescer.push(TARGET, [{"n": 3}]),
+        )
+
+    asyncio.run(both())
+    assert ingestor.calls == [[1, 1, 1]] and ingestor.deadlines == [sooner]

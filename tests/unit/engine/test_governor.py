@@ -8,6 +8,7 @@ import time
 import pytest
 
 from shared.engine.governor import Governor, Quotas
+from shared.engine.retry import Deadline
 from shared.errors import TransientError
 from tests.unit.fakes import FakeClock
 
@@ -17,7 +18,7 @@ def make_governor(quotas: Quotas | None = None) -> tuple[Governor, FakeClock]:
     return Governor(quotas, clock=clock, sleep=clock.sleep), clock
 
 
-def take(governor: Governor, dataset: str, rows: int = 1, deadline: float | None = None) -> None:
+def take(governor: Governor, dataset: str, rows: int = 1, deadline: Deadline | None = None) -> None:
     """Take one slot and release it at once (one POST that completes immediately)."""
     with governor.slot(dataset, rows, deadline=deadline):
         pass
@@ -240,7 +241,7 @@ def test_slot_past_the_deadline_raises_with_the_wait_as_retry_after() -> None:
     governor.pause("ds", 30)
 
     with pytest.raises(TransientError) as caught:
-        take(governor, "ds", deadline=29.9)
+        take(governor, "ds", deadline=Deadline(29.9, clock))
 
     assert caught.value.retry_after == 30.0
     assert clock.sleeps == []
@@ -254,7 +255,7 @@ def test_refused_slot_is_not_counted() -> None:
         take(governor, "ds", rows=10_000)
     clock.now = 100.0
     with pytest.raises(TransientError) as caught:
-        take(governor, "ds", rows=1, deadline=200.0)
+        take(governor, "ds", rows=1, deadline=Deadline(200.0, clock))
     assert caught.value.retry_after == 3500.0
 
     clock.now = 3600.0
@@ -266,7 +267,7 @@ def test_slot_waiting_exactly_until_the_deadline_is_allowed() -> None:
     governor, clock = make_governor()
     governor.pause("ds", 30)
 
-    take(governor, "ds", deadline=30.0)
+    take(governor, "ds", deadline=Deadline(30.0, clock))
 
     assert clock.sleeps == [30.0]
 
@@ -276,7 +277,7 @@ def test_slot_that_fits_now_ignores_a_passed_deadline() -> None:
     governor, clock = make_governor()
     clock.now = 50.0
 
-    take(governor, "ds", deadline=10.0)
+    take(governor, "ds", deadline=Deadline(10.0, clock))
 
     assert clock.sleeps == []
 
@@ -304,7 +305,7 @@ def test_sixth_pending_post_waits_for_a_release() -> None:
         raise AssertionError(f"the pending limit must not sleep ({seconds} s)")
 
     governor = Governor(clock=time.monotonic, sleep=no_sleep)
-    bound = time.monotonic() + 30.0
+    bound = Deadline.after(30.0)
     entered = [threading.Event() for _ in range(5)]
     release = [threading.Event() for _ in range(5)]
     sixth_entered = threading.Event()
@@ -339,7 +340,7 @@ def test_sixth_pending_post_waits_for_a_release() -> None:
         # Five slots are taken: one with an already-passed deadline fails at once.
         with (
             pytest.raises(TransientError) as caught,
-            governor.slot("ds", 1, deadline=time.monotonic() - 1.0),
+            governor.slot("ds", 1, deadline=Deadline.after(-1.0)),
         ):
             pytest.fail("a sixth slot was granted while five were pending")
         assert caught.value.retry_after is not None
@@ -372,11 +373,11 @@ def test_pending_slots_are_per_dataset() -> None:
         governor.slot("ds", 1),
         governor.slot("ds", 1),
     ):
-        take(governor, "other", deadline=clock.now)
+        take(governor, "other", deadline=Deadline(clock.now, clock))
         with pytest.raises(TransientError):
-            take(governor, "ds", deadline=clock.now)
+            take(governor, "ds", deadline=Deadline(clock.now, clock))
 
-    take(governor, "ds", deadline=clock.now)
+    take(governor, "ds", deadline=Deadline(clock.now, clock))
     assert clock.sleeps == []
 
 
@@ -387,5 +388,48 @@ def test_slot_is_released_when_the_body_raises() -> None:
     with pytest.raises(RuntimeError), governor.slot("ds", 1):
         raise RuntimeError("POST failed")
 
-    take(governor, "ds", deadline=clock.now)
+    take(governor, "ds", deadline=Deadline(clock.now, clock))
     assert clock.sleeps == []
+
+
+# --- the cap on a service's pause (POWERBI_MAX_RETRY_AFTER_SECONDS) ---------------------------
+
+
+def test_a_pause_longer_than_max_pause_fails_at_once_without_a_deadline() -> None:
+    """A service pause of an hour is not slept, even with no deadline: the slot raises with
+    what is left of the pause as retry_after, and counts no POST."""
+    governor, clock = make_governor()
+    governor.pause("ds", 3600)
+    clock.now = 100.0
+
+    with pytest.raises(TransientError) as caught, governor.slot("ds", 1, max_pause=300.0):
+        pytest.fail("a slot was granted during the pause")
+
+    assert caught.value.retry_after == 3500.0
+    assert clock.sleeps == []
+    assert governor.wait_needed("ds", 1) == 3500.0  # the pause still holds for everyone
+
+
+def test_a_pause_within_max_pause_is_waited() -> None:
+    """A pause up to the cap is waited out as before."""
+    governor, clock = make_governor()
+    governor.pause("ds", 300)
+
+    with governor.slot("ds", 1, max_pause=300.0):
+        pass
+
+    assert clock.sleeps == [300.0]
+
+
+def test_max_pause_does_not_cap_the_quota_windows() -> None:
+    """The cap is for waits the service asked for; the governor's own hourly row quota still
+    makes a POST wait (the deadline, not the cap, bounds that)."""
+    governor, clock = make_governor()
+    for _ in range(100):
+        take(governor, "ds", rows=10_000)
+    clock.now = 100.0
+
+    with governor.slot("ds", 1, max_pause=300.0):
+        pass
+
+    assert clock.sleeps == [3500.0]

@@ -1,4 +1,4 @@
-"""Unit tests for shared.engine.retry: Retry-After parsing and the retry policy."""
+"""Unit tests for shared.engine.retry: Retry-After parsing, deadlines and the retry policy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.engine.retry import RetryPolicy, parse_retry_after
+from shared.engine.retry import Deadline, RetryPolicy, earliest, parse_retry_after
 from shared.errors import (
     AuthError,
     ConfigError,
@@ -193,12 +193,20 @@ def test_retryable_add_rows_when_never_delivered(status: int | None) -> None:
     assert policy().retryable(error, idempotent=False) is True
 
 
-@pytest.mark.parametrize("status", [429, 503])
-def test_retryable_add_rows_when_refused(status: int) -> None:
-    """A non-idempotent call retries a 429/503: the service refused it without processing."""
-    error = transient(status=status, maybe_delivered=True)
+@pytest.mark.parametrize(("status", "retry_after"), [(429, None), (429, 3.0), (503, 3.0)])
+def test_retryable_add_rows_when_refused(status: int, retry_after: float | None) -> None:
+    """A non-idempotent call retries a 429, or a 503 with Retry-After: the service refused it
+    without processing it."""
+    error = transient(retry_after, status=status, maybe_delivered=True)
 
     assert policy().retryable(error, idempotent=False) is True
+
+
+def test_add_rows_is_not_retried_after_a_503_without_retry_after() -> None:
+    """A 503 with no Retry-After may come after the rows were stored: not re-sent in process."""
+    error = transient(status=503, maybe_delivered=True)
+
+    assert policy().retryable(error, idempotent=False) is False
 
 
 @pytest.mark.parametrize("status", [None, 500, 502, 504])
@@ -219,13 +227,12 @@ def run(
     *,
     idempotent: bool = True,
     deadline: float | None = None,
-    on_retry: Callable[[TransientError, float], None] | None = None,
+    on_retry: Callable[[PushError, float], None] | None = None,
 ) -> str:
     return retry.run(
         call,
         idempotent=idempotent,
-        deadline=deadline,
-        clock=clock,
+        deadline=None if deadline is None else Deadline(deadline, clock),
         sleep=clock.sleep,
         on_retry=on_retry,
     )
@@ -318,9 +325,9 @@ def test_run_tells_on_retry_of_each_error_and_delay() -> None:
     clock = FakeClock()
     first, second = transient(retry_after=3.0, status=429), transient()
     call = Scripted([first, second, "ok"])
-    seen: list[tuple[TransientError, float]] = []
+    seen: list[tuple[PushError, float]] = []
 
-    def on_retry(error: TransientError, delay: float) -> None:
+    def on_retry(error: PushError, delay: float) -> None:
         seen.append((error, delay))
         assert len(clock.sleeps) == len(seen) - 1  # told before the wait is taken
 
@@ -337,7 +344,7 @@ def test_run_propagates_a_permanent_error_at_once(error: PermanentError) -> None
     """A PermanentError is raised on the first call, with no wait and no on_retry."""
     clock = FakeClock()
     call = Scripted([error, "never"])
-    seen: list[tuple[TransientError, float]] = []
+    seen: list[tuple[PushError, float]] = []
 
     with pytest.raises(PermanentError) as caught:
         run(policy(), call, clock, on_retry=lambda e, d: seen.append((e, d)))
@@ -387,7 +394,7 @@ def test_run_add_rows_retry_stops_at_an_ambiguous_failure() -> None:
     """A non-idempotent call retries a refusal, then stops at a later ambiguous timeout."""
     clock = FakeClock()
     ambiguous = transient(status=None, maybe_delivered=True)
-    call = Scripted([transient(status=503, maybe_delivered=True), ambiguous, "never"])
+    call = Scripted([transient(0.5, status=503), ambiguous, "never"])
 
     with pytest.raises(TransientError) as caught:
         run(policy(base_delay=0.5), call, clock, idempotent=False)
@@ -404,3 +411,196 @@ def test_policy_is_immutable() -> None:
     retry = policy()
     with pytest.raises(dataclasses.FrozenInstanceError):
         retry.max_attempts = 99  # type: ignore[misc]
+
+
+# --- Deadline ---------------------------------------------------------------------------------
+
+
+def test_deadline_counts_on_its_own_clock() -> None:
+    """A deadline made ``after`` 10 s has 10 s left, allows a 10 s wait but not 10.1 s, and
+    moves with its clock."""
+    clock = FakeClock(now=50.0)
+    deadline = Deadline.after(10.0, clock)
+
+    assert (deadline.at, deadline.left()) == (60.0, 10.0)
+    assert deadline.allows(10.0) and not deadline.allows(10.1)
+    clock.sleep(4.0)
+    assert deadline.left() == 6.0 and not deadline.allows(6.5)
+
+
+def test_earliest_deadline() -> None:
+    """The first deadline to come wins; none gives None."""
+    clock = FakeClock()
+    assert earliest([Deadline(5.0, clock), Deadline(3.0, clock), Deadline(9.0, clock)]) == Deadline(
+        3.0, clock
+    )
+    assert earliest([]) is None
+
+
+# --- the Retry-After cap ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_a_retry_after_over_the_cap_is_not_waited_without_a_deadline(idempotent: bool) -> None:
+    """With no deadline (the CLI), Retry-After: 3600 fails the call at once with the service's
+    retry_after instead of sleeping an hour."""
+    clock = FakeClock()
+    error = transient(retry_after=3600.0, status=429)
+    call = Scripted([error, "never"])
+
+    with pytest.raises(TransientError) as caught:
+        run(policy(max_retry_after=300.0), call, clock, idempotent=idempotent)
+
+    assert caught.value is error and caught.value.retry_after == 3600.0
+    assert call.calls == 1
+    assert clock.sleeps == []
+
+
+def test_a_retry_after_at_the_cap_is_waited() -> None:
+    """The cap itself is still waited out (only a longer wait fails the call)."""
+    clock = FakeClock()
+    call = Scripted([transient(retry_after=300.0, status=429), "ok"])
+
+    assert run(policy(max_retry_after=300.0), call, clock) == "ok"
+    assert clock.sleeps == [300.0]
+
+
+def test_the_cap_holds_within_a_longer_deadline() -> None:
+    """A deadline far away does not lift the cap."""
+    clock = FakeClock()
+    call = Scripted([transient(retry_after=301.0, status=503), "never"])
+
+    with pytest.raises(TransientError):
+        run(policy(max_retry_after=300.0), call, clock, deadline=10_000.0)
+
+    assert clock.sleeps == []
+
+
+# --- the governor's pause -----------------------------------------------------------------------
+
+
+def test_a_refusal_with_retry_after_is_handed_to_pause_not_slept() -> None:
+    """With ``pause``, a 429/503's Retry-After goes to it (the governor holds every caller of
+    the dataset, and the next call waits its turn there); nothing is slept here."""
+    clock = FakeClock()
+    paused: list[float] = []
+    call = Scripted([transient(retry_after=7.0, status=429), transient(), "ok"])
+
+    result = policy(base_delay=0.5).run(
+        call, idempotent=False, sleep=clock.sleep, pause=paused.append
+    )
+
+    assert result == "ok"
+    assert paused == [7.0]
+    assert clock.sleeps == [1.0]  # the back-off of the second retry, no Retry-After there
+
+
+def test_a_retry_after_over_the_cap_still_pauses_the_dataset() -> None:
+    """Over the cap the call fails, but the pause is recorded first, so that other callers of
+    the dataset fail fast too instead of meeting the same 429."""
+    clock = FakeClock()
+    paused: list[float] = []
+    call = Scripted([transient(retry_after=900.0, status=429), "never"])
+
+    with pytest.raises(TransientError):
+        policy(max_retry_after=300.0).run(
+            call, idempotent=False, sleep=clock.sleep, pause=paused.append
+        )
+
+    assert paused == [900.0] and call.calls == 1 and clock.sleeps == []
+
+
+# --- an expired token -----------------------------------------------------------------------------
+
+
+def expired() -> AuthError:
+    return AuthError("token expired", status=403, code="TokenExpired")
+
+
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_an_expired_token_is_re_sent_once_at_once(idempotent: bool) -> None:
+    """TokenExpired: the call is sent again once, with no wait (the client dropped the token)."""
+    clock = FakeClock()
+    call = Scripted([expired(), "ok"])
+
+    assert run(policy(), call, clock, idempotent=idempotent) == "ok"
+    assert call.calls == 2 and clock.sleeps == []
+
+
+def test_a_second_expired_token_is_final() -> None:
+    """A fresh token refused too is an AuthError for the caller, after two calls."""
+    clock = FakeClock()
+    second = expired()
+    call = Scripted([expired(), second, "never"])
+
+    with pytest.raises(AuthError) as caught:
+        run(policy(), call, clock, idempotent=False)
+
+    assert caught.value is second and call.calls == 2
+
+
+def test_the_token_re_send_counts_within_max_attempts() -> None:
+    """The re-send after an expired token is one of the policy's attempts; when it would be
+    the one too many, the caller gets a TransientError (rows redelivered, not refused)."""
+    clock = FakeClock()
+    call = Scripted([transient(0.0, status=429), expired(), "never"])
+
+    with pytest.raises(TransientError) as caught:
+        run(policy(max_attempts=2), call, clock, idempotent=False)
+
+    assert call.calls == 2
+    assert caught.value.code == "TokenExpired" and not caught.value.maybe_delivered
+
+
+# --- a 404 and the target looked up again -----------------------------------------------------
+
+
+def test_a_404_is_recovered_once_then_re_sent() -> None:
+    """With ``recover``, a 404 calls it once, then the call is made again."""
+    clock = FakeClock()
+    recovered: list[NotFoundError] = []
+    gone = NotFoundError("no dataset", status=404)
+    call = Scripted([gone, "ok"])
+
+    result = policy().run(call, idempotent=False, sleep=clock.sleep, recover=recovered.append)
+
+    assert result == "ok" and recovered == [gone] and call.calls == 2 and clock.sleeps == []
+
+
+def test_a_second_404_is_final() -> None:
+    """After one recovery a 404 again is the caller's NotFoundError (rows dead-lettered)."""
+    clock = FakeClock()
+    recovered: list[NotFoundError] = []
+    second = NotFoundError("still no dataset", status=404)
+    call = Scripted([NotFoundError("no dataset", status=404), second, "never"])
+
+    with pytest.raises(NotFoundError) as caught:
+        policy().run(call, idempotent=False, sleep=clock.sleep, recover=recovered.append)
+
+    assert caught.value is second and len(recovered) == 1 and call.calls == 2
+
+
+def test_without_recover_a_404_is_final_at_once() -> None:
+    """A 404 with no way to look the target up again is not retried."""
+    clock = FakeClock()
+    call = Scripted([NotFoundError("no dataset", status=404), "never"])
+
+    with pytest.raises(NotFoundError):
+        run(policy(), call, clock, idempotent=True)
+
+    assert call.calls == 1
+
+
+def test_a_failed_recovery_is_the_callers_error() -> None:
+    """When looking the target up again fails (no definition to create it), that error is
+    raised and the call is not made again."""
+    clock = FakeClock()
+    call = Scripted([NotFoundError("no dataset", status=404), "never"])
+
+    def recover(error: NotFoundError) -> None:
+        raise NotFoundError("no definition either")
+
+    with pytest.raises(NotFoundError, match="no definition either"):
+        policy().run(call, idempotent=False, sleep=clock.sleep, recover=recover)
+
+    assert call.calls == 1
