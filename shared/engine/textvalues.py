@@ -48,13 +48,15 @@ _MONTH_NUMBER = {name: n for n, name in enumerate(_MONTHS, 1)} | {
     name[:3]: n for n, name in enumerate(_MONTHS, 1)
 }
 _MONTH_NUMBER["sept"] = 9
+_FULL_MONTHS = "|".join(_MONTHS)
+_SHORT_MONTHS = "|".join([name[:3] for name in _MONTHS] + ["sept"])
 
 #: Specifier -> (regex of what it reads, group name or None when only matched). Longest first.
 _SPECIFIERS: tuple[tuple[str, str, str | None], ...] = (
     ("yyyy", r"\d{4}", "year"),
     ("yy", r"\d{2}", "year2"),
-    ("MMMM", "[A-Za-z]{3,9}", "month_name"),
-    ("MMM", "[A-Za-z]{3,4}", "month_name"),
+    ("MMMM", f"(?:{_FULL_MONTHS})", "month_name"),
+    ("MMM", f"(?:{_SHORT_MONTHS})", "month_name"),
     ("MM", r"\d{2}", "month"),
     ("M", r"\d{1,2}", "month"),
     ("dddd", "[A-Za-z]{6,9}", None),

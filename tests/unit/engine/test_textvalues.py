@@ -62,6 +62,8 @@ def test_naive_values_are_read_in_the_declared_zone_and_written_in_utc() -> None
         ("yyyy/MM/dd", "2012-01-01"),  # other separators
         ("yyyy/MM/dd", "2021/02/29"),  # not a real date
         ("MMM d yyyy", "Foo 1 2000"),  # not a month
+        ("MMMM d yyyy", "Jan 1 2000"),  # MMMM is the full name, as in .NET
+        ("MMM d yyyy", "January 1 2000"),  # MMM the abbreviation
         ("dd.MM.yyyy", "1.1.2000"),  # dd wants two digits
         ("M/d/yyyy h:mm tt", "1/2/2020 13:05 PM"),  # no 13 o'clock on a 12-hour clock
         ("yyyy-MM-ddK", "2020-01-01+15:00"),  # offsets end at 14 hours
