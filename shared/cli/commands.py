@@ -1,8 +1,9 @@
 """Command line for operators: ``python -m shared COMMAND ...`` (see ``--help``).
 
 The seed's steps and a few chores, through the same settings, auth and engine as the functions:
-``groups``, ``datasets``, ``provision FILE``, ``push FILE``, ``delete-rows``. Settings come from
-the environment, completed by the ``Values`` of ``local.settings.json`` when it exists.
+``groups``, ``datasets``, ``provision FILE``, ``push FILE``, ``infer FILE``, ``delete-rows``.
+Settings come from the environment, completed by the ``Values`` of ``local.settings.json`` when
+it exists, as the Functions host completes them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.cli import infer
 from shared.cli.replay import BLOB_POISON_QUEUE, replay_dead_letters, replay_poison
 from shared.contracts import Target
 from shared.destinations.powerbi import PowerBIClient
@@ -59,6 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("what", choices=["deadletters", "poison"])
     replay.add_argument("--prefix", help="deadletters: only blobs under this name prefix")
     replay.add_argument("--queue", help="poison: the rows queue (default ROWS_QUEUE)")
+    infer = commands.add_parser(
+        "infer", help="a dataset definition and ingest profile for a CSV, NDJSON or JSON file"
+    )
+    infer.add_argument("file", type=Path, help="the file (gzip too); its first MiB is read")
+    infer.add_argument("--dataset", required=True, help="the dataset's name")
+    infer.add_argument("--table", required=True, help="the table's name")
+    infer.add_argument(
+        "--out",
+        type=Path,
+        help="write <dataset>.json and <dataset>.profile.json here (DATASETS_DIR), adding the "
+        "table to an existing definition; without it, print them",
+    )
     delete = commands.add_parser("delete-rows", help="delete every row of a table")
     delete.add_argument("--dataset", required=True)
     delete.add_argument("--table", required=True)
@@ -67,7 +81,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_environment(path: Path) -> dict[str, str]:
-    """The process environment, completed (never overridden) by ``path``'s ``Values``."""
+    """The process environment, completed (never overridden) by ``path``'s ``Values``, as the
+    Functions host reads ``local.settings.json``.
+
+    The values are also put into ``os.environ``, as the host does for its worker: libraries
+    read their settings from there, not from this dict (azure-identity finds the managed
+    identity endpoint in ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER``), so a value given only in
+    the file would otherwise be ignored by them.
+    """
     env = dict(os.environ)
     if path.is_file():
         try:
@@ -77,6 +98,7 @@ def load_environment(path: Path) -> dict[str, str]:
         for key, value in values.items():
             if str(value).strip():
                 env.setdefault(key, str(value))
+                os.environ.setdefault(key, str(value))
     return env
 
 
@@ -107,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "infer":
+        return _infer(args)  # reads a file only: no settings, no identity
     try:
         env = load_environment(Path(args.settings))
         settings = Settings.from_env(env)
@@ -182,6 +206,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PushError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    """``infer``: print (or write) a definition and profile; 2 when the file cannot be read."""
+    try:
+        sample, truncated = infer.read_sample(args.file)
+        found = infer.infer(sample, args.file.name, args.dataset, args.table, truncated=truncated)
+        if args.out is not None:
+            definition, profile = infer.write(found, args.out)
+            print(f"wrote {definition} and {profile}", file=sys.stderr)
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except PushError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for note in found.notes:
+        print(f"note: {note}", file=sys.stderr)
+    _print(infer.report(found))
     return 0
 
 

@@ -99,3 +99,61 @@ def test_no_token_or_secret_in_the_output(run: Any, api: Api) -> None:
     assert result.returncode == 2 and "nonexistent" in result.stderr
     for output in (result.stdout, result.stderr):
         assert IDENTITY_HEADER not in output and api.token not in output
+
+
+def test_values_only_in_local_settings_json_reach_the_libraries(
+    run: Any, api: Api, tmp_path: Path
+) -> None:
+    """The identity endpoint given only in local.settings.json is used, as under the host
+    (azure-identity reads it from the process environment, not from the app's settings)."""
+    settings = tmp_path / "local.settings.json"
+    settings.write_text(
+        json.dumps(
+            {
+                "IsEncrypted": False,
+                "Values": {
+                    "IDENTITY_ENDPOINT": f"{api.emulator.base}/msi/token",
+                    "IDENTITY_HEADER": IDENTITY_HEADER,
+                },
+            }
+        )
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IDENTITY_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "shared", "--settings", str(settings), "groups"],
+        cwd=REPO,
+        env={
+            **environment,
+            "POWERBI_API_URL": api.emulator.base,
+            "POWERBI_AUTH": "managed_identity",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert {"id": WORKSPACE_ID, "name": WORKSPACE_NAME} in json.loads(result.stdout)
+
+
+def test_infer_prints_or_writes_a_definition_and_profile(run: Any, tmp_path: Path) -> None:
+    data = tmp_path / "obs.csv"
+    data.write_text("station;day;temp\nKSEA;Jan 1 2000;1,5\nKPDX;Jan 2 2000;NA\n")
+    out = tmp_path / "datasets"
+
+    printed = run("infer", str(data), "--dataset", "Weather", "--table", "Obs")
+    written = run("infer", str(data), "--dataset", "Weather", "--table", "Obs", "--out", str(out))
+    missing = run("infer", str(tmp_path / "nope.csv"), "--dataset", "W", "--table", "T")
+
+    assert printed.returncode == 0, printed.stderr
+    report = json.loads(printed.stdout)
+    assert report["definition"]["tables"][0]["columns"] == [
+        {"name": "station", "dataType": "String"},
+        {"name": "day", "dataType": "DateTime"},
+        {"name": "temp", "dataType": "Double"},
+    ]
+    assert "note: delimiter ';'" in printed.stderr
+    assert written.returncode == 0, written.stderr
+    assert json.loads((out / "Weather.json").read_text()) == report["definition"]
+    assert json.loads((out / "Weather.profile.json").read_text()) == report["profile"]
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
