@@ -28,9 +28,10 @@ from shared.sources.blob_ingest import BlobIngest
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.messages import encode
 from shared.sources.queue_ingest import QueueIngest
+from shared.stores import storage
 from shared.stores.checkpoint import CheckpointStore
 from shared.stores.deadletter import BlobDeadLetterStore
-from shared.stores.storage import blob_service, queue_client
+from shared.stores.storage import blob_service, managed_identity, queue_client
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobClient
@@ -59,7 +60,7 @@ def build_ingestor(
     env = os.environ if env is None else env
     client = PowerBIClient(
         settings.api_root,
-        make_token_provider(settings),
+        make_token_provider(settings, managed_identity),
         timeout=(DEFAULT_TIMEOUT[0], settings.request_timeout),
     )
     store = (
@@ -155,7 +156,7 @@ def get_blob_ingest() -> BlobIngest:
 
 def blob_client_for(settings: Settings, env: Mapping[str, str]) -> Callable[[str], BlobClient]:
     """How to open a blob URL: with the storage connection's key when the URL is that account
-    (Azurite locally), else with the managed identity."""
+    (Azurite locally), else with the managed identity (the process's one credential)."""
 
     def open_url(url: str) -> BlobClient:
         from azure.storage.blob import BlobClient
@@ -164,11 +165,7 @@ def blob_client_for(settings: Settings, env: Mapping[str, str]) -> Callable[[str
         if url.lower().startswith(own.url.lower().rstrip("/") + "/"):
             container, _, name = url[len(own.url.rstrip("/")) + 1 :].partition("/")
             return own.get_blob_client(unquote(container), unquote(name))
-        from azure.identity import ManagedIdentityCredential
-
-        return BlobClient.from_blob_url(
-            url, credential=ManagedIdentityCredential(client_id=settings.client_id)
-        )
+        return BlobClient.from_blob_url(url, credential=managed_identity(settings.client_id))
 
     return open_url
 
@@ -186,9 +183,12 @@ def get_blob_events() -> BlobEvents:
 
 
 def reset() -> None:
-    """Forget the process's settings and ingestor (tests change the environment between runs)."""
+    """Forget the process's settings, ingestor, clients and credentials (tests change the
+    environment between runs)."""
     global _ingestor, _settings, _queue, _blob, _events
     with _lock:
+        storage.forget()
+        ClaimCheckStore.forget()
         _events = None
         _ingestor = None
         _settings = None
