@@ -23,7 +23,7 @@ from shared.engine.ingest import Ingestor
 from shared.engine.schema import load_definitions
 from shared.errors import ConfigError
 from shared.settings import Settings
-from shared.sources.blob_events import BlobEvents
+from shared.sources.blob_events import BlobEvents, client_options
 from shared.sources.blob_ingest import BlobIngest
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.messages import encode
@@ -156,16 +156,19 @@ def get_blob_ingest() -> BlobIngest:
 
 def blob_client_for(settings: Settings, env: Mapping[str, str]) -> Callable[[str], BlobClient]:
     """How to open a blob URL: with the storage connection's key when the URL is that account
-    (Azurite locally), else with the managed identity (the process's one credential)."""
+    (Azurite locally), else with the managed identity (the process's one credential), with
+    the short timeouts of :func:`~shared.sources.blob_events.client_options` either way."""
 
     def open_url(url: str) -> BlobClient:
         from azure.storage.blob import BlobClient
 
-        own = blob_service(settings.storage_connection, env)
+        own = blob_service(settings.storage_connection, env, **client_options())
         if url.lower().startswith(own.url.lower().rstrip("/") + "/"):
             container, _, name = url[len(own.url.rstrip("/")) + 1 :].partition("/")
             return own.get_blob_client(unquote(container), unquote(name))
-        return BlobClient.from_blob_url(url, credential=managed_identity(settings.client_id))
+        return BlobClient.from_blob_url(
+            url, credential=managed_identity(settings.client_id), **client_options()
+        )
 
     return open_url
 

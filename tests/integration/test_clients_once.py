@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import azure.functions as func
@@ -22,9 +24,10 @@ from azure.storage.queue import QueueClient
 
 from functions import http
 from shared import runtime
+from shared.sources.blob_events import BLOB_CREATED
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.stores.storage import blob_service, queue_client
-from tests.azurite import Azurite
+from tests.azurite import Azurite, dead_letter_lines
 from tests.emulator.conftest import IDENTITY_HEADER, USER_ASSIGNED_ID, WORKSPACE_NAME, Api
 
 N = 6
@@ -121,6 +124,71 @@ def test_asynchronous_requests_and_health_checks_build_storage_clients_once(
     assert len(list(parked.get_container_client(container).list_blobs())) == N
 
 
+class PlainHttp(BaseHTTPRequestHandler):
+    """A host that speaks plain http where the events' URLs say https."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def plain_http() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PlainHttp)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_blob_events_with_identity_based_storage_build_one_credential_per_identity(
+    api: Api, azurite: Azurite, plain_http: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BlobCreated events read with the managed identity, the app's storage identity-based with
+    a user-assigned identity, Power BI with the system-assigned one: two credentials for the
+    process, and no client or credential more after N events than after the first. (The host
+    named by the events cannot be read, so each is dead-lettered; the credential still gets a
+    real token from the emulator's identity endpoint before each attempt.)"""
+    dead = f"dl-{uuid.uuid4().hex[:8]}"
+    set_env(
+        monkeypatch,
+        POWERBI_API_URL=api.emulator.base,
+        POWERBI_AUTH="managed_identity",
+        IDENTITY_ENDPOINT=f"{api.emulator.base}/msi/token",
+        IDENTITY_HEADER=IDENTITY_HEADER,
+        POWERBI_WORKSPACE_NAME=WORKSPACE_NAME,
+        # Identity-based: built and never contacted here (nothing is checkpointed or handed on).
+        AzureWebJobsStorage__blobServiceUri="https://127.0.0.1:1/devstoreaccount1",
+        AzureWebJobsStorage__queueServiceUri="https://127.0.0.1:1/devstoreaccount1",
+        AzureWebJobsStorage__clientId=USER_ASSIGNED_ID,
+        DEADLETTER_CONNECTION="DeadLetters",
+        DeadLetters=azurite.connection_string,
+        DEADLETTER_CONTAINER=dead,
+        BLOB_ALLOWED_HOSTS=plain_http,
+    )
+    built = Built(monkeypatch)
+    events = runtime.get_blob_events()
+
+    def deliver(i: int) -> None:
+        url = f"https://{plain_http}/other/c/Sales/Product/{i}.csv"
+        outcome = events.handle(BLOB_CREATED, {"api": "PutBlob", "url": url})
+        assert getattr(outcome, "status", None) == "unreachable", outcome
+
+    deliver(0)
+    after_one = Counter(built.counts)
+    for i in range(1, N):
+        deliver(i)
+
+    assert sorted(built.identities, key=str) == sorted([None, USER_ASSIGNED_ID], key=str)
+    # Blob clients are per blob (the URL's, a dead letter's); everything else is built once.
+    assert {k: v for k, v in built.counts.items() if k != "BlobClient"} == {
+        k: v for k, v in after_one.items() if k != "BlobClient"
+    }
+    assert built.counts["ManagedIdentityCredential"] == 2
+    assert len(dead_letter_lines(azurite.connection_string, dead)) == N
+
+
 class Out(func.Out[list[str]]):
     """The queue output binding as the worker gives it."""
 
@@ -164,6 +232,7 @@ def test_opening_blob_urls_and_storage_clients_reuses_one_credential(
         blob_service(settings.storage_connection, os.environ)
         queue_client(settings.storage_connection, "rows", os.environ)
     assert sorted(built.identities, key=str) == sorted([None, USER_ASSIGNED_ID], key=str)
-    # The app's storage: one blob service client, one queue client; a blob client per URL.
-    assert built.counts["BlobServiceClient"] == 1
+    # The app's storage (its key-less service client, and the one with the blob-event
+    # timeouts), one queue client, and one blob client per URL.
+    assert built.counts["BlobServiceClient"] == 2
     assert built.counts["QueueClient"] == 1
