@@ -83,13 +83,15 @@ def stored_ids(emulator: EmulatorProcess, dataset_id: str) -> list[int]:
     return [int(row["ProductID"]) for row in body["rows"]]
 
 
-def api_status(emulator: EmulatorProcess, token: str) -> int:
-    """What the Power BI API answers to a Get Datasets call carrying ``token``."""
+def api_status(emulator: EmulatorProcess, token: str) -> tuple[int, str | None]:
+    """What the Power BI API answers to a Get Datasets call carrying ``token``: the status and
+    the error code, if any."""
     with _session() as session:
         response = session.get(
             f"{emulator.api}/datasets", headers={"Authorization": f"Bearer {token}"}, timeout=30
         )
-    return response.status_code
+    error = response.json().get("error") if not response.ok else None
+    return response.status_code, error["code"] if error else None
 
 
 def product(i: int) -> dict[str, Any]:
@@ -122,16 +124,16 @@ def push_across_a_revocation(emulator: EmulatorProcess, tokens: TokenProvider) -
     first = ingestor.push(target, [product(i) for i in range(5)])
     assert (first.sent, first.dead_lettered) == (5, 0)
     before = tokens.token()
-    assert api_status(emulator, before) == 200
+    assert api_status(emulator, before) == (200, None)
 
     revoke(emulator)
-    assert api_status(emulator, before) == 403, "the emulator did not revoke the token"
+    assert api_status(emulator, before) == (403, "TokenExpired"), "the token was not revoked"
     second = ingestor.push(target, [product(i) for i in range(5, 12)])
 
     assert (second.sent, second.rejected, second.dead_lettered) == (7, 0, 0), second.to_json()
     after = tokens.token()
     assert after != before
-    assert api_status(emulator, after) == 200
+    assert api_status(emulator, after) == (200, None)
     assert first.dataset_id is not None
     assert sorted(stored_ids(emulator, first.dataset_id)) == list(range(12))
 
