@@ -27,20 +27,24 @@ needed. What the libraries leave to us, and is here:
   makes the next :meth:`TokenProvider.token` fetch a new one. Their caches would otherwise
   hand the refused token back until it nears expiry. Each library's own way is used: for the
   managed identity a claims challenge (``get_token_info(scope, options={"claims": ...})``:
-  MSAL's managed-identity client does not answer a request with claims from its cache, and
-  since azure-identity 1.27 the credential passes them on, Azure/azure-sdk-for-python#44815);
+  MSAL's managed-identity client (msal >= 1.31) does not answer a request with claims from
+  its cache, and the credential passes the claims on to it, as azure-identity 1.27, our
+  minimum, does: Azure/azure-sdk-for-python#44815; MSAL does not send the claims to an App
+  Service identity endpoint, whose request stays an ordinary one, and what that endpoint
+  answers is its own affair);
   for the service principal ``remove_tokens_for_client()`` (MSAL's documented way to drop an
   app's tokens; ``acquire_token_for_client`` refuses ``force_refresh``).
 - **One attempt at a time, and a failure shared for** ``FAILURE_HOLD`` **seconds.** Neither
-  library makes concurrent callers wait for one request: with the identity endpoint down,
-  each caller would wait out its own attempt (about 5 s of azure-core retries against a
-  refused connection), one after another. Here one caller asks; the callers of the next 2 s
-  get its error at once. Likewise a refresh that failed while the library still had a usable
-  token (it hands that token back, with its ``refresh_on`` already past) is not tried again
-  by every caller: the token is given for the next 2 s without asking.
+  library shares one request between concurrent callers or remembers a failure: with the
+  identity endpoint down, every caller would make and wait out its own attempt (about 5 s of
+  azure-core retries against a refused connection). Here one caller asks; the callers of the
+  next 2 s get its error at once. Likewise a refresh that failed while the library still had
+  a usable token (it hands that token back, with its ``refresh_on`` already past) is not
+  tried again by every caller: the token is given for the next 2 s without asking.
 - **No waiting behind a slow request while a good token is known**: a caller that finds
   another one inside the library takes the last token given, if it was not refused and is
-  more than ``EXPIRY_MARGIN`` s from expiry.
+  more than ``EXPIRY_MARGIN`` s from expiry; so does a caller whose request failed (the
+  libraries give a token up 5 minutes before it expires, this module 1 minute before).
 - **Errors in one place**: azure-identity's and MSAL's exceptions and error answers become
   :mod:`shared.errors`, and no token or secret ever reaches a message.
 """
