@@ -700,6 +700,10 @@ class AdminApi:
         )
         return _json({"access_token": token, "expires_on": expires_on})
 
+    async def revoke_tokens(self, request: web.Request) -> web.Response:
+        """Every token issued so far is refused from now on (403 TokenExpired); new ones work."""
+        return _json({"generation": self.em.tokens.revoke()})
+
     async def get_faults(self, request: web.Request) -> web.Response:
         return _json(self.em.faults.to_json())
 
@@ -844,6 +848,7 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     app.router.add_get("/_emulator/health", admin.health)
     app.router.add_post("/_emulator/workspaces", admin.add_workspace)
     app.router.add_post("/_emulator/token", admin.token)
+    app.router.add_post("/_emulator/tokens/revoke", admin.revoke_tokens)
     app.router.add_get("/_emulator/faults", admin.get_faults)
     app.router.add_put("/_emulator/faults", admin.set_faults)
     app.router.add_delete("/_emulator/faults", admin.clear_faults)

@@ -8,7 +8,10 @@ Three ways to get a token, each served so that the real client libraries work un
 - an emulator-only admin call, for tests (any lifetime, including already expired).
 
 Tokens are HS256 JWTs signed with the emulator's own key; the API accepts only those, only with
-the Power BI audience, and only until they expire.
+the Power BI audience, and only until they expire or are revoked: :meth:`TokenIssuer.revoke`
+(the admin call ``POST /_emulator/tokens/revoke``) makes every token issued so far answer as
+an expired one does (403 ``TokenExpired``), while tokens issued after it work, as when an
+administrator revokes an identity's sessions mid-run.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 POWERBI_RESOURCE = "https://analysis.windows.net/powerbi/api"
 DEFAULT_TENANT = "00000000-0000-0000-0000-00000000e1e1"
 DEFAULT_TOKEN_LIFETIME = 3600
+#: The claim that carries a token's generation: tokens of a generation before the issuer's
+#: current one were revoked. Not an Entra claim; clients never read it.
+GENERATION_CLAIM = "xms_emulator_gen"
 
 
 class TokenRejected(Exception):
@@ -72,6 +78,15 @@ class TokenIssuer:
         self.config = config
         self.signing_key = signing_key or secrets.token_bytes(32)
         self.issuer = f"https://sts.windows.net/{config.tenant_id}/"
+        #: Tokens carry the generation they were issued in; :meth:`revoke` starts a new one.
+        self.generation = 0
+
+    def revoke(self) -> int:
+        """Revoke every token issued so far (the API answers them 403 ``TokenExpired``); tokens
+        issued from now on are accepted. Returns the new generation. (Generations live as long
+        as the emulator process: a restarted emulator accepts its earlier tokens again.)"""
+        self.generation += 1
+        return self.generation
 
     def issue(
         self,
@@ -98,6 +113,7 @@ class TokenIssuer:
             "idtyp": identity_type,
             "uti": uuid.uuid4().hex,
             "ver": "1.0",
+            GENERATION_CLAIM: self.generation,
         }
         return jwt.encode(claims, self.signing_key, algorithm="HS256"), expires_on
 
@@ -133,6 +149,11 @@ class TokenIssuer:
                 "PowerBINotAuthorizedException",
                 "The access token was not issued by this service or is malformed.",
             ) from None
+        if claims.get(GENERATION_CLAIM, 0) < self.generation:
+            # Revoked: Power BI answers a token it no longer accepts as it answers an expired one.
+            raise TokenRejected(
+                403, "TokenExpired", "Access token has expired, resubmit with a new access token"
+            )
         audience = claims.get("aud")
         if audience not in (POWERBI_RESOURCE, POWERBI_RESOURCE + "/"):
             raise TokenRejected(

@@ -24,14 +24,15 @@ from shared.engine.retry import RetryPolicy
 from shared.engine.schema import load_definitions
 from shared.errors import ConfigError
 from shared.settings import Settings
-from shared.sources.blob_events import BlobEvents
+from shared.sources.blob_events import BlobEvents, client_options
 from shared.sources.blob_ingest import BlobIngest
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.messages import encode
 from shared.sources.queue_ingest import QueueIngest
+from shared.stores import storage
 from shared.stores.checkpoint import CheckpointStore
 from shared.stores.deadletter import BlobDeadLetterStore
-from shared.stores.storage import blob_service, queue_client
+from shared.stores.storage import blob_service, managed_identity, queue_client
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobClient
@@ -62,7 +63,7 @@ def build_ingestor(
     retry = RetryPolicy(max_retry_after=settings.max_retry_after)
     client = PowerBIClient(
         settings.api_root,
-        make_token_provider(settings),
+        make_token_provider(settings, managed_identity),
         timeout=(DEFAULT_TIMEOUT[0], settings.request_timeout),
         retry=retry,
     )
@@ -160,19 +161,18 @@ def get_blob_ingest() -> BlobIngest:
 
 def blob_client_for(settings: Settings, env: Mapping[str, str]) -> Callable[[str], BlobClient]:
     """How to open a blob URL: with the storage connection's key when the URL is that account
-    (Azurite locally), else with the managed identity."""
+    (Azurite locally), else with the managed identity (the process's one credential), with
+    the short timeouts of :func:`~shared.sources.blob_events.client_options` either way."""
 
     def open_url(url: str) -> BlobClient:
         from azure.storage.blob import BlobClient
 
-        own = blob_service(settings.storage_connection, env)
+        own = blob_service(settings.storage_connection, env, **client_options())
         if url.lower().startswith(own.url.lower().rstrip("/") + "/"):
             container, _, name = url[len(own.url.rstrip("/")) + 1 :].partition("/")
             return own.get_blob_client(unquote(container), unquote(name))
-        from azure.identity import ManagedIdentityCredential
-
         return BlobClient.from_blob_url(
-            url, credential=ManagedIdentityCredential(client_id=settings.client_id)
+            url, credential=managed_identity(settings.client_id), **client_options()
         )
 
     return open_url
@@ -191,9 +191,12 @@ def get_blob_events() -> BlobEvents:
 
 
 def reset() -> None:
-    """Forget the process's settings and ingestor (tests change the environment between runs)."""
+    """Forget the process's settings, ingestor, clients and credentials (tests change the
+    environment between runs)."""
     global _ingestor, _settings, _queue, _blob, _events
     with _lock:
+        storage.forget()
+        ClaimCheckStore.forget()
         _events = None
         _ingestor = None
         _settings = None

@@ -9,26 +9,63 @@ Three providers behind one small interface (:class:`TokenProvider`):
 - :class:`StaticTokenProvider`: a fixed token, for the local emulator only (settings refuse it
   for any non-loopback API).
 
-One provider (and so one credential) per process, reused across invocations; tokens are cached
-until 5 minutes before they expire (the same window azure-core uses, DEFAULT_REFRESH_WINDOW 300 s).
-Library errors are translated here, and no token or secret ever reaches a message.
+What the libraries already do, and so this module does not:
+
+- ``ManagedIdentityCredential`` (azure-identity >= 1.27) hands every request to an
+  ``msal.ManagedIdentityClient``, whose in-memory token cache (one per credential) answers
+  until 5 minutes before a token expires, and from its ``refresh_on`` (half the lifetime of a
+  token of 2 h or more) tries a refresh first, falling back on the cached token if it fails.
+- ``msal.ConfidentialClientApplication.acquire_token_for_client`` (msal >= 1.23) does the
+  same with the application's token cache (expiry minus 5 minutes, ``refresh_on`` when Entra
+  sends ``refresh_in``).
+
+So one provider (one credential or application) per process, reused, is all the caching
+needed. What the libraries leave to us, and is here:
+
+- **A refresh that skips their caches.** After Power BI refuses a token (403/401
+  ``TokenExpired``: revoked, or expired by a clock skew), :meth:`TokenProvider.invalidate`
+  makes the next :meth:`TokenProvider.token` fetch a new one. Their caches would otherwise
+  hand the refused token back until it nears expiry. Each library's own way is used: for the
+  managed identity a claims challenge (``get_token_info(scope, options={"claims": ...})``:
+  MSAL's managed-identity client (msal >= 1.31) does not answer a request with claims from
+  its cache, and the credential passes the claims on to it, as azure-identity 1.27, our
+  minimum, does: Azure/azure-sdk-for-python#44815; MSAL does not send the claims to an App
+  Service identity endpoint, whose request stays an ordinary one, and what that endpoint
+  answers is its own affair);
+  for the service principal ``remove_tokens_for_client()`` (MSAL's documented way to drop an
+  app's tokens; ``acquire_token_for_client`` refuses ``force_refresh``).
+- **One attempt at a time, and a failure shared for** ``FAILURE_HOLD`` **seconds.** Neither
+  library shares one request between concurrent callers or remembers a failure: with the
+  identity endpoint down, every caller would make and wait out its own attempt (about 5 s of
+  azure-core retries against a refused connection). Here one caller asks; the callers of the
+  next 2 s get its error at once. Likewise a refresh that failed while the library still had
+  a usable token (it hands that token back, with its ``refresh_on`` already past) is not
+  tried again by every caller: the token is given for the next 2 s without asking.
+- **No waiting behind a slow request while a good token is known**: a caller that finds
+  another one inside the library takes the last token given, if it was not refused and is
+  more than ``EXPIRY_MARGIN`` s from expiry; so does a caller whose request failed (the
+  libraries give a token up 5 minutes before it expires, this module 1 minute before).
+- **Errors in one place**: azure-identity's and MSAL's exceptions and error answers become
+  :mod:`shared.errors`, and no token or secret ever reaches a message.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
 
 from shared.errors import AuthError, ConfigError, TransientError
 from shared.settings import Settings, clean_authority, is_loopback
 
-#: Refresh a cached token when less than this many seconds are left.
-REFRESH_WINDOW = 300.0
+if TYPE_CHECKING:
+    from azure.core.credentials import SupportsTokenInfo
 
 
 class TokenProvider(Protocol):
@@ -39,112 +76,151 @@ class TokenProvider(Protocol):
     def invalidate(self) -> None: ...
 
 
-#: After the identity endpoint failed, callers in the next this-many seconds get the same
-#: error at once instead of each waiting out another attempt (azure-identity's own retries
-#: take about 5 s against a refused connection): one attempt at a time, not a queue of them.
+#: After a token request failed, callers in the next this-many seconds get the same error at
+#: once instead of each waiting out another attempt (azure-identity's own retries take about
+#: 5 s against a refused connection): one attempt at a time, not a queue of them.
 FAILURE_HOLD = 2.0
 #: A token this close to expiry is not used, even while a refresh is failing.
 EXPIRY_MARGIN = 60.0
 
 
-class _CachedProvider:
-    """Caches one token until ``REFRESH_WINDOW`` seconds before it expires; thread-safe.
+@dataclass(frozen=True)
+class Fetched:
+    """What a library answered: the token, when it expires (Unix seconds), and whether it is a
+    cached token past its ``refresh_on`` (the library's refresh failed and it fell back)."""
 
-    One caller at a time asks the identity endpoint. While a token that has not expired is
-    cached, nobody waits for that: the others keep using it, and so does the refresher when
-    its attempt fails. With no usable token, callers wait for the one attempt, and a failure
-    is shared with the callers of the next ``FAILURE_HOLD`` seconds.
+    token: str
+    expires_on: float
+    stale: bool = False
+
+
+class _LibraryProvider:
+    """Around a library's own cache: a refresh that skips it, one request at a time, failures
+    shared for ``FAILURE_HOLD`` seconds (the module docstring says why). Thread-safe.
+
+    Subclasses implement :meth:`_fetch`, the one call into their library.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()  # guards the fields below; never held while fetching
-        self._fetching = threading.Lock()  # one attempt at a time
-        self._token: str | None = None
-        self._expires_on = 0.0
+        self._asking = threading.Lock()  # one request into the library at a time
+        self._refusals = 0  # invalidate() calls so far
+        self._answered = 0  # of which a fetch that skipped the cache has answered
+        self._last: Fetched | None = None
+        self._last_at = 0.0
         self._failure: TransientError | None = None
         self._failed_at = 0.0
 
-    def _cached(self, now: float) -> tuple[str | None, bool]:
-        """The token if it needs no refresh yet; else (a still-usable token or None, False)."""
-        with self._lock:
-            if self._token is not None and now < self._expires_on - REFRESH_WINDOW:
-                return self._token, True
-            if self._token is not None and now < self._expires_on - EXPIRY_MARGIN:
-                return self._token, False
-            return None, False
-
-    def _held_failure(self, now: float) -> TransientError | None:
-        with self._lock:
-            if self._failure is not None and now < self._failed_at + FAILURE_HOLD:
-                left = self._failed_at + FAILURE_HOLD - now
-                return TransientError(
-                    f"{self._failure} (tried {now - self._failed_at:.1f} s ago)", retry_after=left
-                )
-            return None
-
     def token(self) -> str:
-        now = self._clock()
-        token, fresh = self._cached(now)
-        if fresh:
-            assert token is not None
-            return token
-        if token is not None:  # usable while it is refreshed, by one caller, without waiting
-            if self._held_failure(now) is not None or not self._fetching.acquire(blocking=False):
-                return token
-        else:
-            self._fetching.acquire()
+        """A token: the library's cached one, or after :meth:`invalidate` one fetched anew."""
+        if not self._asking.acquire(blocking=False):
+            known = self._usable(self._clock())
+            if known is not None:  # someone is inside the library: no need to queue for it
+                return known
+            self._asking.acquire()
         try:
-            token, fresh = self._cached(self._clock())
-            if fresh:  # another caller fetched one while this one waited
-                assert token is not None
-                return token
-            held = self._held_failure(self._clock())
-            if held is not None:
-                if token is not None:
-                    return token
-                raise held
-            try:
-                new, expires_on = self._acquire()
-            except TransientError as error:
-                with self._lock:
-                    self._failure, self._failed_at = error, self._clock()
-                if token is not None:
-                    return token  # still valid: refresh again later
-                raise
-            with self._lock:
-                self._token, self._expires_on, self._failure = new, expires_on, None
-            return new
+            return self._token_once()
         finally:
-            self._fetching.release()
+            self._asking.release()
 
     def invalidate(self) -> None:
+        """The last token was refused: the next :meth:`token` skips the library's cache."""
         with self._lock:
-            self._token = None
+            self._refusals += 1
+            self._last = None
 
-    def _acquire(self) -> tuple[str, float]:
+    def _usable(self, now: float) -> str | None:
+        """The last token given, if it was not refused and is not about to expire."""
+        with self._lock:
+            last = self._last
+            if last is not None and now < last.expires_on - EXPIRY_MARGIN:
+                return last.token
+            return None
+
+    def _token_once(self) -> str:
+        now = self._clock()
+        with self._lock:
+            refusals = self._refusals
+            fresh = refusals > self._answered
+            last, last_at = self._last, self._last_at
+            failure, failed_at = self._failure, self._failed_at
+        if failure is not None and now < failed_at + FAILURE_HOLD:
+            known = self._usable(now)
+            if known is not None:
+                return known
+            raise TransientError(
+                f"{failure} (tried {now - failed_at:.1f} s ago)",
+                retry_after=failed_at + FAILURE_HOLD - now,
+            )
+        if not fresh and last is not None and last.stale and now < last_at + FAILURE_HOLD:
+            return last.token  # its refresh failed a moment ago: not again for every caller
+        try:
+            got = self._fetch(fresh=fresh)
+        except TransientError as error:
+            with self._lock:
+                self._failure, self._failed_at = error, self._clock()
+            known = self._usable(now)
+            if known is not None:
+                return known  # still valid: refresh again later
+            raise
+        with self._lock:
+            self._failure = None
+            self._last, self._last_at = got, self._clock()
+            if fresh:
+                self._answered = refusals
+        return got.token
+
+    def _fetch(self, *, fresh: bool) -> Fetched:
+        """Ask the library for a token; ``fresh``: not from its cache."""
         raise NotImplementedError
 
 
-class ManagedIdentityTokenProvider(_CachedProvider):
-    """Tokens from the app's managed identity (``client_id`` selects a user-assigned one)."""
+def claims_challenge(now: float) -> str:
+    """A claims challenge asking for a token issued from ``now`` on: the shape a resource
+    sends when it revoked a token (Continuous Access Evaluation,
+    https://learn.microsoft.com/entra/identity-platform/claims-challenge)."""
+    return json.dumps({"access_token": {"nbf": {"essential": True, "value": str(int(now))}}})
+
+
+class ManagedIdentityTokenProvider(_LibraryProvider):
+    """Tokens from the app's managed identity (``client_id`` selects a user-assigned one).
+
+    ``credential`` is the process's ``ManagedIdentityCredential`` for that identity when one
+    is shared with other clients (storage); without it the provider makes its own.
+    """
 
     def __init__(
-        self, scope: str, client_id: str | None = None, clock: Callable[[], float] = time.time
+        self,
+        scope: str,
+        client_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        credential: SupportsTokenInfo | None = None,
     ) -> None:
         super().__init__(clock)
-        from azure.identity import ManagedIdentityCredential  # heavy: import when first used
-
         self._scope = scope
         self._client_id = client_id
-        self._credential = ManagedIdentityCredential(client_id=client_id)
+        if credential is None:
+            from azure.identity import ManagedIdentityCredential  # heavy: import when used
 
-    def _acquire(self) -> tuple[str, float]:
-        from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+            credential = ManagedIdentityCredential(client_id=client_id)
+        self._credential = credential
+
+    def _fetch(self, *, fresh: bool) -> Fetched:
+        from azure.core.credentials import TokenRequestOptions
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
         from azure.identity import CredentialUnavailableError
 
+        options: TokenRequestOptions = {}
+        if fresh:  # MSAL's managed-identity client never answers a claims request from cache
+            options["claims"] = claims_challenge(self._clock())
         try:
-            access = self._credential.get_token(self._scope)
+            info = self._credential.get_token_info(self._scope, options=options)
         except CredentialUnavailableError as exc:
             # No identity endpoint here, or the endpoint refused this app's identity.
             raise ConfigError(
@@ -156,12 +232,15 @@ class ManagedIdentityTokenProvider(_CachedProvider):
             raise AuthError(
                 f"the {which} managed identity could not get a token: {_first_line(exc)}"
             ) from exc
-        except ServiceRequestError as exc:
-            raise TransientError(f"managed identity endpoint unreachable: {exc}") from exc
-        return access.token, float(access.expires_on)
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise TransientError(
+                f"managed identity endpoint unreachable: {_first_line(exc)}"
+            ) from exc
+        stale = info.refresh_on is not None and info.refresh_on <= self._clock()
+        return Fetched(info.token, float(info.expires_on), stale)
 
 
-class ServicePrincipalTokenProvider(_CachedProvider):
+class ServicePrincipalTokenProvider(_LibraryProvider):
     """Tokens for an Entra app registration, with a client secret or a certificate (PEM file
     holding the private key and the certificate)."""
 
@@ -203,7 +282,9 @@ class ServicePrincipalTokenProvider(_CachedProvider):
                 f"authority {authority} unreachable: {type(exc).__name__}"
             ) from exc
 
-    def _acquire(self) -> tuple[str, float]:
+    def _fetch(self, *, fresh: bool) -> Fetched:
+        if fresh:  # MSAL's documented way to forget this app's tokens (no force_refresh here)
+            self._app.remove_tokens_for_client()
         try:
             result = self._app.acquire_token_for_client(scopes=[self._scope])
         except requests.RequestException as exc:
@@ -213,7 +294,14 @@ class ServicePrincipalTokenProvider(_CachedProvider):
                 f"service principal sign-in failed: {result.get('error')}: "
                 f"{_first_line(result.get('error_description', ''))}"
             )
-        return str(result["access_token"]), self._clock() + float(result.get("expires_in", 0))
+        now = self._clock()
+        refresh_on = result.get("refresh_on")
+        stale = (
+            result.get("token_source") == "cache"
+            and refresh_on is not None
+            and float(refresh_on) <= now
+        )
+        return Fetched(str(result["access_token"]), now + float(result.get("expires_in", 0)), stale)
 
 
 class StaticTokenProvider:
@@ -229,8 +317,12 @@ class StaticTokenProvider:
         """Nothing to refresh: the next call returns the same token."""
 
 
-def make_token_provider(settings: Settings) -> TokenProvider:
-    """The provider that ``settings.auth_mode`` asks for."""
+def make_token_provider(
+    settings: Settings,
+    managed_identity: Callable[[str | None], SupportsTokenInfo] | None = None,
+) -> TokenProvider:
+    """The provider that ``settings.auth_mode`` asks for; ``managed_identity(client_id)`` gives
+    the process's shared credential for an identity, when there is one."""
     scope = f"{settings.resource}/.default"
     if settings.auth_mode == "static":
         assert settings.static_token is not None
@@ -245,7 +337,8 @@ def make_token_provider(settings: Settings) -> TokenProvider:
             certificate_path=settings.client_certificate_path,
             ca_bundle=settings.ca_bundle,
         )
-    return ManagedIdentityTokenProvider(scope, settings.client_id)
+    credential = managed_identity(settings.client_id) if managed_identity else None
+    return ManagedIdentityTokenProvider(scope, settings.client_id, credential=credential)
 
 
 def check_token_destination(url: str) -> None:
@@ -276,7 +369,8 @@ def _first_line(error: object) -> str:
 
 
 __all__ = [
-    "REFRESH_WINDOW",
+    "EXPIRY_MARGIN",
+    "FAILURE_HOLD",
     "ManagedIdentityTokenProvider",
     "ServicePrincipalTokenProvider",
     "StaticTokenProvider",

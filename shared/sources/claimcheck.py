@@ -6,6 +6,7 @@ encoding) takes a third of that (https://learn.microsoft.com/azure/storage/queue
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 #: for the queue's own envelope).
 MAX_INLINE_MESSAGE_BYTES = 45_000
 
+_lock = threading.Lock()
+#: The process's stores, by (service client, container): see ClaimCheckStore.from_settings.
+_stores: dict[tuple[object, str], ClaimCheckStore] = {}
+
 
 class ClaimCheckStore:
     """Payloads parked in one blob container, named by date and a random id."""
@@ -33,7 +38,21 @@ class ClaimCheckStore:
     def from_settings(
         cls, connection: str, container: str, env: Mapping[str, str]
     ) -> ClaimCheckStore:
-        return cls(blob_service(connection, env).get_container_client(container))
+        """The process's store for ``container`` of the connection ``connection``: one per
+        process, however often it is asked for (an asynchronous HTTP request asks each time),
+        over the process's one blob service client; it creates its container once."""
+        service = blob_service(connection, env)
+        with _lock:
+            store = _stores.get((service, container))
+            if store is None:
+                store = _stores[(service, container)] = cls(service.get_container_client(container))
+            return store
+
+    @staticmethod
+    def forget() -> None:
+        """Drop the stores kept by :meth:`from_settings` (tests that change the environment)."""
+        with _lock:
+            _stores.clear()
 
     def put(self, payload: bytes) -> str:
         """Store ``payload``; return its reference, ``<container>/<name>``."""

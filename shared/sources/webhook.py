@@ -144,12 +144,13 @@ class Webhook:
             return error(500, "ConfigError", str(exc))
         checks = {
             "powerbi": _probe(lambda: self._ingestor().client.ping()),
+            # The process's one client for the connection; no retry for this call only.
             "storage": _probe(
                 lambda: next(
                     iter(
                         blob_service(
-                            settings.storage_connection, self._environment(), retry_total=0
-                        ).list_containers(results_per_page=1, timeout=5)
+                            settings.storage_connection, self._environment()
+                        ).list_containers(results_per_page=1, timeout=5, retry_total=0)
                     ),
                     None,
                 )
