@@ -645,8 +645,9 @@ def run_scenario(
     background = [threading.Thread(target=faults, daemon=True)] if phases else []
     if outage_at is not None:
         background.append(threading.Thread(target=outage, daemon=True))
+    crashing = threading.Thread(target=crasher, daemon=True)
     if crashes:
-        background.append(threading.Thread(target=crasher, daemon=True))
+        background.append(crashing)
     for thread in background:
         thread.start()
     try:
@@ -658,6 +659,11 @@ def run_scenario(
             for future in futures:
                 future.result()
         progress(f"all {plan.rows:,} rows handed over in {time.monotonic() - started:.1f} s")
+        if crashes:
+            # Every planned crash happens before the rig settles: a load that drained early
+            # must not end the scenario with crashes not made (bounded: each crash waits at
+            # most 15 s for work in flight, then 1.5 s for the restart).
+            crashing.join(timeout=crash_window + crashes * 20)
         _wait_until_settled(setup, senders, ids, started + timeout, progress)
     finally:
         stop.set()
