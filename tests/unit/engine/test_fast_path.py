@@ -148,7 +148,7 @@ def tables(draw: st.DrawFn) -> tuple[TableSchema, list[Any]]:
     date_time = st.datetimes().map(
         lambda m: m.isoformat(timespec="seconds") + "Z"
     ) | st.datetimes().map(lambda m: m.isoformat(timespec="milliseconds") + "Z")
-    typical = {
+    typical: dict[str, st.SearchStrategy[Any]] = {
         "Int64": st.integers(-(2**63) + 1, 2**63 - 2).map(str)
         | st.sampled_from(["0", "-0", "+7", " 8", "00", "1_0"]),
         "Double": st.floats(allow_nan=False, allow_infinity=False).map(repr)
