@@ -21,7 +21,7 @@ from shared.errors import RowProblem
 
 #: Rows that Ingestor validates and packs together (RowValidator.check_block, pack_blocks): a
 #: tenth of a full Add Rows body, so a full body waits for at most that many more rows.
-BLOCK_ROWS = 1_000
+BLOCK_ROWS = 125
 
 _OPEN = b'{"rows":['
 _CLOSE = b"]}"
@@ -69,8 +69,10 @@ class Batch:
 
     body: bytes
     indices: tuple[int, ...]
-    #: The rows as sent: dicts, or (from :func:`pack_blocks`) the schema's msgspec Structs,
-    #: which cost a sixth of a dict to build; :attr:`rows` gives dicts either way.
+    #: The rows as sent, as dicts; None for a row of a plain block (:func:`pack_blocks`): its
+    #: values are plain JSON scalars, so the body gives it back exactly (:attr:`rows`), and
+    #: the row need not be kept alive (and freed later, out of the CPU's cache) until the
+    #: batch is done with.
     held: tuple[Any, ...]
 
     @property
@@ -79,8 +81,12 @@ class Batch:
 
     @functools.cached_property
     def rows(self) -> tuple[dict[str, Any], ...]:
-        """The rows as dicts (built when first asked for: only a refused batch needs them)."""
-        return tuple(_as_dict(row) for row in self.held)
+        """The rows as dicts (read back from the body where they were not kept: only a refused
+        batch needs them)."""
+        if None not in self.held:
+            return self.held
+        sent = json.loads(self.body)["rows"]
+        return tuple(sent[n] if row is None else row for n, row in enumerate(self.held))
 
 
 def _as_dict(row: Any) -> Any:
@@ -231,7 +237,7 @@ def pack_blocks(
                 if size + cost <= max_bytes:
                     parts.append(memoryview(encoded)[1:-1])  # no copy
                     indices.extend(block_indices[i:end])
-                    kept.extend(rows[i:end])
+                    kept += [None] * (end - i)  # read back from the body if needed
                     count += end - i
                     size += cost
                     i = end

@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import operator
 import re
 import threading
 import time
@@ -329,9 +330,10 @@ class Ingestor:
         def checked(items: list[tuple[int, Any]]) -> Iterator[Block]:
             """One block of rows, validated together when they can be, else row by row."""
             if validator is not None:
-                fast = validator.check_block([row for _, row in items])
+                fast = validator.check_block(list(map(operator.itemgetter(1), items)))
                 if fast is not None:
-                    yield Block([index for index, _ in items], *fast)
+                    first = items[0][0]  # run.rows() numbers rows one by one
+                    yield Block(list(range(first, first + len(items))), *fast)
                     return
             indices: list[int] = []
             rows: list[dict[str, Any]] = []

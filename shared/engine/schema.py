@@ -208,12 +208,15 @@ def _with_nulls(present: list[Any], values: list[Any]) -> list[Any]:
 
 
 def _in_range(present: list[Any], low: float, high: float) -> bool:
-    """Whether every value is strictly inside (low, high), and none is NaN or infinite (the
-    sum of finite numbers is finite unless it overflows: then the slow way decides).
-    ``present`` may leave out zeros and nulls: they are in range."""
-    if not present:
-        return True
-    return math.isfinite(sum(present)) and low < min(present) and max(present) < high
+    """Whether every number is strictly inside (low, high). ``present`` may leave out zeros
+    and nulls: they are in range."""
+    return not present or (low < min(present) and max(present) < high)
+
+
+def _finite(present: list[float]) -> bool:
+    """Whether no double is NaN or infinite: their sum is finite only then (or it overflows:
+    then the slow way decides)."""
+    return math.isfinite(sum(present))
 
 
 def _column_int64(values: list[Any]) -> list[Any] | None:
@@ -230,7 +233,9 @@ def _column_int64(values: list[Any]) -> list[Any] | None:
     return out if _in_range(present, INT64_MIN, INT64_MAX) else None
 
 
-def _column_number(values: list[Any], limit: float) -> list[Any] | None:
+def _column_number(values: list[Any], limit: float) -> tuple[list[Any], bool] | None:
+    """A Double or Decimal column (``limit``: the bound of its type), and whether msgspec
+    writes its doubles as json.dumps does (:func:`_plain_doubles`)."""
     kinds = set(map(type, values))
     if kinds <= _FLOAT_OR_NONE:
         out = values
@@ -243,15 +248,14 @@ def _column_number(values: list[Any], limit: float) -> list[Any] | None:
         out = _with_nulls(present, values)
     else:
         return None
-    return out if _in_range(present, -limit, limit) else None
-
-
-def _column_double(values: list[Any]) -> list[Any] | None:
-    return _column_number(values, DOUBLE_MAX)
-
-
-def _column_decimal(values: list[Any]) -> list[Any] | None:
-    return _column_number(values, DECIMAL_MAX)
+    if not present:  # nulls and zeros only
+        return out, True
+    if not _finite(present):
+        return None
+    low, high = min(present), max(present)
+    if not (-limit < low and high < limit):
+        return None
+    return out, _plain_range(present, low, high)
 
 
 def _column_boolean(values: list[Any]) -> list[Any] | None:
@@ -307,10 +311,10 @@ def _column_datetime(values: list[Any]) -> list[Any] | None:
     return out if len(out) == len(values) else None
 
 
+#: Double and Decimal columns: _column_number with the type's bound.
+_NUMBER_LIMITS = {"Double": DOUBLE_MAX, "Decimal": DECIMAL_MAX}
 _COLUMN_COERCERS: dict[str, Callable[[list[Any]], list[Any] | None]] = {
     "Int64": _column_int64,
-    "Double": _column_double,
-    "Decimal": _column_decimal,
     "Boolean": _column_boolean,
     "DateTime": _column_datetime,
     "String": _column_string,
@@ -341,8 +345,16 @@ class RowValidator:
         self.table = table
         self._coercers = {c.name: _COERCERS[c.data_type] for c in table.columns}
         self._nullable_empty = {c.name for c in table.columns if c.data_type != "String"}
-        self._column_coercers = {c.name: _COLUMN_COERCERS[c.data_type] for c in table.columns}
-        self._numbers = {c.name for c in table.columns if c.data_type in ("Double", "Decimal")}
+        self._column_coercers = {
+            c.name: _COLUMN_COERCERS[c.data_type]
+            for c in table.columns
+            if c.data_type in _COLUMN_COERCERS
+        }
+        self._number_limits = {
+            c.name: _NUMBER_LIMITS[c.data_type]
+            for c in table.columns
+            if c.data_type in _NUMBER_LIMITS
+        }
         self._row_types: dict[tuple[str, ...], Callable[..., Any]] = {}
 
     def __call__(self, row: Any, index: int) -> dict[str, Any] | RowProblem:
@@ -378,18 +390,25 @@ class RowValidator:
         coercers = self._coercers
         if not keys or any(key not in coercers for key in keys):
             return None
-        # Every row a dict (an exact one: what __call__ would see) with exactly these keys.
-        if set(map(type, rows)) != {dict} or (
-            list(chain.from_iterable(map(dict.keys, rows))) != keys * len(rows)
-        ):
+        # Every row a dict (an exact one: what __call__ would see) with exactly these keys
+        # (iterating a dict gives its keys, in order).
+        if set(map(type, rows)) != {dict} or (list(chain.from_iterable(rows)) != keys * len(rows)):
             return None
         values = list(chain.from_iterable(map(dict.values, rows)))
         columns: list[list[Any]] = []
         plain = True
         for position, key in enumerate(keys):
             column = values[position::width]
+            limit = self._number_limits.get(key)
+            out: list[Any] | None
             try:
-                out = self._column_coercers[key](column)
+                if limit is None:
+                    out = self._column_coercers[key](column)
+                else:
+                    number = _column_number(column, limit)
+                    out = None if number is None else number[0]
+                    if number is not None and not number[1]:
+                        plain = False
             except (ValueError, TypeError, OverflowError):
                 out = None
             if out is None:
@@ -401,8 +420,8 @@ class RowValidator:
                     ]
                 except Rejected:
                     return None
-            if key in self._numbers and plain:
-                plain = _plain_doubles(out)
+                if limit is not None and plain:
+                    plain = _plain_doubles(out)
             columns.append(out)
         return list(map(self._row_type(tuple(keys)), *columns)), plain
 
@@ -424,9 +443,11 @@ def _plain_doubles(values: list[Any]) -> bool:
     """Whether msgspec writes these coerced doubles as json.dumps does (0 or 1e-4 <= |x| < 1e16;
     see shared.engine.batching)."""
     present = list(filter(None, values))  # nulls and zeros are plain
-    if not present:
-        return True
-    low, high = min(present), max(present)
+    return not present or _plain_range(present, min(present), max(present))
+
+
+def _plain_range(present: list[float], low: float, high: float) -> bool:
+    """:func:`_plain_doubles` for non-zero doubles whose least and greatest are known."""
     if not (low > -PLAIN_FLOAT_MAX and high < PLAIN_FLOAT_MAX):
         return False
     if low >= PLAIN_FLOAT_MIN or high <= -PLAIN_FLOAT_MIN:  # all of one sign, away from 0
