@@ -376,7 +376,7 @@ def _split_csv(block: bytes, first: int, header: list[str]) -> Iterator[list[Any
     except UnicodeDecodeError:
         return None
     texts = text.split("\n")
-    if max(map(len, texts)) > csv.field_size_limit():
+    if len(text) > csv.field_size_limit() and max(map(len, texts)) > csv.field_size_limit():
         return None  # csv.reader refuses a field that long: let it say so
     return _split_pieces(texts, first, header)
 
@@ -387,8 +387,9 @@ def _split_pieces(texts: list[str], first: int, header: list[str]) -> Iterator[l
     for start in range(0, len(texts), _PIECE_LINES):
         piece = texts[start : start + _PIECE_LINES]
         # Every line with the header's number of fields (an empty line is skipped, not a
-        # row): then the piece's fields, split at once, fall into rows in order.
-        if "" not in piece and set(map(str.count, piece, repeat(","))) == commas:
+        # row; with more than one column its comma count already says so): then the piece's
+        # fields, split at once, fall into rows in order.
+        if set(map(str.count, piece, repeat(","))) == commas and (commas != {0} or "" not in piece):
             yield make(",".join(piece).split(","))
         else:
             yield _split_lines(piece, first + start, header)
