@@ -22,7 +22,7 @@ from shared.errors import RowProblem
 #: Rows that Ingestor validates and packs together (RowValidator.check_block, pack_blocks):
 #: as many as the readers make at a time (shared/sources/formats.py _PIECE_LINES), so that a
 #: block's objects are still in the CPU's cache (measured: 1,000-row blocks of whole 1 MiB
-#: chunks ran about 15% slower). A full body waits for at most this many more rows.
+#: chunks ran about 10% slower). A full body waits for at most this many more rows.
 BLOCK_ROWS = 512
 
 _OPEN = b'{"rows":['
