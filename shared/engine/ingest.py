@@ -354,7 +354,7 @@ class Ingestor:
             # Rows are read in blocks of BLOCK_ROWS; when the source fails mid-block, the
             # rows read before the failure are still validated and packed (as row by row).
             # list.extend keeps what it took before the error (CPython appends each item
-            # as it comes; test_ingest_blocks checks it).
+            # as it comes; tests/unit/engine/test_ingest_blocks.py checks it).
             source = run.rows()
             while True:
                 items: list[tuple[int, Any]] = []
