@@ -42,7 +42,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 MAX_JSON_DEPTH = 64
 #: Lines turned into rows at a time (of a chunk read whole): the rows of a piece are still in
 #: the CPU's cache when the engine validates them (a 1 MiB chunk is 12,000 rows of the bench).
-_PIECE_LINES = 128
+_PIECE_LINES = 512
 #: A CSV or NDJSON line longer than this is refused: a file without newlines must not be held
 #: in memory whole.
 MAX_LINE_BYTES = 16 * 1024 * 1024
