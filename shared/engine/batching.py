@@ -20,9 +20,9 @@ from shared import limits
 from shared.errors import RowProblem
 
 #: Rows that Ingestor validates and packs together (RowValidator.check_block, pack_blocks):
-#: as many as the readers make at a time (shared/sources/formats.py _PIECE_LINES), so that a
-#: block's objects are still in the CPU's cache (measured: 1,000-row blocks of whole 1 MiB
-#: chunks ran about 10% slower). A full body waits for at most this many more rows.
+#: a few of the readers' pieces (shared/sources/formats.py _PIECE_LINES), so that a block's
+#: objects are still in the CPU's cache (1,000-row blocks of whole 1 MiB chunks ran about 10%
+#: slower). A full body waits for at most this many more rows.
 BLOCK_ROWS = 512
 
 _OPEN = b'{"rows":['
