@@ -1,8 +1,9 @@
 """Run every benchmark figure, print the table and write ``bench/results/latest.json``.
 
-``python -m bench.run [--quick] [--no-1gib]`` (``make bench`` runs the full set). The full run
-takes about eight minutes on two cores; ``--quick`` runs smaller versions of the same figures
-in about two (the quota figure cannot be shorter: it needs an emulated hour, a real minute).
+``python -m bench.run [--quick] [--no-1gib] [--only 1]`` (``make bench`` runs the full set).
+The full run takes about eight minutes on two cores; ``--quick`` runs smaller versions of the
+same figures in about two (the quota figure cannot be shorter: it needs an emulated hour, a
+real minute); ``--only 1`` runs figure 1 alone (``--only`` may be given more than once).
 """
 
 from __future__ import annotations
@@ -53,7 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller runs of every figure")
     parser.add_argument("--no-1gib", action="store_true", help="skip the 1 GiB memory run")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write results")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["1", "2", "3", "4", "5"],
+        help="run only this figure (repeatable); the default is every figure",
+    )
     args = parser.parse_args(argv)
+    wanted = set(args.only or ["1", "2", "3", "4", "5"])
     plan = QUICK if args.quick else FULL
     results: Path = args.results
     results.mkdir(parents=True, exist_ok=True)
@@ -67,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def attempt(number: str, title: str, run: Callable[[], list[Figure]]) -> list[Figure]:
         """One figure's run; a failure is reported as a figure (and the rest still run)."""
+        if number not in wanted:
+            return []
         step(f"{number}. {title}")
         try:
             done = run()
@@ -162,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         "figures": [f.to_json() for f in figures],
         "profiles": profiles,
     }
-    target = results / "latest.json"
+    # A partial run does not overwrite the full run's results.
+    target = results / (
+        "latest.json" if args.only is None else f"latest-only-{'-'.join(sorted(wanted))}.json"
+    )
     target.write_text(json.dumps(output, indent=2) + "\n", encoding="utf-8")
     print(f"\nwritten: {target}")
     return 0

@@ -24,7 +24,9 @@ The time budget is a :class:`~shared.engine.retry.Deadline` passed as an argumen
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
+import operator
 import re
 import threading
 import time
@@ -35,7 +37,7 @@ from typing import Any
 
 from shared import limits
 from shared.contracts import PushResult, Target, Unreadable
-from shared.engine.batching import Batch, pack
+from shared.engine.batching import BLOCK_ROWS, Batch, Block, pack, pack_blocks
 from shared.engine.destination import Destination
 from shared.engine.governor import Governor
 from shared.engine.retry import Deadline, RetryPolicy, stored_nothing
@@ -347,18 +349,50 @@ class Ingestor:
         run.dataset(resolved.dataset_id, resolved.workspace_id)
         validator = resolved.validator(target.table)
 
-        def valid() -> Iterator[tuple[int, dict[str, Any]]]:
-            for index, row in run.rows():
+        def checked(items: list[tuple[int, Any]]) -> Iterator[Block]:
+            """One block of rows, validated together when they can be, else row by row."""
+            if validator is not None:
+                fast = validator.check_block(list(map(operator.itemgetter(1), items)))
+                if fast is not None:
+                    first = items[0][0]  # run.rows() numbers rows one by one
+                    yield Block(list(range(first, first + len(items))), *fast)
+                    return
+            indices: list[int] = []
+            rows: list[dict[str, Any]] = []
+            for index, row in items:
                 if isinstance(row, Unreadable):  # a part of a file that is not a row
                     run.reject(RowProblem(index, row.reason), row.text)
                     continue
-                checked = validator(row, index) if validator else _plain(row, index)
-                if isinstance(checked, RowProblem):
-                    run.reject(checked, row)
+                result = validator(row, index) if validator else _plain(row, index)
+                if isinstance(result, RowProblem):
+                    run.reject(result, row)
                 else:
-                    yield index, checked
+                    indices.append(index)
+                    rows.append(result)
+            if indices:
+                yield Block(indices, rows)
 
-        batches = pack(valid(), on_reject=run.reject, keep_together=run.groups())
+        def valid() -> Iterator[Block]:
+            # Rows are read in blocks of BLOCK_ROWS; when the source fails mid-block, the
+            # rows read before the failure are still validated and packed (as row by row).
+            # list.extend keeps what it took before the error (CPython appends each item
+            # as it comes; tests/unit/engine/test_ingest_blocks.py checks it).
+            source = run.rows()
+            while True:
+                items: list[tuple[int, Any]] = []
+                failure: Exception | None = None
+                try:
+                    items.extend(itertools.islice(source, BLOCK_ROWS))
+                except Exception as error:
+                    failure = error
+                if items:
+                    yield from checked(items)
+                if failure is not None:
+                    raise failure
+                if len(items) < BLOCK_ROWS:
+                    return
+
+        batches = pack_blocks(valid(), on_reject=run.reject, keep_together=run.groups())
         for batch in batches:
             try:
                 self._deliver(batch, run, deadline)
@@ -545,6 +579,9 @@ class _Run:
         return number, index - self._starts[number]
 
     def _by_part(self, batch: Batch) -> dict[int, int]:
+        first = self._owner(batch.indices[0])[0]
+        if first == self._owner(batch.indices[-1])[0]:  # indices rise: all of one part
+            return {first: batch.count}
         counts: dict[int, int] = {}
         for index in batch.indices:
             number = self._owner(index)[0]

@@ -18,10 +18,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from shared import limits
+from shared.engine.batching import PLAIN_FLOAT_MAX, PLAIN_FLOAT_MIN
 from shared.errors import ConfigError, RowProblem
 
 INT64_MAX = 2**63 - 1
@@ -160,6 +164,163 @@ _COERCERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+# --- whole columns at once ---------------------------------------------------------------------
+#
+# A block of rows that all have the same keys in the same order is checked column by column:
+# each function below takes one column's values (a list) and returns them coerced exactly as
+# the per-value coercer above (with None and the empty-string rule applied) would, using loops
+# that run in C (map, min, max, sum, a regex over the joined column). It returns None, or
+# raises ValueError/TypeError/OverflowError, when it cannot tell: the column is then coerced
+# value by value, and a value that is refused sends the whole block through the per-row
+# validator, which names the row and column. So these are shortcuts, never a second set of
+# rules: every value they accept, the per-value coercer accepts with the same result (the
+# property tests in tests/unit/engine/test_fast_path.py compare them).
+
+_NONE = type(None)
+_INT = frozenset({int})
+_INT_OR_NONE = frozenset({int, _NONE})
+_FLOAT_OR_NONE = frozenset({float, _NONE})
+_NUMBER_OR_NONE = frozenset({float, int, _NONE})
+_STR = frozenset({str})
+_STR_OR_NONE = frozenset({str, _NONE})
+_BOOL_OR_NONE = frozenset({bool, _NONE})
+#: The exact texts the Boolean coercer maps without stripping or lower-casing (others go the
+#: slow way); "" and None are null in a non-text column.
+_BOOL_TEXT: dict[Any, bool | None] = {"true": True, "false": False, "": None, None: None}
+
+
+def _with_nulls(present: list[Any], values: list[Any]) -> list[Any]:
+    """``present`` (the coerced non-empty values, in order) with None put back where
+    ``values`` has "" or None: a loop over the few empty places only."""
+    if len(present) == len(values):
+        return present
+    out = present[:]
+    if None in values:
+        for position, value in enumerate(values):
+            if value is None or value == "":
+                out.insert(position, None)
+    else:  # only "": list.index finds them in C
+        position = -1
+        for _ in range(len(values) - len(present)):
+            position = values.index("", position + 1)
+            out.insert(position, None)
+    return out
+
+
+def _in_range(present: list[Any], low: float, high: float) -> bool:
+    """Whether every number is strictly inside (low, high). ``present`` may leave out zeros
+    and nulls: they are in range."""
+    return not present or (low < min(present) and max(present) < high)
+
+
+def _finite(present: list[float]) -> bool:
+    """Whether no double is NaN or infinite: their sum is finite only then (or it overflows:
+    then the slow way decides)."""
+    return math.isfinite(sum(present))
+
+
+def _column_int64(values: list[Any]) -> list[Any] | None:
+    kinds = set(map(type, values))
+    if kinds <= _INT_OR_NONE:
+        out = values
+        present = list(filter(None, values))
+    elif kinds <= _STR_OR_NONE:
+        # int() strips the same whitespace str.strip() does (Py_UNICODE_ISSPACE); "" is null.
+        present = list(map(int, filter(None, values)))
+        out = _with_nulls(present, values)
+    else:
+        return None
+    return out if _in_range(present, INT64_MIN, INT64_MAX) else None
+
+
+def _column_number(values: list[Any], limit: float) -> tuple[list[Any], bool] | None:
+    """A Double or Decimal column (``limit``: the bound of its type), and whether msgspec
+    writes its doubles as json.dumps does (:func:`_plain_doubles`)."""
+    kinds = set(map(type, values))
+    if kinds <= _FLOAT_OR_NONE:
+        out = values
+        present = list(filter(None, values))
+    elif kinds <= _NUMBER_OR_NONE:
+        out = [None if v is None else float(v) for v in values]
+        present = list(filter(None, out))
+    elif kinds <= _STR_OR_NONE:
+        present = list(map(float, filter(None, values)))
+        out = _with_nulls(present, values)
+    else:
+        return None
+    if not present:  # nulls and zeros only
+        return out, True
+    if not _finite(present):
+        return None
+    low, high = min(present), max(present)
+    if not (-limit < low and high < limit):
+        return None
+    return out, _plain_range(present, low, high)
+
+
+def _column_boolean(values: list[Any]) -> list[Any] | None:
+    kinds = set(map(type, values))
+    if kinds <= _BOOL_OR_NONE:
+        return values
+    if kinds <= _STR_OR_NONE:
+        try:
+            return list(map(_BOOL_TEXT.__getitem__, values))
+        except KeyError:
+            return None
+    return None
+
+
+def _column_string(values: list[Any]) -> list[Any] | None:
+    kinds = set(map(type, values))
+    if kinds == _STR:
+        longest = max(map(len, values))
+    elif kinds == _STR_OR_NONE:
+        longest = max(map(len, filter(None, values)), default=0)
+    else:
+        return None
+    # See _string: at most 2,000 code points cannot pass 4,000 UTF-16 units.
+    return values if longest <= limits.MAX_STRING_LENGTH // 2 else None
+
+
+# "yyyy-MM-ddTHH:mm:ssZ" with a valid date and time (29 February goes the slow way, and so
+# does year 0000, which datetime refuses). ASCII digits only: \d would take any Unicode digit.
+_DAY = (
+    r"(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+    r"|(?:0[13-9]|1[0-2])-(?:29|30)"
+    r"|(?:0[13578]|1[02])-31"
+)
+_UTC_SECOND = rf"(?!0000)[0-9]{{4}}-(?:{_DAY})T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+#: A whole column joined by newlines, every value ending in "Z" (normalised by adding
+#: ".000") or every value ending in ".fffZ" (already normal).
+_UTC_SECONDS = re.compile(rf"(?:{_UTC_SECOND}Z\n)*{_UTC_SECOND}Z")
+_UTC_MILLISECONDS = re.compile(rf"(?:{_UTC_SECOND}\.[0-9]{{3}}Z\n)*{_UTC_SECOND}\.[0-9]{{3}}Z")
+
+
+def _column_datetime(values: list[Any]) -> list[Any] | None:
+    if set(map(type, values)) != _STR:
+        return None
+    joined = "\n".join(values)
+    if _UTC_SECONDS.fullmatch(joined):
+        # Every "Z" is a value's last character: put ".000" before each.
+        out = (joined.replace("Z\n", ".000Z\n")[:-1] + ".000Z").split("\n")
+    elif _UTC_MILLISECONDS.fullmatch(joined):
+        out = joined.split("\n")
+    else:
+        return None
+    # A value holding a newline would shift the split: then it is not the same column.
+    return out if len(out) == len(values) else None
+
+
+#: Double and Decimal columns: _column_number with the type's bound.
+_NUMBER_LIMITS = {"Double": DOUBLE_MAX, "Decimal": DECIMAL_MAX}
+_COLUMN_COERCERS: dict[str, Callable[[list[Any]], list[Any] | None]] = {
+    "Int64": _column_int64,
+    "Boolean": _column_boolean,
+    "DateTime": _column_datetime,
+    "String": _column_string,
+}
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -184,6 +345,17 @@ class RowValidator:
         self.table = table
         self._coercers = {c.name: _COERCERS[c.data_type] for c in table.columns}
         self._nullable_empty = {c.name for c in table.columns if c.data_type != "String"}
+        self._column_coercers = {
+            c.name: _COLUMN_COERCERS[c.data_type]
+            for c in table.columns
+            if c.data_type in _COLUMN_COERCERS
+        }
+        self._number_limits = {
+            c.name: _NUMBER_LIMITS[c.data_type]
+            for c in table.columns
+            if c.data_type in _NUMBER_LIMITS
+        }
+        self._row_types: dict[tuple[str, ...], Callable[..., Any]] = {}
 
     def __call__(self, row: Any, index: int) -> dict[str, Any] | RowProblem:
         """The row as it will be sent, or the first problem found in it."""
@@ -205,6 +377,82 @@ class RowValidator:
             except Rejected as exc:
                 return RowProblem(index, str(exc), column)
         return out
+
+    def check_block(self, rows: list[Any]) -> tuple[list[dict[str, Any]], bool] | None:
+        """Many rows at once: what :meth:`__call__` returns for each, when every row has the
+        same columns in the same order and none has a problem; else None (check them one by
+        one). Also whether every value is plain JSON for msgspec (see
+        :func:`shared.engine.batching.pack_blocks`): only doubles can fail that."""
+        if not rows or type(rows[0]) is not dict:
+            return None
+        keys = list(rows[0])
+        width = len(keys)
+        coercers = self._coercers
+        if not keys or any(key not in coercers for key in keys):
+            return None
+        # Every row a dict (an exact one: what __call__ would see) with exactly these keys
+        # (iterating a dict gives its keys, in order).
+        if set(map(type, rows)) != {dict} or (list(chain.from_iterable(rows)) != keys * len(rows)):
+            return None
+        values = list(chain.from_iterable(map(dict.values, rows)))
+        columns: list[list[Any]] = []
+        plain = True
+        for position, key in enumerate(keys):
+            column = values[position::width]
+            limit = self._number_limits.get(key)
+            out: list[Any] | None
+            try:
+                if limit is None:
+                    out = self._column_coercers[key](column)
+                else:
+                    number = _column_number(column, limit)
+                    out = None if number is None else number[0]
+                    if number is not None and not number[1]:
+                        plain = False
+            except (ValueError, TypeError, OverflowError):
+                out = None
+            if out is None:
+                coerce = coercers[key]
+                nullable = key in self._nullable_empty
+                try:
+                    out = [
+                        None if v is None or (v == "" and nullable) else coerce(v) for v in column
+                    ]
+                except Rejected:
+                    return None
+                if limit is not None and plain:
+                    plain = _plain_doubles(out)
+            columns.append(out)
+        return list(map(self._row_type(tuple(keys)), *columns)), plain
+
+    def _row_type(self, keys: tuple[str, ...]) -> Callable[..., Any]:
+        """A msgspec Struct whose fields are ``keys`` in order: it encodes as the dict of those
+        keys would, and costs a sixth of a dict to build (its fields hold only scalars, so
+        the garbage collector need not track it)."""
+        row_type = self._row_types.get(keys)
+        if row_type is None:
+            fields = [f"f{n}" for n in range(len(keys))]  # column names need not be identifiers
+            row_type = msgspec.defstruct(
+                "Row", fields, rename=dict(zip(fields, keys, strict=True)), gc=False
+            )
+            self._row_types[keys] = row_type
+        return row_type
+
+
+def _plain_doubles(values: list[Any]) -> bool:
+    """Whether msgspec writes these coerced doubles as json.dumps does (0 or 1e-4 <= |x| < 1e16;
+    see shared.engine.batching)."""
+    present = list(filter(None, values))  # nulls and zeros are plain
+    return not present or _plain_range(present, min(present), max(present))
+
+
+def _plain_range(present: list[float], low: float, high: float) -> bool:
+    """:func:`_plain_doubles` for non-zero doubles whose least and greatest are known."""
+    if not (low > -PLAIN_FLOAT_MAX and high < PLAIN_FLOAT_MAX):
+        return False
+    if low >= PLAIN_FLOAT_MIN or high <= -PLAIN_FLOAT_MIN:  # all of one sign, away from 0
+        return True
+    return bool(min(map(abs, present)) >= PLAIN_FLOAT_MIN)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ readers are shown to stream and to be safe wherever a chunk boundary falls.
 
 from __future__ import annotations
 
+import csv
 import gc
 import gzip
 import itertools
@@ -17,6 +18,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shared.sources import formats
 from shared.sources.formats import FormatError, Unreadable, detect, read_rows
@@ -826,3 +829,268 @@ def test_an_over_long_line_is_refused_and_reading_goes_on(monkeypatch: pytest.Mo
     assert items[0] == {"a": 1} and items[-1] == {"a": 2}
     (refused,) = [i for i in items if isinstance(i, formats.Unreadable)]
     assert "longer than 1,000 bytes" in refused.reason and refused.line == 2
+
+
+# --------------------------------------------------------------------------------------------
+# the chunk-at-a-time readers against the line-at-a-time ones they replaced
+#
+# The reference below is the CSV and NDJSON reading code as it was before reading went a chunk
+# at a time (msgspec for NDJSON, a comma split for plain CSV): for random files cut into random
+# chunks, read_rows must give exactly what it gives (rows, Unreadables, their lines and texts).
+
+
+def _ref_lines(data: Iterable[bytes]) -> Iterator[tuple[int, bytes | Unreadable]]:
+    """Byte lines with their numbers; a stream failure becomes a final Unreadable. A line
+    longer than ``MAX_LINE_BYTES`` is reported and skipped rather than held in memory."""
+    number = 0
+    rest = b""
+    skipping = False
+    try:
+        for chunk in data:
+            rest += chunk
+            *whole, rest = rest.split(b"\n")
+            for line in whole:
+                number += 1
+                if skipping:
+                    skipping = False
+                    continue
+                yield number, line.rstrip(b"\r")
+            if len(rest) > formats.MAX_LINE_BYTES:
+                if not skipping:
+                    yield (
+                        number + 1,
+                        Unreadable(
+                            f"line {number + 1} is longer than {formats.MAX_LINE_BYTES:,} bytes",
+                            line=number + 1,
+                        ),
+                    )
+                skipping = True
+                rest = b""
+    except (formats._TooBig, formats._Truncated) as exc:
+        yield number + 1, Unreadable(str(exc), line=number + 1, final=True)
+        return
+    if rest and not skipping:
+        yield number + 1, rest.rstrip(b"\r")
+
+
+def _ref_decode(raw: bytes, number: int) -> str | Unreadable:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Unreadable(
+            f"line {number} is not UTF-8 (byte {exc.start}): the file must be UTF-8 encoded",
+            raw[:200].decode("utf-8", errors="replace"),
+            number,
+        )
+    return text.removeprefix("\ufeff") if number == 1 else text
+
+
+def _ref_ndjson(data: Iterable[bytes]) -> Iterator[Any]:
+    for number, raw in _ref_lines(data):
+        if isinstance(raw, Unreadable):
+            yield raw
+            if raw.final:
+                return
+            continue
+        text = _ref_decode(raw, number)
+        if isinstance(text, Unreadable):
+            yield text
+            continue
+        if not text.strip():
+            continue
+        try:
+            yield json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            yield Unreadable(f"line {number} is not JSON: {exc}", text[:200], number)
+
+
+def _ref_csv(data: Iterable[bytes]) -> Iterator[Any]:
+    problems: list[Unreadable] = []
+
+    def text_lines() -> Iterator[str]:
+        for number, raw in _ref_lines(data):
+            if isinstance(raw, Unreadable):
+                problems.append(raw)
+                if raw.final:
+                    return
+                yield ""  # keep csv's line count in step
+                continue
+            text = _ref_decode(raw, number)
+            if isinstance(text, Unreadable):
+                problems.append(text)
+                yield ""  # keep csv's line count in step; an empty line is skipped
+                continue
+            yield text + "\n"
+
+    reader = csv.reader(text_lines(), strict=True)
+    header: list[str] | None = None
+    while True:
+        record: list[str] | None = None
+        failure: Unreadable | None = None
+        finished = False
+        try:
+            record = next(reader)
+        except StopIteration:
+            finished = True
+        except csv.Error as exc:
+            failure = Unreadable(f"line {reader.line_num}: {exc}", line=reader.line_num)
+        yield from problems
+        problems.clear()
+        if finished:
+            return
+        if failure is not None:
+            yield failure
+            continue
+        if not record or record == [""]:
+            continue
+        if header is None:
+            header = [name.strip() for name in record]
+            if len(set(header)) != len(header) or "" in header:
+                yield Unreadable("the header row has empty or repeated column names", line=1)
+                return
+            continue
+        if len(record) != len(header):
+            yield Unreadable(
+                f"line {reader.line_num}: {len(record)} fields, but the header has {len(header)}",
+                ",".join(record)[:200],
+                reader.line_num,
+            )
+            continue
+        yield dict(zip(header, record, strict=True))
+
+
+def _reference(data: bytes, kind: str, size: int) -> list[Any]:
+    chunks = formats._capped(split(data, size), formats.DEFAULT_MAX_BYTES)
+    return list(_ref_csv(chunks) if kind == "csv" else _ref_ndjson(chunks))
+
+
+CSV_PIECES = [
+    "1",
+    "x",
+    "",
+    ",",
+    ",,",
+    '"',
+    '""',
+    '"a,b"',
+    '"multi\nline"',
+    "\r",
+    " ",
+    "é",
+    "\x00",
+    "\u2028",
+    "1.5",
+    "true",
+    "2026-01-01T00:00:00Z",
+]
+BAD_BYTES = [b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xef\xbb\xbf"]
+
+
+@st.composite
+def csv_files(draw: st.DrawFn) -> bytes:
+    header = draw(st.sampled_from(["a,b,c", "a,b", "a", "a,a", "a,,b", " a , b ", "x y,é"]))
+    lines = [header]
+    for _ in range(draw(st.integers(0, 25))):
+        if draw(st.integers(0, 3)):  # a well-formed line, most of the time
+            fields = draw(
+                st.lists(
+                    st.sampled_from(["1", "x", "", "é", "2.5", "true"]), min_size=3, max_size=3
+                )
+            )
+            lines.append(",".join(fields[: header.count(",") + 1]))
+        else:
+            lines.append("".join(draw(st.lists(st.sampled_from(CSV_PIECES), max_size=6))))
+    newline = draw(st.sampled_from(["\n", "\n", "\r\n"]))
+    data = newline.join(lines).encode()
+    if draw(st.booleans()):
+        data += newline.encode()
+    if draw(st.integers(0, 4)) == 0:
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.sampled_from(BAD_BYTES)) + data[at:]
+    if draw(st.integers(0, 4)) == 0:
+        data = BOM + data
+    return data
+
+
+JSON_LINES = [
+    '{"a": 1, "b": "x"}',
+    '{"a":1.5e3,"b":null}',
+    '{"a": 123456789012345678901234567890}',
+    '{"a": 1e400}',
+    '{"a": NaN}',
+    "Infinity",
+    "-Infinity",
+    "",
+    "   ",
+    "1 2",
+    "[1,",
+    "2]",
+    '"\\ud800"',
+    '"\\ud83d\\ude00"',
+    "[]",
+    "5",
+    "nul",
+    '{"a":1,"a":2}',
+    "\t{}\t",
+    '{"é": "€"}',
+    "\x0b",
+    '{"a": "tab\there"}',
+    "1" * 4301,
+]
+
+
+@st.composite
+def ndjson_files(draw: st.DrawFn) -> bytes:
+    lines = draw(
+        st.lists(
+            st.sampled_from(JSON_LINES)
+            | st.dictionaries(
+                st.text(max_size=3), st.integers() | st.floats() | st.text(max_size=3)
+            ).map(json.dumps),
+            max_size=25,
+        )
+    )
+    newline = draw(st.sampled_from(["\n", "\n", "\r\n"]))
+    data = newline.join(lines).encode()
+    if draw(st.booleans()):
+        data += newline.encode()
+    if draw(st.integers(0, 4)) == 0:
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.sampled_from(BAD_BYTES)) + data[at:]
+    if draw(st.integers(0, 4)) == 0:
+        data = BOM + data
+    return data
+
+
+def _same_items(got: list[Any], expected: list[Any]) -> None:
+    # repr: NaN != NaN, and 1 == 1.0 == True must not pass for each other.
+    assert [repr(item) for item in got] == [repr(item) for item in expected]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=csv_files(),
+    size=st.integers(1, 64) | st.just(1 << 20),
+    limit=st.sampled_from([20, 1 << 24]),
+)
+def test_csv_chunks_read_as_lines_did(data: bytes, size: int, limit: int) -> None:
+    """Plain chunks split on commas, the rest through csv.reader: the same rows and problems
+    (quotes, carriage returns, bad UTF-8, a BOM, short and long lines, the line cap)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(formats, "MAX_LINE_BYTES", limit)
+        _same_items(list(read_rows(split(data, size), "csv")), _reference(data, "csv", size))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=ndjson_files(),
+    size=st.integers(1, 64) | st.just(1 << 20),
+    limit=st.sampled_from([20, 1 << 24]),
+)
+def test_ndjson_chunks_read_as_lines_did(data: bytes, size: int, limit: int) -> None:
+    """msgspec where it reads every line of a chunk, json.loads line by line where it does not:
+    the same rows and problems as json.loads alone (NaN, Infinity, 1e400, two values on a line,
+    blank lines, bad UTF-8, lone surrogates, a BOM, the line cap)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(formats, "MAX_LINE_BYTES", limit)
+        _same_items(list(read_rows(split(data, size), "ndjson")), _reference(data, "ndjson", size))
