@@ -333,13 +333,16 @@ def _csv(data: Iterable[bytes]) -> Iterator[list[Any]]:
         record: list[str] | None = None
         failure: Unreadable | None = None
         finished = False
+        start = reader.line_num + split_lines + 1  # the line the next record begins on
         try:
             record = next(reader)
         except StopIteration:
             finished = True
         except csv.Error as exc:
             line = reader.line_num + split_lines
-            failure = Unreadable(f"line {line}: {exc}", line=line)
+            failure = Unreadable(
+                f"{_lines_named(start, line)}: {exc}{_spanned(start, line)}", line=line
+            )
         if problems:
             yield problems[:]
             problems.clear()
@@ -360,13 +363,31 @@ def _csv(data: Iterable[bytes]) -> Iterator[list[Any]]:
             line = reader.line_num + split_lines
             yield [
                 Unreadable(
-                    f"line {line}: {len(record)} fields, but the header has {len(header)}",
+                    f"{_lines_named(start, line)}: {len(record)} fields, but the header has "
+                    f"{len(header)}{_spanned(start, line)}",
                     ",".join(record)[:200],
                     line,
                 )
             ]
             continue
         yield [dict(zip(header, record, strict=True))]
+
+
+def _lines_named(start: int, end: int) -> str:
+    return f"line {end}" if end <= start else f"lines {start}-{end}"
+
+
+def _spanned(start: int, end: int) -> str:
+    """What a record over several lines means: a quote opened on ``start`` and not closed on
+    its line took the lines after it into one field, so none of them is a row of its own. Said
+    in the dead letter, so that those lines are not lost without a word."""
+    if end <= start:
+        return ""
+    return (
+        f" (a quoted field opened on line {start} runs to line {end}: those "
+        f"{end - start + 1:,} lines are this one item, not rows; check the quotes on line "
+        f"{start})"
+    )
 
 
 def _split_csv(block: bytes, first: int, header: list[str]) -> Iterator[list[Any]] | None:

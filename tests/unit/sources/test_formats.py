@@ -22,7 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.sources import formats
-from shared.sources.formats import FormatError, Unreadable, detect, read_rows
+from shared.sources.formats import (
+    FormatError,
+    Unreadable,
+    _lines_named,
+    _spanned,
+    detect,
+    read_rows,
+)
 
 CHUNK_SIZES = [7, 1]
 BOM = b"\xef\xbb\xbf"
@@ -370,7 +377,9 @@ def test_csv_unterminated_quote_at_eof_is_unreadable(size: int) -> None:
     assert len(items) == 2
     problem = items[1]
     assert isinstance(problem, Unreadable)
-    assert problem.reason.startswith("line ")
+    # The lines the open quote took are named, so they are not lost without a word.
+    assert problem.reason.startswith("lines 3-4: ")
+    assert "quoted field opened on line 3 runs to line 4" in problem.reason
     assert "unexpected end of data" in problem.reason
     assert problem.line is not None
 
@@ -928,12 +937,16 @@ def _ref_csv(data: Iterable[bytes]) -> Iterator[Any]:
         record: list[str] | None = None
         failure: Unreadable | None = None
         finished = False
+        start = reader.line_num + 1
         try:
             record = next(reader)
         except StopIteration:
             finished = True
         except csv.Error as exc:
-            failure = Unreadable(f"line {reader.line_num}: {exc}", line=reader.line_num)
+            end = reader.line_num
+            failure = Unreadable(
+                f"{_lines_named(start, end)}: {exc}{_spanned(start, end)}", line=end
+            )
         yield from problems
         problems.clear()
         if finished:
@@ -951,7 +964,8 @@ def _ref_csv(data: Iterable[bytes]) -> Iterator[Any]:
             continue
         if len(record) != len(header):
             yield Unreadable(
-                f"line {reader.line_num}: {len(record)} fields, but the header has {len(header)}",
+                f"{_lines_named(start, reader.line_num)}: {len(record)} fields, but the header "
+                f"has {len(header)}{_spanned(start, reader.line_num)}",
                 ",".join(record)[:200],
                 reader.line_num,
             )
