@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from shared import limits
 from shared.cli import infer
 from shared.cli.replay import BLOB_POISON_QUEUE, replay_dead_letters, replay_poison
 from shared.contracts import Target
@@ -26,6 +28,7 @@ from shared.engine.schema import DatasetDefinition
 from shared.errors import ConfigError, PushError
 from shared.runtime import build_ingestor, build_queue_ingest
 from shared.settings import Settings
+from shared.sources.formats import FormatError, detect, read_rows
 from shared.stores.deadletter import BlobDeadLetterStore
 from shared.stores.storage import queue_client
 
@@ -50,8 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     provision = commands.add_parser("provision", help="create a dataset from its definition")
     provision.add_argument("file", type=Path, help="a Create Dataset JSON, e.g. datasets/X.json")
     provision.add_argument("--workspace")
-    push = commands.add_parser("push", help="push a JSON or NDJSON file's rows to a table")
-    push.add_argument("file", type=Path, help='.json (array or {"rows": [...]}) or .ndjson')
+    push = commands.add_parser(
+        "push", help="push a CSV, NDJSON or JSON file's rows (gzip too) to a table"
+    )
+    push.add_argument(
+        "file", type=Path, help='.csv, .ndjson/.jsonl or .json (array or {"rows": [...]}), .gz'
+    )
     push.add_argument("--dataset", required=True, help="name or id")
     push.add_argument("--table", required=True)
     push.add_argument("--workspace")
@@ -102,25 +109,88 @@ def load_environment(path: Path) -> dict[str, str]:
     return env
 
 
-def read_rows(path: Path) -> Iterator[Any]:
-    """Rows from a JSON file (an array, or ``{"rows": [...]}``) or NDJSON (one per line)."""
-    if path.suffix.lower() in (".ndjson", ".jsonl"):
-        with path.open(encoding="utf-8-sig") as lines:
-            for number, line in enumerate(lines, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError as exc:
-                        raise ConfigError(str(path), f"line {number} is not JSON: {exc}") from exc
-        return
-    try:
-        body = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(str(path), f"is not a JSON file: {exc}") from exc
-    rows = body.get("rows") if isinstance(body, dict) else body
-    if not isinstance(rows, list):
-        raise ConfigError(str(path), 'must hold a JSON array of rows or {"rows": [...]}')
-    yield from rows
+#: How much of a file the command line reads at a time (as the blob path reads a blob).
+CHUNK_BYTES = 1024 * 1024
+
+
+class FileReader:
+    """A CSV, NDJSON or JSON file (gzip too, by its name or its first bytes), read in chunks
+    through the blob path's readers (:func:`shared.sources.formats.read_rows`): unreadable
+    lines become dead letters with their line number, as for an uploaded file. Counts the
+    bytes read, for progress."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.kind, self.gzipped = detect(path.name)
+        except FormatError as exc:
+            raise ConfigError(str(path), str(exc)) from None
+        try:
+            self.size = path.stat().st_size
+            self._handle = path.open("rb")
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read it: {exc.strerror or exc}") from None
+        self.path = path
+        self.read_bytes = 0
+
+    def _chunks(self) -> Iterator[bytes]:
+        with self._handle:
+            while chunk := self._handle.read(CHUNK_BYTES):
+                self.read_bytes += len(chunk)
+                yield chunk
+
+    def rows(self) -> Iterator[Any]:
+        """The file's rows (and :class:`~shared.contracts.Unreadable` items), lazily."""
+        return read_rows(self._chunks(), self.kind, self.gzipped)
+
+
+class Progress:
+    """One line on a terminal, rewritten after each acknowledged Add Rows: rows sent, rows a
+    second, how much of the file is read, and the time left at the pace so far or at the
+    quota's pace (1,000,000 rows an hour per dataset), whichever is slower. Silent when its
+    stream is not a terminal (a pipe, a log file, CI)."""
+
+    def __init__(
+        self,
+        reader: FileReader,
+        stream: TextIO,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.reader = reader
+        self.stream = stream
+        self.clock = clock
+        self.started = clock()
+        self.enabled = stream.isatty()
+        self.shown = False
+
+    def __call__(self, rows_done: int) -> None:
+        if not self.enabled:
+            return
+        self.stream.write("\r" + self.line(rows_done) + "\x1b[K")
+        self.stream.flush()
+        self.shown = True
+
+    def line(self, rows_done: int) -> str:
+        """The progress line after ``rows_done`` rows (sent or dead-lettered)."""
+        elapsed = max(self.clock() - self.started, 1e-6)
+        fraction = self.reader.read_bytes / self.reader.size if self.reader.size else 1.0
+        text = f"{rows_done:,} rows done, {rows_done / elapsed:,.0f} rows/s, {fraction:.0%} read"
+        if 0 < fraction < 1:
+            left_rows = rows_done * (1 - fraction) / fraction
+            at_pace = elapsed * (1 - fraction) / fraction
+            at_quota = left_rows / limits.MAX_ROWS_PER_HOUR * 3600
+            text += f", about {_duration(max(at_pace, at_quota))} left"
+        return text
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    minutes, second = divmod(round(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}h{minute:02d}m" if hours else f"{minute}m{second:02d}s"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,7 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                 )
             target = Target(args.dataset, args.table, workspace)
-            result = ingestor.push(target, read_rows(args.file), source=str(args.file))
+            reader = FileReader(args.file)
+            progress = Progress(reader, sys.stderr)
+            try:
+                result = ingestor.push(
+                    target, reader.rows(), source=str(args.file), on_progress=progress
+                )
+            finally:
+                progress.close()
             _print(result.to_json())
             return 0 if result.rejected == 0 else 1
         elif args.command == "replay":

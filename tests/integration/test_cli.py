@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -157,3 +158,110 @@ def test_infer_prints_or_writes_a_definition_and_profile(run: Any, tmp_path: Pat
     assert json.loads((out / "Weather.json").read_text()) == report["definition"]
     assert json.loads((out / "Weather.profile.json").read_text()) == report["profile"]
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def _product_dataset(run: Any, tmp_path: Path) -> tuple[str, str]:
+    name = f"Cli-{uuid.uuid4().hex[:6]}"
+    seed = json.loads((REPO / "datasets" / "SalesMarketing.json").read_text())
+    definition = tmp_path / f"{name}.json"
+    definition.write_text(json.dumps({**seed, "name": name}))
+    made = run("provision", str(definition), "--workspace", WORKSPACE_NAME)
+    assert made.returncode == 0, made.stderr
+    return name, json.loads(made.stdout)["id"]
+
+
+def test_push_reads_csv_and_gzip_through_the_blob_readers(
+    run: Any, api: Api, tmp_path: Path
+) -> None:
+    """A gzipped CSV with a quote opened on line 101 and never closed: the 99 rows before it
+    stored, and the rest of the file (one item to a CSV reader) dead-lettered with the lines it
+    took named, as for an uploaded blob; exit 1."""
+    name, dataset_id = _product_dataset(run, tmp_path)
+    lines = ["ProductID,Product,IsCompete"]
+    lines += [f"{i},P{i},true" for i in range(1, 5001)]
+    lines.insert(100, '9999,"unclosed,true')
+    data = tmp_path / "products.csv.gz"
+    data.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+
+    push = run(
+        "push", str(data), "--dataset", name, "--table", "Product", "--workspace", WORKSPACE_NAME
+    )
+
+    assert push.returncode == 1, push.stderr
+    result = json.loads(push.stdout)
+    assert (result["received"], result["sent"], result["rejected"]) == (100, 99, 1)
+    assert result["deadLettered"] == 1
+    (problem,) = result["problems"]
+    assert "quoted field opened on line 101 runs to line 5002" in problem["reason"]
+    stored = {r["ProductID"] for r in api.stored_rows(dataset_id, "Product")}
+    assert stored == set(range(1, 100))
+    assert "rows done" not in push.stderr  # not a terminal: no progress line
+
+
+def test_push_shows_progress_on_a_terminal(api: Api, azurite: Azurite, tmp_path: Path) -> None:
+    """With standard error on a terminal (a pty), a long push rewrites one progress line."""
+    import pty
+    import select
+
+    name = f"Cli-{uuid.uuid4().hex[:6]}"
+    seed = json.loads((REPO / "datasets" / "SalesMarketing.json").read_text())
+    definitions = tmp_path / "datasets"
+    definitions.mkdir()
+    (definitions / f"{name}.json").write_text(json.dumps({**seed, "name": name}))
+    data = tmp_path / "rows.ndjson"
+    data.write_text(
+        "".join(json.dumps({"ProductID": i, "Product": f"P{i}"}) + "\n" for i in range(30_000))
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("POWERBI_", "IDENTITY_"))},
+        "POWERBI_API_URL": api.emulator.base,
+        "POWERBI_AUTH": "managed_identity",
+        "IDENTITY_ENDPOINT": f"{api.emulator.base}/msi/token",
+        "IDENTITY_HEADER": IDENTITY_HEADER,
+        "DATASETS_DIR": str(definitions),
+        "AzureWebJobsStorage": azurite.connection_string,
+    }
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shared",
+            "--settings",
+            str(tmp_path / "none.json"),
+            "push",
+            str(data),
+            "--dataset",
+            name,
+            "--table",
+            "Product",
+            "--workspace",
+            WORKSPACE_NAME,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+    )
+    os.close(follower)
+    shown = b""
+    while True:  # until the process closes the terminal (bounded by the wait below)
+        ready, _, _ = select.select([leader], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    out, _ = process.communicate(timeout=120)
+    os.close(leader)
+
+    assert process.returncode == 0, shown.decode(errors="replace")
+    assert json.loads(out)["sent"] == 30_000
+    text = shown.decode()
+    assert "30,000 rows done" in text and "rows/s" in text and "\r" in text
+    assert text.count("rows done") == 3  # one rewrite per acknowledged Add Rows (3 POSTs)
