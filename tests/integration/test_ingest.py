@@ -19,29 +19,12 @@ from shared.destinations.powerbi import PowerBIClient
 from shared.engine.governor import Governor, Quotas
 from shared.engine.ingest import Ingestor, PushIncomplete, _Resolved
 from shared.engine.retry import RetryPolicy
-from shared.engine.schema import DatasetDefinition, load_definitions
 from shared.stores.deadletter import BlobDeadLetterStore
 from tests.azurite import Azurite
-from tests.emulator.conftest import REPO, WORKSPACE_NAME, Api, start_emulator
+from tests.emulator.conftest import WORKSPACE_NAME, Api, start_emulator
+from tests.seed import definition, product
 
 FAST = RetryPolicy(max_attempts=8, base_delay=0.0, max_delay=0.0)
-
-
-def product(i: int) -> dict[str, Any]:
-    return {
-        "ProductID": i,
-        "Manufacturer": "Contoso",
-        "Category": "Components",
-        "Segment": "Mid",
-        "Product": f"Part {i}",
-        "IsCompete": i % 2 == 0,
-    }
-
-
-def definition(name: str) -> DatasetDefinition:
-    """The seed's SalesMarketing definition under a fresh name, so each test gets its own."""
-    body = load_definitions(REPO / "datasets")["SalesMarketing"].body
-    return DatasetDefinition.from_body({**body, "name": name})
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -27,17 +26,16 @@ from shared.destinations.auth import (
 from shared.destinations.powerbi import PowerBIClient
 from shared.engine.ingest import Ingestor
 from shared.engine.retry import RetryPolicy
-from shared.engine.schema import DatasetDefinition, load_definitions
 from tests.emulator.conftest import (
     CLIENT_ID,
     CLIENT_SECRET,
     IDENTITY_HEADER,
     POWERBI_RESOURCE,
-    REPO,
     TENANT,
     EmulatorProcess,
     start_emulator,
 )
+from tests.seed import definition, product
 
 SCOPE = POWERBI_RESOURCE + "/.default"
 FAST = RetryPolicy(max_attempts=4, base_delay=0.0, max_delay=0.0)
@@ -92,23 +90,6 @@ def api_status(emulator: EmulatorProcess, token: str) -> tuple[int, str | None]:
         )
     error = response.json().get("error") if not response.ok else None
     return response.status_code, error["code"] if error else None
-
-
-def product(i: int) -> dict[str, Any]:
-    return {
-        "ProductID": i,
-        "Manufacturer": "Contoso",
-        "Category": "Components",
-        "Segment": "Mid",
-        "Product": f"Part {i}",
-        "IsCompete": i % 2 == 0,
-    }
-
-
-def definition(name: str) -> DatasetDefinition:
-    """The seed's SalesMarketing definition under a fresh name."""
-    body = load_definitions(REPO / "datasets")["SalesMarketing"].body
-    return DatasetDefinition.from_body({**body, "name": name})
 
 
 def push_across_a_revocation(emulator: EmulatorProcess, tokens: TokenProvider) -> None:

@@ -1014,6 +1014,12 @@ def csv_files(draw: st.DrawFn) -> bytes:
             lines.append(",".join(fields[: header.count(",") + 1]))
         else:
             lines.append("".join(draw(st.lists(st.sampled_from(CSV_PIECES), max_size=6))))
+    return _as_file(draw, lines)
+
+
+def _as_file(draw: st.DrawFn, lines: list[str]) -> bytes:
+    """``lines`` as a file: LF or CRLF, maybe a last newline, sometimes a byte that is not
+    UTF-8 somewhere and sometimes a BOM."""
     newline = draw(st.sampled_from(["\n", "\n", "\r\n"]))
     data = newline.join(lines).encode()
     if draw(st.booleans()):
@@ -1064,16 +1070,7 @@ def ndjson_files(draw: st.DrawFn) -> bytes:
             max_size=25,
         )
     )
-    newline = draw(st.sampled_from(["\n", "\n", "\r\n"]))
-    data = newline.join(lines).encode()
-    if draw(st.booleans()):
-        data += newline.encode()
-    if draw(st.integers(0, 4)) == 0:
-        at = draw(st.integers(0, len(data)))
-        data = data[:at] + draw(st.sampled_from(BAD_BYTES)) + data[at:]
-    if draw(st.integers(0, 4)) == 0:
-        data = BOM + data
-    return data
+    return _as_file(draw, lines)
 
 
 def _same_items(got: list[Any], expected: list[Any]) -> None:
