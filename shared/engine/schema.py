@@ -367,25 +367,34 @@ class RowValidator:
         self._row_types: dict[tuple[str, ...], Callable[..., Any]] = {}
 
     def __call__(self, row: Any, index: int) -> dict[str, Any] | RowProblem:
-        """The row as it will be sent, or the first problem found in it."""
+        """The row as it will be sent, or its problems: one :class:`RowProblem` whose column
+        is the first bad column and whose reason names every bad column, so that whoever
+        mends the row sees all of it at once (a file's row often has several)."""
         if not isinstance(row, dict):
             return RowProblem(index, f"a row must be a JSON object, got {_describe(row)}")
         coercers = self._coercers
         out: dict[str, Any] = {}
+        bad: list[tuple[str, str]] = []
         for column, value in row.items():
             coercer = coercers.get(column)
             if coercer is None:
-                return RowProblem(
-                    index, f"table {self.table.name!r} has no column {str(column)[:100]!r}", column
+                bad.append(
+                    (column, f"table {self.table.name!r} has no column {str(column)[:100]!r}")
                 )
+                continue
             if value is None or (value == "" and column in self._nullable_empty):
                 out[column] = None
                 continue
             try:
                 out[column] = coercer(value)
             except Rejected as exc:
-                return RowProblem(index, str(exc), column)
-        return out
+                bad.append((column, str(exc)))
+        if not bad:
+            return out
+        if len(bad) == 1:
+            return RowProblem(index, bad[0][1], bad[0][0])
+        reasons = "; ".join(f"{str(column)[:100]}: {reason}" for column, reason in bad)
+        return RowProblem(index, f"{len(bad)} columns refused: {reasons}", bad[0][0])
 
     def check_block(self, rows: list[Any]) -> tuple[list[dict[str, Any]], bool] | None:
         """Many rows at once: what :meth:`__call__` returns for each, when every row has the

@@ -284,3 +284,26 @@ def test_a_file_that_cannot_finish_in_time_is_handed_on_and_completes(
     assert sorted(ids) == list(range(total)), "every row once"
     assert any("handed on" in line for line in host.output)
     assert any("continued" in line for line in host.output)
+
+
+def test_a_row_with_three_bad_columns_is_one_dead_letter_naming_all_three(
+    api: Api, files: Files
+) -> None:
+    """An uploaded CSV whose row 3 is wrong in three columns: one dead letter for that row,
+    naming each column and why; the other rows stored."""
+    name, dataset_id = new_dataset(api)
+    rows = [product(i) for i in range(5)]
+    data = as_csv(rows).replace(b"2,Part 2,True,0.5", b"two,Part 2,maybe,cheap")
+    files.upload(f"{name}/Product/three-bad.csv", data)
+    files.start()
+    wait_for(lambda: len(files.dead_letters()) == 1, 60, "the dead letter")
+    wait_for(lambda: len(stored_ids(api, dataset_id)) == 4, 60, "the good rows")
+
+    (letter,) = files.dead_letters()
+    assert sorted(stored_ids(api, dataset_id)) == [0, 1, 3, 4]
+    assert letter["index"] == 2 and letter["column"] == "ProductID"
+    assert letter["reason"] == (
+        "3 columns refused: ProductID: expected a whole number, got 'two'; "
+        "IsCompete: expected true or false, got str 'maybe'; "
+        "Price: expected a number, got 'cheap'"
+    )

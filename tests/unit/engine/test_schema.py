@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from shared.engine.schema import DatasetDefinition, RowValidator, canonical_type, load_definitions
+from shared.engine.schema import (
+    Column,
+    DatasetDefinition,
+    RowValidator,
+    TableSchema,
+    canonical_type,
+    load_definitions,
+)
 from shared.errors import ConfigError, RowProblem
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -561,3 +568,20 @@ def test_malformed_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
         load_definitions(tmp_path)
 
     assert caught.value.setting == str(bad)
+
+
+def test_every_bad_column_of_a_row_is_named_in_its_one_problem() -> None:
+    table = TableSchema(
+        "T", (Column("n", "Int64"), Column("when", "DateTime"), Column("ok", "Boolean"))
+    )
+    check = table.validator()
+
+    problem = check({"n": "x", "when": "soon", "ok": True, "extra": 1}, 7)
+
+    assert isinstance(problem, RowProblem)
+    assert problem.index == 7 and problem.column == "n"
+    assert problem.reason.startswith("3 columns refused: n: expected a whole number")
+    assert "; when: expected an ISO 8601" in problem.reason
+    assert "; extra: table 'T' has no column 'extra'" in problem.reason
+    # One bad column reads as before: its own reason, its own column.
+    assert check({"n": "x"}, 0) == RowProblem(0, "expected a whole number, got 'x'", "n")
