@@ -270,11 +270,16 @@ def _offset(text: str) -> tzinfo:
     return timezone(sign * timedelta(hours=int(hours), minutes=int(minutes or 0)))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _epoch(text: str, scale: float, pattern: str) -> str:
     try:
         number = float(text.strip())
-        moment = datetime.fromtimestamp(number / scale, UTC)
-    except (ValueError, OverflowError, OSError):
+        # timedelta rounds to the microsecond exactly; fromtimestamp(n / 1000) may land a
+        # microsecond short (1700000000123 ms -> .122999) and the milliseconds would drop.
+        moment = _EPOCH + timedelta(milliseconds=number * (1000.0 / scale))
+    except (ValueError, OverflowError):
         raise ValueError(f"expected {pattern} (a number), got {text[:40]!r}") from None
     return format_utc(moment)
 

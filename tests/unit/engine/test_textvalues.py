@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -161,3 +161,11 @@ def test_boolean_words() -> None:
         read("maybe")
     with pytest.raises(PatternError, match="both"):
         compile_boolean(["yes"], ["YES"])
+
+
+@given(st.integers(min_value=-62_135_596_800_000, max_value=253_402_300_799_999))
+def test_unix_milliseconds_keep_every_millisecond(millis: int) -> None:
+    seconds, rest = divmod(millis, 1000)
+    expected = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds, milliseconds=rest)
+
+    assert compile_datetime("unixMilliseconds")(str(millis)) == format_utc(expected)
