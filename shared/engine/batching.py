@@ -234,9 +234,15 @@ def pack_blocks(
             end = min(total, i + max_rows - count)
             grouped = position < len(starts) and starts[position] <= block_indices[end - 1]
             if block.plain and not grouped:
-                encoded = _msgspec_encode(rows[i:end])  # b"[" + rows joined by "," + b"]"
-                cost = len(encoded) - 2 + (1 if count else 0)
-                if size + cost <= max_bytes:
+                try:
+                    encoded: bytes | None = _msgspec_encode(rows[i:end])  # b"[" + ... + b"]"
+                except (TypeError, ValueError):
+                    # A value UTF-8 cannot hold (a lone surrogate: UnicodeEncodeError): these
+                    # rows go row by row below, where the one that fails is refused as pack()
+                    # refuses it and the rest are sent.
+                    encoded = None
+                cost = 0 if encoded is None else len(encoded) - 2 + (1 if count else 0)
+                if encoded is not None and size + cost <= max_bytes:
                     parts.append(memoryview(encoded)[1:-1])  # no copy
                     indices.extend(block_indices[i:end])
                     kept += [None] * (end - i)  # read back from the body if needed

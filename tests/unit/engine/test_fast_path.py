@@ -400,6 +400,21 @@ def test_one_bad_value_sends_its_block_row_by_row_with_the_same_problem() -> Non
     assert problems == expected_problems
 
 
+def test_a_lone_surrogate_in_a_fast_block_is_refused_as_row_by_row() -> None:
+    """Text UTF-8 cannot hold (a lone surrogate, from a JSON "\\ud800" escape) passes the
+    validator but not msgspec's encoder: a block holding it is encoded row by row, the row is
+    refused as pack() refuses it, the rest are sent (found by the property test above)."""
+    validator = RowValidator(BENCH_LIKE)
+    rows = bench_rows(30, as_text=False)
+    rows[17]["Name"] = "\ud800"
+    got, problems, _ = blocked(validator, rows, 10)
+    assert [index for index, *_ in problems] == [17]
+    assert "cannot be sent as JSON" in problems[0][1]
+    expected, expected_problems = reference(validator, rows)
+    same(got, expected)
+    assert problems == expected_problems
+
+
 def test_leap_day_and_milliseconds_keep_their_meaning() -> None:
     """29 February of a leap year is accepted (the slow way), milliseconds are kept, and a
     column mixing the two forms still comes out normalised."""
