@@ -52,7 +52,11 @@ def check_short_outage(ledger: Ledger, output: list[str]) -> None:
     check_accounting(ledger)
     assert ledger.emulator_outages == 1
     assert ledger.poisoned == 0
-    assert any("could not connect" in line for line in output), "the outage was met"
+    # Met: a request found the port closed, was cut off when the emulator was killed under it,
+    # or the identity endpoint (the emulator too) could not be reached. One full-suite run met
+    # the outage without any "could not connect" line; its log was not kept, hence all three.
+    met = ("could not connect", "no complete answer", "endpoint unreachable")
+    assert any(sign in line for line in output for sign in met), "the outage was met"
     assert ledger.total("posts") > 0, "rows arrived after the emulator came back"
     assert all(d.max_copies <= 2 for d in ledger.datasets)
 
