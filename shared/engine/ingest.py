@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from shared import limits
@@ -40,14 +41,17 @@ from shared.contracts import PushResult, Target, Unreadable
 from shared.engine.batching import BLOCK_ROWS, Batch, Block, pack, pack_blocks
 from shared.engine.destination import Destination
 from shared.engine.governor import Governor
+from shared.engine.profile import PROFILE_SUFFIX, ProfileError, TableProfile, compile_profile, merge
 from shared.engine.retry import Deadline, RetryPolicy, stored_nothing
 from shared.engine.schema import (
     Column,
     DatasetDefinition,
+    RowContext,
     RowValidator,
     TableSchema,
     canonical_type,
 )
+from shared.engine.textvalues import format_utc
 from shared.errors import (
     ConfigError,
     NotFoundError,
@@ -92,15 +96,23 @@ class _Resolved:
     workspace_id: str | None
     tables: dict[str, TableSchema | None]
     created: bool = False
-    validators: dict[str, RowValidator] = field(default_factory=dict)
+    validators: dict[tuple[str, TableProfile | None], RowValidator] = field(default_factory=dict)
 
-    def validator(self, table: str) -> RowValidator | None:
+    def validator(
+        self, table: str, profile: TableProfile | None = None, *, keep: bool = True
+    ) -> RowValidator | None:
+        """The table's validator under ``profile``; kept for reuse when ``keep`` (a declared
+        profile, or none: a per-request override is used once)."""
         schema = self.tables[table]
         if schema is None:
             return None
-        if table not in self.validators:
-            self.validators[table] = schema.validator()
-        return self.validators[table]
+        key = (table, profile)
+        validator = self.validators.get(key)
+        if validator is None:
+            validator = schema.validator(profile)
+            if keep:
+                self.validators[key] = validator
+        return validator
 
 
 def _looks_like_id(value: str) -> bool:
@@ -119,6 +131,7 @@ class Ingestor:
         client: Destination,
         *,
         definitions: Mapping[str, DatasetDefinition] | None = None,
+        profiles: Mapping[str, Mapping[str, Any]] | None = None,
         governor: Governor | None = None,
         dead_letters: DeadLetterStore | None = None,
         retry: RetryPolicy | None = None,
@@ -128,6 +141,9 @@ class Ingestor:
     ) -> None:
         self.client = client
         self.definitions = dict(definitions or {})
+        #: Declared ingest profiles as written: dataset -> table -> entry (profile files).
+        self.profiles = {name: dict(tables) for name, tables in (profiles or {}).items()}
+        self._compiled: dict[tuple[str, str], TableProfile] = {}
         self.governor = governor or Governor(clock=clock, sleep=sleep)
         self.dead_letters = dead_letters
         self.retry = retry or RetryPolicy()
@@ -187,6 +203,48 @@ class Ingestor:
         if _looks_like_id(workspace):
             return workspace
         return self.client.group_id(workspace, deadline=deadline)
+
+    def profile(
+        self,
+        target: Target,
+        override: Mapping[str, Any] | None = None,
+        where: str = "the request",
+        deadline: Deadline | None = None,
+    ) -> TableProfile | None:
+        """The target table's ingest profile: its declared entry
+        (``datasets/<dataset>.profile.json``) with ``override`` (a blob's or a request's)
+        applied, checked against the table's columns and compiled; None when neither exists.
+        Raises :class:`ProfileError` naming the file (or ``where``) and the field; declared
+        profiles are compiled once."""
+        declared = (self.profiles.get(target.dataset) or {}).get(target.table)
+        if declared is None and not override:
+            return None
+        key = (target.dataset, target.table)
+        if not override and key in self._compiled:
+            return self._compiled[key]
+        named = [f"{target.dataset}{PROFILE_SUFFIX}"] if declared is not None else []
+        if override:
+            named.append(where)
+        source = " with ".join(named)
+        schema = self._schema(target, deadline)
+        if schema is None:
+            raise ProfileError(
+                source,
+                f"tables.{target.table}",
+                f"the columns of {target.dataset}/{target.table} are not known (no definition "
+                f"datasets/{target.dataset}.json, and Power BI did not report them), so the "
+                "profile cannot be checked; add the definition",
+            )
+        profile = compile_profile(schema, merge(declared or {}, override or {}), source)
+        if not override:
+            self._compiled[key] = profile
+        return profile
+
+    def _schema(self, target: Target, deadline: Deadline | None) -> TableSchema | None:
+        definition = self.definitions.get(target.dataset)
+        if definition is not None and target.table in definition.tables:
+            return definition.tables[target.table]
+        return self.resolve(target, deadline).tables.get(target.table)
 
     def forget(self, target: Target, dataset_id: str | None = None) -> None:
         """Drop a cached resolution (e.g. after the dataset was deleted). With ``dataset_id``,
@@ -284,6 +342,7 @@ class Ingestor:
         source: str | None = None,
         dead_letter: bool = True,
         on_progress: Callable[[int], None] | None = None,
+        profile: TableProfile | None = None,
     ) -> PushResult:
         """Push ``rows`` (an iterable: a list, or a stream read lazily) to ``target``.
 
@@ -294,7 +353,8 @@ class Ingestor:
         result; a transient one raises :class:`PushIncomplete`, after dead-lettering what was
         refused. ``on_progress(n)`` is called after each acknowledged Add Rows, once every row
         before position ``n`` is either acknowledged or dead-lettered (a checkpoint may be
-        written then).
+        written then). ``profile`` is the table's ingest profile with the caller's override
+        applied (:meth:`profile`); without one, the declared profile applies, if any.
         """
         (result,) = self.push_parts(
             target,
@@ -302,6 +362,7 @@ class Ingestor:
             deadline=deadline,
             dead_letter=dead_letter,
             on_progress=on_progress,
+            profile=profile,
         )
         if result.stopped is not None and result.cause is not None:
             raise PushIncomplete(result, result.cause)
@@ -315,6 +376,7 @@ class Ingestor:
         deadline: Deadline | None = None,
         dead_letter: bool = True,
         on_progress: Callable[[int], None] | None = None,
+        profile: TableProfile | None = None,
     ) -> list[PushResult]:
         """Push several callers' rows together (the fewest POSTs for all of them) and account
         for each part separately: one :class:`PushResult` per part, in order.
@@ -324,6 +386,7 @@ class Ingestor:
         """
         run = _Run(target, parts, dead_letter)
         run.on_progress = on_progress
+        run.profile = profile
         try:
             self._run(run, deadline)
         except TransientError as error:
@@ -341,20 +404,26 @@ class Ingestor:
         target = run.target
         try:
             resolved = self.resolve(target, deadline)
+            declared = run.profile is None
+            profile = self.profile(target, deadline=deadline) if declared else run.profile
         except PermanentError as error:
             run.fail(error)
             run.reject_all(run.rows(), error)
             return
         run.resolved = resolved
         run.dataset(resolved.dataset_id, resolved.workspace_id)
-        validator = resolved.validator(target.table)
+        validator = resolved.validator(target.table, profile, keep=declared)
+        if validator is not None:
+            validator = validator.with_context(
+                RowContext(run.parts[0].source, format_utc(datetime.now(UTC)))
+            )
 
         def checked(items: list[tuple[int, Any]]) -> Iterator[Block]:
             """One block of rows, validated together when they can be, else row by row."""
             if validator is not None:
-                fast = validator.check_block(list(map(operator.itemgetter(1), items)))
+                first = items[0][0]  # run.rows() numbers rows one by one
+                fast = validator.check_block(list(map(operator.itemgetter(1), items)), first)
                 if fast is not None:
-                    first = items[0][0]  # run.rows() numbers rows one by one
                     yield Block(list(range(first, first + len(items))), *fast)
                     return
             indices: list[int] = []
@@ -539,6 +608,7 @@ class _Run:
         self.results = [PushResult(target) for _ in self.parts]
         self.letters: list[list[DeadLetter]] = [[] for _ in self.parts]
         self.on_progress: Callable[[int], None] | None = None
+        self.profile: TableProfile | None = None
         #: The target as resolved now (looked up again when Add Rows answers 404).
         self.resolved: _Resolved | None = None
         self._starts: list[int] = []  # first stream index of each part, filled while reading

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.engine.schema import TableSchema
+from shared.engine.schema import Rejected, TableSchema, coerce
 from shared.engine.textvalues import (
     DEFAULT_NULL_TOKENS,
     PatternError,
@@ -44,6 +45,7 @@ from shared.engine.textvalues import (
     compile_datetime,
     compile_iso,
     compile_number,
+    compile_rewrite,
 )
 from shared.errors import ValidationError
 
@@ -63,7 +65,12 @@ ENCODINGS = {
     "iso-8859-1": "latin-1",
 }
 DELIMITERS = (",", ";", "\t", "|")
-DERIVED = ("ingestionTime", "sourceFile", "lineNumber")
+#: Derived columns and the column types each may fill.
+DERIVED = {
+    "ingestionTime": ("DateTime", "String"),
+    "sourceFile": ("String",),
+    "lineNumber": ("Int64", "Double", "Decimal", "String"),
+}
 NUMERIC = ("Int64", "Double", "Decimal")
 
 _VALUE_OPTIONS = {
@@ -111,9 +118,12 @@ class ColumnRule:
     parse: Callable[[str], Any] | None = None
     constant: Any = None
     derived: str | None = None
+    #: For a date pattern a whole column can be rewritten with (see
+    #: :func:`shared.engine.textvalues.compile_rewrite`): the engine's fast path.
+    rewrite: tuple[re.Pattern[str], str] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TableProfile:
     """A table's compiled profile: the reader's settings and one rule per target column."""
 
@@ -277,8 +287,24 @@ def compile_profile(
         fills = [key for key in ("from", "constant", "derived") if key in own]
         if len(fills) > 1:
             raise ProfileError(where, column_path, f"gives {' and '.join(fills)}; choose one")
-        if "derived" in own and own["derived"] not in DERIVED:
-            raise ProfileError(where, f"{column_path}.derived", f"must be one of {list(DERIVED)!r}")
+        if "derived" in own:
+            if own["derived"] not in DERIVED:
+                raise ProfileError(
+                    where, f"{column_path}.derived", f"must be one of {list(DERIVED)!r}"
+                )
+            if data_type not in DERIVED[own["derived"]]:
+                raise ProfileError(
+                    where,
+                    f"{column_path}.derived",
+                    f"{own['derived']} cannot fill a {data_type} column (it fills "
+                    f"{' or '.join(DERIVED[own['derived']])})",
+                )
+        constant = own.get("constant")
+        if constant is not None:
+            try:
+                constant = coerce(data_type, constant)
+            except Rejected as exc:
+                raise ProfileError(where, f"{column_path}.constant", str(exc)) from None
         source = own.get("from", name)
         if not isinstance(source, str):
             raise ProfileError(where, f"{column_path}.from", "must be a column name")
@@ -292,13 +318,36 @@ def compile_profile(
             tokens = frozenset()
         else:
             tokens = table_tokens if table_tokens is not None else DEFAULT_NULL_TOKENS
+        formats = merged.get("dateFormats")
         rules[name] = ColumnRule(
             None if fills and fills[0] != "from" else source,
             tokens,
             _value_parser(data_type, merged, where, column_path),
-            own.get("constant"),
+            constant,
             own.get("derived"),
+            compile_rewrite(formats[0], merged.get("timeZone"))
+            if data_type == "DateTime" and isinstance(formats, list) and len(formats) == 1
+            else None,
         )
+    readers: dict[str, str] = {}
+    for name, rule in rules.items():
+        if rule.source is None:
+            continue
+        key = rule.source if match_case else rule.source.casefold()
+        if key in readers:
+            raise ProfileError(
+                where,
+                f"{path}.columns.{name}.from",
+                f"{rule.source!r} is already read into {readers[key]!r}; a file column fills "
+                "one table column",
+            )
+        readers[key] = name
+        if (rule.source if match_case else key) in (
+            ignore if match_case else {i.casefold() for i in ignore}
+        ):
+            raise ProfileError(
+                where, f"{path}.ignore", f"{rule.source!r} is both ignored and read into {name!r}"
+            )
     return TableProfile(table.name, encoding, dialect, match_case, ignore, rules, dict(entry))
 
 

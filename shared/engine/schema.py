@@ -12,6 +12,7 @@ Value rules: "Dataset properties", https://learn.microsoft.com/en-us/power-bi/de
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -21,13 +22,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from shared import limits
 from shared.engine.batching import PLAIN_FLOAT_MAX, PLAIN_FLOAT_MIN
+from shared.engine.textvalues import DEFAULT_NULL_TOKENS
 from shared.errors import ConfigError, RowProblem
+
+if TYPE_CHECKING:
+    from shared.engine.profile import TableProfile
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
@@ -343,28 +348,223 @@ class TableSchema:
     name: str
     columns: tuple[Column, ...]
 
-    def validator(self) -> RowValidator:
-        return RowValidator(self)
+    def validator(self, profile: TableProfile | None = None) -> RowValidator:
+        return RowValidator(self, profile)
+
+
+#: The key readers add to each row when a profile derives a column from the line number (no
+#: table column can be named so: Power BI's names are printable).
+LINE_KEY = "\x00line"
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """Where a push's rows come from, for a profile's derived columns."""
+
+    source: str | None = None
+    #: The push's start, as the bundle writes date-times (:func:`format_utc`).
+    ingested_at: str = ""
+
+
+def coerce(data_type: str, value: Any) -> Any:
+    """``value`` as a ``data_type`` column stores it (None stays None); raises :class:`Rejected`."""
+    return None if value is None else _COERCERS[data_type](value)
+
+
+def _value_coercer(
+    data_type: str, tokens: frozenset[str], parse: Callable[[str], Any] | None
+) -> Callable[[Any], Any]:
+    """One column's per-value coercion: a null token is None, text goes through the profile's
+    ``parse`` (numbers too for date-times and booleans: epoch seconds, 1/0), then the type's
+    own checks (ranges, NaN, lengths), so a profile widens what is read, never what is stored."""
+    base = _COERCERS[data_type]
+    if parse is None:
+
+        def plain(value: Any) -> Any:
+            if value is None or (type(value) is str and value in tokens):
+                return None
+            return base(value)
+
+        return plain
+    numbers_too = data_type in ("DateTime", "Boolean")
+
+    def parsed(value: Any) -> Any:
+        if value is None:
+            return None
+        kind = type(value)
+        if kind is str or (numbers_too and (kind is int or kind is float)):
+            text = value if kind is str else str(value)
+            if text in tokens:
+                return None
+            try:
+                value = parse(text)
+            except ValueError as exc:
+                raise Rejected(str(exc)) from None
+        return base(value)
+
+    return parsed
+
+
+def _rewritten(rewrite: tuple[re.Pattern[str], str]) -> Callable[[list[Any]], list[Any] | None]:
+    """A DateTime column fast path for a profile's date pattern: rewrite the joined column to
+    ISO 8601 in one ``re.sub``, then the ISO column check (nulls put back around it)."""
+    pattern, template = rewrite
+
+    def column(values: list[Any]) -> list[Any] | None:
+        present = list(filter(None, values))  # None and "" are null here
+        if not present:
+            return values if not values or set(values) <= {None} else [None] * len(values)
+        if set(map(type, present)) != _STR:
+            return None
+        out = _column_datetime(pattern.sub(template, "\n".join(present)).split("\n"))
+        return None if out is None or len(out) != len(present) else _with_nulls(out, values)
+
+    return column
+
+
+class _Fill:
+    """How one table column is filled from one source value, per value and per column."""
+
+    __slots__ = ("coerce", "column", "fast", "limit", "replace")
+
+    def __init__(
+        self,
+        column: Column,
+        tokens: frozenset[str],
+        parse: Callable[[str], Any] | None,
+        rewrite: tuple[re.Pattern[str], str] | None,
+    ) -> None:
+        self.column = column.name
+        self.coerce = _value_coercer(column.data_type, tokens, parse)
+        #: Tokens the block path turns into None before its column check ("" is already null
+        #: for the non-text checks; text keeps "" unless declared).
+        self.replace = tokens if column.data_type == "String" else tokens - {""}
+        self.limit = _NUMBER_LIMITS.get(column.data_type) if parse is None else None
+        self.fast: Callable[[list[Any]], list[Any] | None] | None
+        if parse is None:
+            self.fast = _COLUMN_COERCERS.get(column.data_type)
+        else:
+            self.fast = _rewritten(rewrite) if rewrite is not None else None
+        if self.limit is not None:
+            self.fast = None  # numbers: _column_number with the limit
+
+
+#: Per-key and per-key-order plans kept at most: hostile input must not grow them forever.
+_PLAN_CACHE = 1024
 
 
 class RowValidator:
-    """Validates and coerces rows of one table. Build once per table and reuse."""
+    """Validates and coerces rows of one table. Build once per table and reuse.
 
-    def __init__(self, table: TableSchema) -> None:
+    With an ingest profile (:class:`shared.engine.profile.TableProfile`), source columns are
+    mapped to table columns (renames, case-insensitive names, ignored columns), null tokens and
+    the profile's value readers apply, and constant and derived columns are added. Without one,
+    the default: names as they are, and the default null tokens for non-text columns.
+    """
+
+    def __init__(
+        self,
+        table: TableSchema,
+        profile: TableProfile | None = None,
+        context: RowContext | None = None,
+    ) -> None:
         self.table = table
-        self._coercers = {c.name: _COERCERS[c.data_type] for c in table.columns}
-        self._nullable_empty = {c.name for c in table.columns if c.data_type != "String"}
-        self._column_coercers = {
-            c.name: _COLUMN_COERCERS[c.data_type]
-            for c in table.columns
-            if c.data_type in _COLUMN_COERCERS
-        }
-        self._number_limits = {
-            c.name: _NUMBER_LIMITS[c.data_type]
-            for c in table.columns
-            if c.data_type in _NUMBER_LIMITS
-        }
+        self.profile = profile
+        self.context = context or RowContext()
+        rules = profile.columns if profile is not None else {}
+        #: Source key -> its fill, None (ignored) or why it is refused (unknown).
+        self._fills: dict[Any, _Fill | str | None] = {}
+        self._folded: dict[str, _Fill] = {}
+        self._extras: list[tuple[str, str | None, Any]] = []  # (column, derived, constant)
+        self._filled_by_profile: set[str] = set()
+        self.match_case = profile.match_case if profile is not None else True
+        self._ignore = set(profile.ignore) if profile is not None else set()
+        if not self.match_case:
+            self._ignore = {name.casefold() for name in self._ignore}
+        self._identity = True
+        for column in table.columns:
+            rule = rules.get(column.name)
+            if rule is None:
+                tokens = DEFAULT_NULL_TOKENS if column.data_type != "String" else frozenset()
+                fill = _Fill(column, tokens, None, None)
+                source: str | None = column.name
+            else:
+                tokens = rule.null_tokens
+                if column.data_type != "String":
+                    tokens = tokens | {""}  # an empty field is null in a non-text column
+                fill = _Fill(column, tokens, rule.parse, rule.rewrite)
+                source = rule.source
+                if source is None:
+                    self._extras.append((column.name, rule.derived, rule.constant))
+                    self._filled_by_profile.add(column.name)
+                    self._identity = False
+                    continue
+                if source != column.name:
+                    self._identity = False
+            assert source is not None
+            self._fills[source] = fill
+            if not self.match_case:
+                self._folded[source.casefold()] = fill
+        self._fills[LINE_KEY] = None
+        self._targets = {c.name for c in table.columns}
+        self._block_plans: dict[tuple[str, ...], Any] = {}
         self._row_types: dict[tuple[str, ...], Callable[..., Any]] = {}
+
+    def with_context(self, context: RowContext) -> RowValidator:
+        """This validator for rows from ``context`` (derived columns), sharing its plans."""
+        if not self._extras or context == self.context:
+            return self
+        other = copy.copy(self)
+        other.context = context
+        return other
+
+    def _fill_for(self, key: Any) -> _Fill | str | None:
+        """The fill of a source key: its column's, a case-insensitive match's, None for an
+        ignored column, or the reason it is refused."""
+        if key in self._fills:
+            return self._fills[key]
+        found: _Fill | str | None = self._unknown(key)
+        if isinstance(key, str):
+            folded = key.casefold() if not self.match_case else key
+            if folded in self._ignore:
+                found = None
+            elif folded in self._folded:
+                found = self._folded[folded]
+        if len(self._fills) < _PLAN_CACHE:
+            self._fills[key] = found
+        return found
+
+    def _unknown(self, key: Any) -> str:
+        name = str(key)[:100]
+        if key in self._targets:
+            how = (
+                "is filled by the profile"
+                if key in self._filled_by_profile
+                else "reads another column of the file"
+            )
+            return (
+                f"the column {name!r} is not read: table {self.table.name!r} column {name!r} "
+                f"{how}; list {name!r} in the profile's 'ignore' to drop it"
+            )
+        return f"table {self.table.name!r} has no column {name!r}"
+
+    def _extra_values(self, line: Any, index: int) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for column, derived, constant in self._extras:
+            if derived is None:
+                values[column] = constant
+            elif derived == "ingestionTime":
+                values[column] = self.context.ingested_at
+            elif derived == "sourceFile":
+                values[column] = self.context.source
+            else:
+                number = line if isinstance(line, int) else index + 1
+                values[column] = self._line_value(column, number)
+        return values
+
+    def _line_value(self, column: str, number: int) -> Any:
+        data_type = next(c.data_type for c in self.table.columns if c.name == column)
+        return str(number) if data_type == "String" else coerce(data_type, number)
 
     def __call__(self, row: Any, index: int) -> dict[str, Any] | RowProblem:
         """The row as it will be sent, or its problems: one :class:`RowProblem` whose column
@@ -372,23 +572,31 @@ class RowValidator:
         mends the row sees all of it at once (a file's row often has several)."""
         if not isinstance(row, dict):
             return RowProblem(index, f"a row must be a JSON object, got {_describe(row)}")
-        coercers = self._coercers
+        fills = self._fills
         out: dict[str, Any] = {}
         bad: list[tuple[str, str]] = []
-        for column, value in row.items():
-            coercer = coercers.get(column)
-            if coercer is None:
-                bad.append(
-                    (column, f"table {self.table.name!r} has no column {str(column)[:100]!r}")
-                )
+        for key, value in row.items():
+            fill = fills.get(key)
+            if fill is None:
+                if key in fills:
+                    continue  # ignored
+                fill = self._fill_for(key)
+                if fill is None:
+                    continue
+            if fill.__class__ is str:
+                bad.append((key, fill))
                 continue
-            if value is None or (value == "" and column in self._nullable_empty):
-                out[column] = None
+            assert isinstance(fill, _Fill)
+            target = fill.column
+            if target in out and not self._identity:
+                bad.append((key, f"a second column of the row is read into {target!r}"))
                 continue
             try:
-                out[column] = coercer(value)
+                out[target] = fill.coerce(value)
             except Rejected as exc:
-                bad.append((column, str(exc)))
+                bad.append((key, str(exc)))
+        if self._extras:
+            out.update(self._extra_values(row.get(LINE_KEY), index))
         if not bad:
             return out
         if len(bad) == 1:
@@ -396,52 +604,92 @@ class RowValidator:
         reasons = "; ".join(f"{str(column)[:100]}: {reason}" for column, reason in bad)
         return RowProblem(index, f"{len(bad)} columns refused: {reasons}", bad[0][0])
 
-    def check_block(self, rows: list[Any]) -> tuple[list[dict[str, Any]], bool] | None:
+    def _block_plan(self, keys: tuple[str, ...]) -> list[tuple[int, _Fill]] | None:
+        """Which source position fills which column, for rows with these keys in this order;
+        None when a key is unknown or two keys fill one column (the per-row path says so)."""
+        if keys in self._block_plans:
+            plan: list[tuple[int, _Fill]] | None = self._block_plans[keys]
+            return plan
+        plan = []
+        seen: set[str] = set()
+        for position, key in enumerate(keys):
+            found = self._fill_for(key)
+            if found is None:
+                continue
+            if isinstance(found, str) or found.column in seen:
+                plan = None
+                break
+            seen.add(found.column)
+            plan.append((position, found))
+        if len(self._block_plans) < _PLAN_CACHE:
+            self._block_plans[keys] = plan
+        return plan
+
+    def check_block(
+        self, rows: list[Any], first: int = 0
+    ) -> tuple[list[dict[str, Any]], bool] | None:
         """Many rows at once: what :meth:`__call__` returns for each, when every row has the
         same columns in the same order and none has a problem; else None (check them one by
-        one). Also whether every value is plain JSON for msgspec (see
-        :func:`shared.engine.batching.pack_blocks`): only doubles can fail that."""
+        one). ``first`` is the first row's index (derived line numbers). Also whether every
+        value is plain JSON for msgspec (see :func:`shared.engine.batching.pack_blocks`):
+        only doubles can fail that."""
         if not rows or type(rows[0]) is not dict:
             return None
-        keys = list(rows[0])
+        keys = tuple(rows[0])
         width = len(keys)
-        coercers = self._coercers
-        if not keys or any(key not in coercers for key in keys):
+        plan = self._block_plan(keys) if keys else None
+        if not plan and not self._extras:
             return None
         # Every row a dict (an exact one: what __call__ would see) with exactly these keys
         # (iterating a dict gives its keys, in order).
-        if set(map(type, rows)) != {dict} or (list(chain.from_iterable(rows)) != keys * len(rows)):
+        if set(map(type, rows)) != {dict} or (
+            list(chain.from_iterable(rows)) != list(keys) * len(rows)
+        ):
             return None
         values = list(chain.from_iterable(map(dict.values, rows)))
+        names: list[str] = []
         columns: list[list[Any]] = []
         plain = True
-        for position, key in enumerate(keys):
+        for position, fill in plan or ():
             column = values[position::width]
-            limit = self._number_limits.get(key)
-            out: list[Any] | None
+            out: list[Any] | None = None
             try:
-                if limit is None:
-                    out = self._column_coercers[key](column)
-                else:
-                    number = _column_number(column, limit)
-                    out = None if number is None else number[0]
-                    if number is not None and not number[1]:
-                        plain = False
+                if fill.replace and not fill.replace.isdisjoint(column):
+                    column = [None if v in fill.replace else v for v in column]
+                if fill.limit is not None:
+                    number = _column_number(column, fill.limit)
+                    if number is not None:
+                        out, plain = number[0], plain and number[1]
+                elif fill.fast is not None:
+                    out = fill.fast(column)
             except (ValueError, TypeError, OverflowError):
                 out = None
+                column = values[position::width]
             if out is None:
-                coerce = coercers[key]
-                nullable = key in self._nullable_empty
                 try:
-                    out = [
-                        None if v is None or (v == "" and nullable) else coerce(v) for v in column
-                    ]
+                    out = list(map(fill.coerce, column))
                 except Rejected:
                     return None
-                if limit is not None and plain:
+                if fill.limit is not None and plain:
                     plain = _plain_doubles(out)
+            names.append(fill.column)
             columns.append(out)
-        return list(map(self._row_type(tuple(keys)), *columns)), plain
+        if self._extras:
+            lines = (
+                values[keys.index(LINE_KEY) :: width]
+                if LINE_KEY in keys
+                else range(first + 1, first + len(rows) + 1)
+            )
+            for column_name, derived, _ in self._extras:
+                names.append(column_name)
+                if derived == "lineNumber":
+                    columns.append([self._line_value(column_name, n) for n in lines])
+                else:
+                    value = self._extra_values(None, first)[column_name]
+                    columns.append([value] * len(rows))
+                    if derived is None and type(value) is float and plain:
+                        plain = _plain_doubles([value])
+        return list(map(self._row_type(tuple(names)), *columns)), plain
 
     def _row_type(self, keys: tuple[str, ...]) -> Callable[..., Any]:
         """A msgspec Struct whose fields are ``keys`` in order: it encodes as the dict of those
@@ -453,7 +701,8 @@ class RowValidator:
             row_type = msgspec.defstruct(
                 "Row", fields, rename=dict(zip(fields, keys, strict=True)), gc=False
             )
-            self._row_types[keys] = row_type
+            if len(self._row_types) < _PLAN_CACHE:
+                self._row_types[keys] = row_type
         return row_type
 
 

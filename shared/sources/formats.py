@@ -6,12 +6,18 @@ that cannot be read becomes an :class:`Unreadable` item (with its line and the r
 same stream, and reading goes on where it can: the good rows of a damaged file still arrive, and
 the rest is dead-lettered with the reason.
 
-- CSV: the first row is the header; values stay text and the table schema coerces them.
+- CSV: the first row is the header (or the profile names the columns); the delimiter is
+  detected from the first line (``,`` ``;`` tab ``|``) unless the profile gives it; values stay
+  text and the table schema coerces them.
 - NDJSON: one JSON object per line.
 - JSON: an array of rows, or ``{"rows": [...]}`` (parsed incrementally with ijson).
 - gzip: by a ``.gz`` extension, a gzip content type or the gzip magic bytes; the decompressed
   size is capped (``max_bytes``) so a zip bomb is refused, not unpacked.
-- Text is UTF-8, with or without a byte-order mark.
+- Text is UTF-8, with or without a byte-order mark, or UTF-16 with one; a profile may declare
+  cp1252 or latin-1 (any byte is valid in them, so they are never guessed). Other encodings
+  are turned into UTF-8 as the chunks stream past.
+
+The reader's settings come from the table's ingest profile (:mod:`shared.engine.profile`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import csv
 import functools
 import io
 import json
+import re
 import types
 import zlib
 from collections import deque
@@ -33,6 +40,8 @@ import ijson
 import msgspec
 
 from shared.contracts import Unreadable
+from shared.engine.profile import DELIMITERS, CsvDialect
+from shared.engine.schema import LINE_KEY
 
 FORMATS = ("csv", "ndjson", "json")
 #: Decompressed bytes allowed per file by default (a 1 GB CSV compresses to ~100 MB).
@@ -49,6 +58,9 @@ _PIECE_LINES = 128
 #: A CSV or NDJSON line longer than this is refused: a file without newlines must not be held
 #: in memory whole.
 MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+_PLAIN = CsvDialect()
 
 
 class FormatError(ValueError):
@@ -87,18 +99,31 @@ def detect(name: str, content_type: str | None = None) -> tuple[str, bool]:
 
 
 def read_rows(
-    chunks: Iterable[bytes], kind: str, gzipped: bool = False, max_bytes: int = DEFAULT_MAX_BYTES
+    chunks: Iterable[bytes],
+    kind: str,
+    gzipped: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    *,
+    encoding: str | None = None,
+    dialect: CsvDialect | None = None,
+    numbered: bool = False,
 ) -> Iterator[dict[str, Any] | Unreadable | Any]:
-    """Rows (and :class:`Unreadable` items) from a file of ``kind``, read chunk by chunk."""
+    """Rows (and :class:`Unreadable` items) from a file of ``kind``, read chunk by chunk.
+
+    ``encoding`` (a Python codec name; None: UTF-8, or UTF-16 by its byte-order mark) and
+    ``dialect`` (CSV) come from the table's profile; with ``numbered``, each CSV and NDJSON row
+    carries the line it starts on under :data:`~shared.engine.schema.LINE_KEY` (a profile's
+    derived line number)."""
     data = _Peekable(chunks)
     if gzipped or data.peek(len(_GZIP_MAGIC)).startswith(_GZIP_MAGIC):
         data = _Peekable(_gunzip(data, max_bytes))
     else:
         data = _Peekable(_capped(data, max_bytes))
+    data = _transcoded(data, encoding)
     if kind == "csv":
-        return chain.from_iterable(_csv(data))
+        return chain.from_iterable(_csv(data, dialect or CsvDialect(), numbered))
     if kind == "ndjson":
-        return chain.from_iterable(_ndjson(data))
+        return chain.from_iterable(_ndjson(data, numbered))
     if kind == "json":
         return _json(data)
     raise FormatError(f"unknown format {kind!r}; use one of {', '.join(FORMATS)}")
@@ -129,12 +154,57 @@ class _Peekable:
         yield from self._chunks
 
 
-class _TooBig(Exception):
+class _StreamFailure(Exception):
+    """The stream cannot go on: the rest of the file is one final Unreadable."""
+
+
+class _TooBig(_StreamFailure):
     pass
 
 
-class _Truncated(Exception):
+class _Truncated(_StreamFailure):
     pass
+
+
+class _BadText(_StreamFailure):
+    pass
+
+
+_NAMES = {"utf-16": "UTF-16", "cp1252": "cp1252 (Windows-1252)", "latin-1": "latin-1"}
+
+
+def _transcoded(data: _Peekable, encoding: str | None) -> _Peekable:
+    """``data`` as UTF-8: as it is when it already is (no BOM, or a UTF-8 one), else decoded
+    from ``encoding`` (or from UTF-16 when a UTF-16 byte-order mark starts it) and encoded
+    again, chunk by chunk."""
+    return _Peekable(_recode(data, encoding))
+
+
+def _recode(data: _Peekable, encoding: str | None) -> Iterator[bytes]:
+    if encoding in (None, "utf-8-sig", "utf-8"):
+        # Looked at on the first read, not before: a stream that fails at once must fail
+        # inside the reader, which turns it into an Unreadable.
+        if not data.peek(2).startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            yield from data
+            return
+        encoding = "utf-16"
+    assert encoding is not None
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    offset = 0
+    try:
+        for chunk in data:
+            text = decoder.decode(chunk)
+            offset += len(chunk)
+            if text:
+                yield text.encode("utf-8")
+        tail = decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise _BadText(
+            f"the file is not {_NAMES.get(encoding, encoding)} text (near byte "
+            f"{offset + exc.start:,}); declare its encoding in the table's profile"
+        ) from None
+    if tail:
+        yield tail.encode("utf-8")
 
 
 def _capped(chunks: Iterable[bytes], max_bytes: int) -> Iterator[bytes]:
@@ -208,7 +278,7 @@ def _line_blocks(data: Iterable[bytes]) -> Iterator[tuple[int, bytes] | Unreadab
                     )
                 skipping = True
                 rest = b""
-    except (_TooBig, _Truncated) as exc:
+    except _StreamFailure as exc:
         yield Unreadable(str(exc), line=number + 1, final=True)
         return
     if rest and not skipping:
@@ -220,7 +290,8 @@ def _decode(raw: bytes, number: int) -> str | Unreadable:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Unreadable(
-            f"line {number} is not UTF-8 (byte {exc.start}): the file must be UTF-8 encoded",
+            f"line {number} is not UTF-8 (byte {exc.start}): save the file as UTF-8, or "
+            'declare its encoding in the table\'s profile ("encoding": "cp1252")',
             raw[:200].decode("utf-8", errors="replace"),
             number,
         )
@@ -234,7 +305,7 @@ def _decode(raw: bytes, number: int) -> str | Unreadable:
 _decode_json = msgspec.json.Decoder().decode
 
 
-def _ndjson(data: Iterable[bytes]) -> Iterator[list[Any]]:
+def _ndjson(data: Iterable[bytes], numbered: bool = False) -> Iterator[list[Any]]:
     """The rows of each chunk's lines, in lists of up to ``_PIECE_LINES`` lines (read_rows
     chains them: a row then passes through no Python frame)."""
     for item in _line_blocks(data):
@@ -252,12 +323,18 @@ def _ndjson(data: Iterable[bytes]) -> Iterator[list[Any]]:
                 # One value a line (msgspec's own decode_lines would take "1 2" as two).
                 if number == 1:
                     piece[0] = piece[0].removeprefix(codecs.BOM_UTF8)
-                yield list(map(_decode_json, piece))
+                rows = list(map(_decode_json, piece))
             except (msgspec.MsgspecError, ValueError, RecursionError):
-                yield _ndjson_lines(lines[start : start + _PIECE_LINES], number)
+                yield _ndjson_lines(lines[start : start + _PIECE_LINES], number, numbered)
+                continue
+            if numbered:
+                for line, row in enumerate(rows, number):
+                    if type(row) is dict:
+                        row[LINE_KEY] = line
+            yield rows
 
 
-def _ndjson_lines(lines: list[bytes], first: int) -> list[Any]:
+def _ndjson_lines(lines: list[bytes], first: int, numbered: bool = False) -> list[Any]:
     """Lines one by one with json.loads, as they always were read."""
     out: list[Any] = []
     for number, raw in enumerate(lines, first):
@@ -268,22 +345,69 @@ def _ndjson_lines(lines: list[bytes], first: int) -> list[Any]:
         if not text.strip():
             continue
         try:
-            out.append(json.loads(text))
+            row = json.loads(text)
         except (ValueError, RecursionError) as exc:
             out.append(Unreadable(f"line {number} is not JSON: {exc}", text[:200], number))
+            continue
+        if numbered and type(row) is dict:
+            row[LINE_KEY] = number
+        out.append(row)
     return out
 
 
-def _csv(data: Iterable[bytes]) -> Iterator[list[Any]]:
+def _skipped(
+    blocks: Iterator[tuple[int, bytes] | Unreadable], count: int
+) -> Iterator[tuple[int, bytes] | Unreadable]:
+    """``blocks`` without their first ``count`` lines (a title, notes above the header)."""
+    for item in blocks:
+        if count and not isinstance(item, Unreadable):
+            first, block = item
+            while count:
+                _, newline, block = block.partition(b"\n")
+                count -= 1
+                first += 1
+                if not newline:
+                    break
+            else:
+                yield first, block
+            continue
+        yield item
+
+
+def _sniff(line: bytes, quote: str) -> str:
+    """The delimiter of a CSV file from its first line: the candidate found most often
+    outside quotes (``,`` when none is found, or on a tie with it)."""
+    q = re.escape(quote.encode())
+    bare = re.sub(q + b"[^" + q + b"]*" + q, b"", line)
+    counts = [(bare.count(d.encode()), -n, d) for n, d in enumerate(DELIMITERS)]
+    best = max(counts)
+    return best[2] if best[0] else ","
+
+
+def _csv(
+    data: Iterable[bytes], dialect: CsvDialect = _PLAIN, numbered: bool = False
+) -> Iterator[list[Any]]:
     """Rows as dicts by the header, in lists (read_rows chains them). A chunk of plain lines
     (no quote, no carriage return, valid UTF-8, no field longer than csv allows) is split on
-    commas directly, which is what csv.reader does with such lines; anything else goes
+    the delimiter directly, which is what csv.reader does with such lines; anything else goes
     through csv.reader line by line."""
     problems: list[Unreadable] = []
     blocks = _line_blocks(data)
+    if dialect.skip_lines:
+        blocks = _skipped(blocks, dialect.skip_lines)
     queued: deque[tuple[int, bytes] | Unreadable] = deque()  # taken before the next block
     lines: deque[tuple[int, bytes]] = deque()  # lines not yet given to csv.reader
-    split_lines = 0  # lines split directly: csv's line_num does not count them
+    # Lines not given to csv.reader (skipped, or split directly): its line_num does not count
+    # them.
+    split_lines = dialect.skip_lines
+    delimiter = dialect.delimiter
+    if delimiter is None:
+        head = next(blocks, None)
+        if head is not None:
+            queued.append(head)
+        delimiter = (
+            _sniff(head[1].partition(b"\n")[0], dialect.quote) if isinstance(head, tuple) else ","
+        )
 
     def text_lines() -> Iterator[str]:
         while True:
@@ -307,8 +431,8 @@ def _csv(data: Iterable[bytes]) -> Iterator[list[Any]]:
             first, block = item
             lines.extend(enumerate(block.split(b"\n"), first))
 
-    reader = csv.reader(text_lines(), strict=True)
-    header: list[str] | None = None
+    reader = csv.reader(text_lines(), strict=True, delimiter=delimiter, quotechar=dialect.quote)
+    header: list[str] | None = None if dialect.header else list(dialect.column_names)
     while True:
         if not lines:  # csv.reader is between records: the next chunk may be split
             item = queued.popleft() if queued else next(blocks, None)
@@ -316,12 +440,12 @@ def _csv(data: Iterable[bytes]) -> Iterator[list[Any]]:
                 first, block = item
                 if header is None:
                     # The header line goes through csv.reader; the rest may be split.
-                    head, newline, after = block.partition(b"\n")
+                    head_line, newline, after = block.partition(b"\n")
                     if newline:
                         queued.appendleft((first + 1, after))
-                    queued.appendleft((first, head))
+                    queued.appendleft((first, head_line))
                 else:
-                    pieces = _split_csv(block, first, header)
+                    pieces = _split_csv(block, first, header, delimiter, dialect.quote, numbered)
                     if pieces is None:
                         queued.appendleft(item)
                     else:
@@ -355,8 +479,20 @@ def _csv(data: Iterable[bytes]) -> Iterator[list[Any]]:
             continue
         if header is None:
             header = [name.strip() for name in record]
+            if dialect.column_names:
+                if len(dialect.column_names) != len(header):
+                    yield [
+                        Unreadable(
+                            f"the header row has {len(header)} fields, but the profile's "
+                            f"csv.columnNames gives {len(dialect.column_names)} names",
+                            line=start,
+                            final=True,
+                        )
+                    ]
+                    return
+                header = list(dialect.column_names)
             if len(set(header)) != len(header) or "" in header:
-                yield [Unreadable("the header row has empty or repeated column names", line=1)]
+                yield [Unreadable("the header row has empty or repeated column names", line=start)]
                 return
             continue
         if len(record) != len(header):
@@ -365,12 +501,15 @@ def _csv(data: Iterable[bytes]) -> Iterator[list[Any]]:
                 Unreadable(
                     f"{_lines_named(start, line)}: {len(record)} fields, but the header has "
                     f"{len(header)}{_spanned(start, line)}",
-                    ",".join(record)[:200],
+                    delimiter.join(record)[:200],
                     line,
                 )
             ]
             continue
-        yield [dict(zip(header, record, strict=True))]
+        row: dict[str, Any] = dict(zip(header, record, strict=True))
+        if numbered:
+            row[LINE_KEY] = start
+        yield [row]
 
 
 def _lines_named(start: int, end: int) -> str:
@@ -390,10 +529,17 @@ def _spanned(start: int, end: int) -> str:
     )
 
 
-def _split_csv(block: bytes, first: int, header: list[str]) -> Iterator[list[Any]] | None:
+def _split_csv(
+    block: bytes,
+    first: int,
+    header: list[str],
+    delimiter: str = ",",
+    quote: str = '"',
+    numbered: bool = False,
+) -> Iterator[list[Any]] | None:
     """The rows (and Unreadables) of a chunk of lines, in lists of up to ``_PIECE_LINES``
-    lines, if they can be split on commas without csv.reader, else None."""
-    if b'"' in block or b"\r" in block:
+    lines, if they can be split on the delimiter without csv.reader, else None."""
+    if quote.encode() in block or b"\r" in block:
         return None
     try:
         text = block.decode("utf-8")
@@ -402,29 +548,38 @@ def _split_csv(block: bytes, first: int, header: list[str]) -> Iterator[list[Any
     texts = text.split("\n")
     if len(text) > csv.field_size_limit() and max(map(len, texts)) > csv.field_size_limit():
         return None  # csv.reader refuses a field that long: let it say so
-    return _split_pieces(texts, first, header)
+    return _split_pieces(texts, first, header, delimiter, numbered)
 
 
-def _split_pieces(texts: list[str], first: int, header: list[str]) -> Iterator[list[Any]]:
+def _split_pieces(
+    texts: list[str], first: int, header: list[str], delimiter: str, numbered: bool
+) -> Iterator[list[Any]]:
     make = _row_maker(tuple(header))
     commas = {len(header) - 1}
     for start in range(0, len(texts), _PIECE_LINES):
         piece = texts[start : start + _PIECE_LINES]
         # Every line with the header's number of fields (an empty line is skipped, not a
-        # row; with more than one column its comma count already says so): then the piece's
-        # fields, split at once, fall into rows in order.
-        if set(map(str.count, piece, repeat(","))) == commas and (commas != {0} or "" not in piece):
-            yield make(",".join(piece).split(","))
+        # row; with more than one column its delimiter count already says so): then the
+        # piece's fields, split at once, fall into rows in order. Rows that carry their line
+        # number go line by line.
+        if (
+            not numbered
+            and set(map(str.count, piece, repeat(delimiter))) == commas
+            and (commas != {0} or "" not in piece)
+        ):
+            yield make(delimiter.join(piece).split(delimiter))
         else:
-            yield _split_lines(piece, first + start, header)
+            yield _split_lines(piece, first + start, header, delimiter, numbered)
 
 
-def _split_lines(texts: list[str], first: int, header: list[str]) -> list[Any]:
-    """Lines split on commas one by one: rows, Unreadables for wrong field counts."""
+def _split_lines(
+    texts: list[str], first: int, header: list[str], delimiter: str = ",", numbered: bool = False
+) -> list[Any]:
+    """Lines split on the delimiter one by one: rows, Unreadables for wrong field counts."""
     width = len(header)
     out: list[Any] = []
     for number, line in enumerate(texts, first):
-        record = line.split(",")
+        record = line.split(delimiter)
         if record == [""]:
             continue
         if len(record) != width:
@@ -436,7 +591,10 @@ def _split_lines(texts: list[str], first: int, header: list[str]) -> list[Any]:
                 )
             )
             continue
-        out.append(dict(zip(header, record, strict=True)))
+        row: dict[str, Any] = dict(zip(header, record, strict=True))
+        if numbered:
+            row[LINE_KEY] = number
+        out.append(row)
     return out
 
 
@@ -519,7 +677,7 @@ def _json(data: _Peekable) -> Iterator[Any]:
             if first or len(head) < size:
                 break
             size = len(head) + 1
-    except (_TooBig, _Truncated) as exc:
+    except _StreamFailure as exc:
         yield Unreadable(f"after row 0: {exc}")
         return
     if first not in (b"[", b"{"):
@@ -539,7 +697,7 @@ def _json(data: _Peekable) -> Iterator[Any]:
             yield item
     except _TooDeep as exc:
         yield Unreadable(f"after row {count}: {exc}")
-    except (_TooBig, _Truncated) as exc:
+    except _StreamFailure as exc:
         yield Unreadable(f"after row {count}: {exc}")
     except (ijson.JSONError, ValueError, UnicodeDecodeError) as exc:
         yield Unreadable(f"the JSON is invalid after row {count}: {exc}")

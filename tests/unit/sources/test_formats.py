@@ -875,7 +875,7 @@ def _ref_lines(data: Iterable[bytes]) -> Iterator[tuple[int, bytes | Unreadable]
                     )
                 skipping = True
                 rest = b""
-    except (formats._TooBig, formats._Truncated) as exc:
+    except formats._StreamFailure as exc:
         yield number + 1, Unreadable(str(exc), line=number + 1, final=True)
         return
     if rest and not skipping:
@@ -887,7 +887,8 @@ def _ref_decode(raw: bytes, number: int) -> str | Unreadable:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Unreadable(
-            f"line {number} is not UTF-8 (byte {exc.start}): the file must be UTF-8 encoded",
+            f"line {number} is not UTF-8 (byte {exc.start}): save the file as UTF-8, or "
+            'declare its encoding in the table\'s profile ("encoding": "cp1252")',
             raw[:200].decode("utf-8", errors="replace"),
             number,
         )
@@ -959,7 +960,8 @@ def _ref_csv(data: Iterable[bytes]) -> Iterator[Any]:
         if header is None:
             header = [name.strip() for name in record]
             if len(set(header)) != len(header) or "" in header:
-                yield Unreadable("the header row has empty or repeated column names", line=1)
+                # The line the header record starts on (after skipped or unreadable lines).
+                yield Unreadable("the header row has empty or repeated column names", line=start)
                 return
             continue
         if len(record) != len(header):
