@@ -20,6 +20,7 @@ from shared.destinations.powerbi import DEFAULT_TIMEOUT, PowerBIClient
 from shared.engine.coalesce import Coalescer
 from shared.engine.governor import Governor, Quotas
 from shared.engine.ingest import Ingestor
+from shared.engine.profile import load_profiles
 from shared.engine.retry import RetryPolicy
 from shared.engine.schema import load_definitions
 from shared.errors import ConfigError
@@ -77,6 +78,7 @@ def build_ingestor(
     return Ingestor(
         client,
         definitions=load_definitions(settings.datasets_dir),
+        profiles=load_profiles(settings.datasets_dir),
         governor=Governor(Quotas(time_scale=settings.quota_time_scale)),
         dead_letters=store,
         retry=retry,

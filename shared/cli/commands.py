@@ -24,6 +24,7 @@ from shared.cli.replay import BLOB_POISON_QUEUE, replay_dead_letters, replay_poi
 from shared.contracts import Target
 from shared.destinations.powerbi import PowerBIClient
 from shared.engine.ingest import PushIncomplete
+from shared.engine.profile import ProfileError, TableProfile, parse_override
 from shared.engine.schema import DatasetDefinition
 from shared.errors import ConfigError, PushError
 from shared.runtime import build_ingestor, build_queue_ingest
@@ -62,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--dataset", required=True, help="name or id")
     push.add_argument("--table", required=True)
     push.add_argument("--workspace")
+    push.add_argument(
+        "--profile",
+        help="an ingest profile override for this file: a JSON object, or a file holding one "
+        "(applied over the table's entry in DATASETS_DIR/<dataset>.profile.json)",
+    )
     replay = commands.add_parser(
         "replay", help="re-drive dead letters or poison messages once the cause is fixed"
     )
@@ -138,9 +144,10 @@ class FileReader:
                 self.read_bytes += len(chunk)
                 yield chunk
 
-    def rows(self) -> Iterator[Any]:
-        """The file's rows (and :class:`~shared.contracts.Unreadable` items), lazily."""
-        return read_rows(self._chunks(), self.kind, self.gzipped)
+    def rows(self, profile: TableProfile | None = None) -> Iterator[Any]:
+        """The file's rows (and :class:`~shared.contracts.Unreadable` items), lazily, read
+        under the table's ``profile``."""
+        return read_rows(self._chunks(), self.kind, self.gzipped, profile=profile)
 
 
 class Progress:
@@ -235,10 +242,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             target = Target(args.dataset, args.table, workspace)
             reader = FileReader(args.file)
+            # Checked before any row moves: a bad profile is exit 2, nothing sent.
+            profile = ingestor.profile(target, _override(args.profile), "--profile")
             progress = Progress(reader, sys.stderr)
             try:
                 result = ingestor.push(
-                    target, reader.rows(), source=str(args.file), on_progress=progress
+                    target,
+                    reader.rows(profile),
+                    source=str(args.file),
+                    on_progress=progress,
+                    profile=profile,
                 )
             finally:
                 progress.close()
@@ -280,10 +293,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except ProfileError as exc:
+        print(f"profile error: {exc}", file=sys.stderr)
+        return 2
     except PushError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _override(value: str | None) -> dict[str, Any] | None:
+    """``--profile``: a JSON object, or the path of a file holding one."""
+    if value is None:
+        return None
+    path = Path(value)
+    if not value.lstrip().startswith("{") and path.is_file():
+        try:
+            value = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ProfileError(str(path), "(file)", f"cannot be read: {exc}") from None
+    return parse_override(value, "--profile")
 
 
 def _infer(args: argparse.Namespace) -> int:

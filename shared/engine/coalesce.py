@@ -27,8 +27,12 @@ from typing import Any
 from shared import limits
 from shared.contracts import PushResult, Target
 from shared.engine.ingest import Ingestor, Part, PushIncomplete
+from shared.engine.profile import TableProfile
 from shared.engine.retry import Deadline, earliest
 from shared.errors import TransientError
+
+#: A buffer's key: workspace, dataset, table, and the profile its rows are read under.
+_Key = tuple[str | None, str, str, TableProfile | None]
 
 
 async def wait_for_event(event: asyncio.Event, seconds: float) -> None:
@@ -69,7 +73,7 @@ class Coalescer:
         self.max_rows = max_rows
         self._clock = clock
         self._wait = wait
-        self._open: dict[tuple[str | None, str, str], _Buffer] = {}
+        self._open: dict[_Key, _Buffer] = {}
         #: Number of shared deliveries made, for logs and tests.
         self.flushes = 0
 
@@ -80,6 +84,7 @@ class Coalescer:
         *,
         source: str | None = None,
         deadline: Deadline | None = None,
+        profile: TableProfile | None = None,
     ) -> PushResult:
         """Deliver ``rows`` together with whatever else is waiting for the same table.
 
@@ -87,7 +92,13 @@ class Coalescer:
         delivered (a transient failure), so the caller can have them redelivered. The shared
         delivery keeps to the earliest ``deadline`` of the callers in it.
         """
-        key = (target.workspace or self.ingestor.default_workspace, target.dataset, target.table)
+        # Rows under different profiles (a message's own override) are not delivered together.
+        key = (
+            target.workspace or self.ingestor.default_workspace,
+            target.dataset,
+            target.table,
+            profile,
+        )
         buffer = self._open.get(key)
         leader = buffer is None
         now = self._clock()
@@ -103,20 +114,20 @@ class Coalescer:
         if buffer.rows >= self.max_rows:
             self._close(key, buffer)  # full: later arrivals start a new buffer
         if leader:
-            await self._lead(key, buffer, target)
+            await self._lead(key, buffer, target, profile)
         assert buffer.results is not None
         result = (await asyncio.shield(buffer.results))[position]
         if result.stopped is not None and result.cause is not None:
             raise PushIncomplete(result, result.cause)
         return result
 
-    def _close(self, key: tuple[str | None, str, str], buffer: _Buffer) -> None:
+    def _close(self, key: _Key, buffer: _Buffer) -> None:
         if self._open.get(key) is buffer:
             del self._open[key]
         buffer.full.set()
 
     async def _lead(
-        self, key: tuple[str | None, str, str], buffer: _Buffer, target: Target
+        self, key: _Key, buffer: _Buffer, target: Target, profile: TableProfile | None
     ) -> None:
         """Wait for the buffer to fill or the linger to pass, then deliver it for everyone."""
         assert buffer.results is not None
@@ -133,7 +144,7 @@ class Coalescer:
             delivered = await asyncio.get_running_loop().run_in_executor(
                 None,
                 lambda: self.ingestor.push_parts(
-                    target, buffer.parts, deadline=earliest(buffer.deadlines)
+                    target, buffer.parts, deadline=earliest(buffer.deadlines), profile=profile
                 ),
             )
         except BaseException as error:  # every waiting invocation must learn of it

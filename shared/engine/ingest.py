@@ -131,7 +131,7 @@ class Ingestor:
         client: Destination,
         *,
         definitions: Mapping[str, DatasetDefinition] | None = None,
-        profiles: Mapping[str, Mapping[str, Any]] | None = None,
+        profiles: Mapping[str, Mapping[str, Any] | ProfileError] | None = None,
         governor: Governor | None = None,
         dead_letters: DeadLetterStore | None = None,
         retry: RetryPolicy | None = None,
@@ -142,7 +142,7 @@ class Ingestor:
         self.client = client
         self.definitions = dict(definitions or {})
         #: Declared ingest profiles as written: dataset -> table -> entry (profile files).
-        self.profiles = {name: dict(tables) for name, tables in (profiles or {}).items()}
+        self.profiles = dict(profiles or {})
         self._compiled: dict[tuple[str, str], TableProfile] = {}
         self.governor = governor or Governor(clock=clock, sleep=sleep)
         self.dead_letters = dead_letters
@@ -216,7 +216,10 @@ class Ingestor:
         applied, checked against the table's columns and compiled; None when neither exists.
         Raises :class:`ProfileError` naming the file (or ``where``) and the field; declared
         profiles are compiled once."""
-        declared = (self.profiles.get(target.dataset) or {}).get(target.table)
+        tables = self.profiles.get(target.dataset) or {}
+        if isinstance(tables, ProfileError):
+            raise tables  # the file itself is unusable: every table of it is refused
+        declared = tables.get(target.table)
         if declared is None and not override:
             return None
         key = (target.dataset, target.table)

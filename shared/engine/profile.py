@@ -136,6 +136,11 @@ class TableProfile:
     #: The profile as written (after overrides), for logs and dead letters.
     raw: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def numbered(self) -> bool:
+        """Whether a column is the row's line number (the readers then give it)."""
+        return any(rule.derived == "lineNumber" for rule in self.columns.values())
+
 
 def _suggest(name: str, options: set[str]) -> str:
     close = difflib.get_close_matches(name, sorted(options), n=1)
@@ -363,22 +368,35 @@ def merge(declared: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str,
     return merged
 
 
-def load_profiles(directory: Path) -> dict[str, dict[str, Any]]:
-    """The profile files of ``directory``, as written: dataset name -> table -> entry.
-    Checked only in shape here; :func:`compile_profile` checks each against its table."""
-    profiles: dict[str, dict[str, Any]] = {}
+def load_profiles(directory: Path) -> dict[str, dict[str, Any] | ProfileError]:
+    """The profile files of ``directory``, as written: dataset name -> table -> entry, or the
+    :class:`ProfileError` of a file that cannot be used (raised when that dataset's rows
+    come: one broken file must not stop the others). Checked only in shape here;
+    :func:`compile_profile` checks each entry against its table."""
+    profiles: dict[str, dict[str, Any] | ProfileError] = {}
+    if not directory.is_dir():
+        return profiles
     for path in sorted(directory.glob(f"*{PROFILE_SUFFIX}")):
-        where = str(path)
+        name = path.name[: -len(PROFILE_SUFFIX)]
         try:
-            body = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ProfileError(where, "(file)", f"cannot be read as JSON: {exc}") from None
-        body = _check_keys(body, {"tables"}, where, "(file)")
-        tables = body.get("tables")
-        if not isinstance(tables, dict):
-            raise ProfileError(where, "tables", "must be an object: table name -> profile")
-        profiles[path.name[: -len(PROFILE_SUFFIX)]] = tables
+            profiles[name] = read_profile(path)
+        except ProfileError as exc:
+            profiles[name] = exc
     return profiles
+
+
+def read_profile(path: Path) -> dict[str, Any]:
+    """One profile file's tables (table -> entry), checked in shape."""
+    where = str(path)
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ProfileError(where, "(file)", f"cannot be read as JSON: {exc}") from None
+    body = _check_keys(body, {"tables"}, where, "(file)")
+    tables = body.get("tables")
+    if not isinstance(tables, dict):
+        raise ProfileError(where, "tables", "must be an object: table name -> profile")
+    return tables
 
 
 def parse_override(text: str, where: str) -> dict[str, Any]:

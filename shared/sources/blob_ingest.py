@@ -3,7 +3,9 @@
 :meth:`BlobIngest.handle` takes a blob (an ``azure.storage.blob.BlobClient``, as the SDK-type
 binding gives it), finds its target from the path convention ``<dataset>/<table>/<name>`` (or
 the blob's ``dataset``/``table``/``workspace`` metadata), and streams it in chunks through the
-readers of :mod:`shared.sources.formats` into :meth:`~shared.engine.ingest.Ingestor.push`.
+readers of :mod:`shared.sources.formats` into :meth:`~shared.engine.ingest.Ingestor.push`,
+under the table's ingest profile (with the blob's ``profile`` metadata applied; a profile that
+cannot be used dead-letters the blob whole, before any row moves).
 After each acknowledged Add Rows it records the position reached for this blob version (ETag);
 a re-run resumes there, a new version starts over, a finished one is skipped. When the
 remaining rows cannot be sent within the time budget (the hourly quota, a long throttle), it
@@ -22,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from shared.contracts import PushResult, Target
 from shared.engine.ingest import Ingestor, PushIncomplete
+from shared.engine.profile import ProfileError, TableProfile, parse_override
 from shared.engine.retry import Deadline
+from shared.errors import PermanentError
 from shared.sources.formats import DEFAULT_MAX_BYTES, FormatError, detect, read_rows
 from shared.stores.checkpoint import Checkpoint, CheckpointStore
 from shared.stores.deadletter import DeadLetter, DeadLetterStore
@@ -132,9 +136,18 @@ class BlobIngest:
         if checkpoint.done:
             log.info("%s (%s) was already ingested; skipped", source, etag)
             return BlobOutcome(source, "skipped", resumed_at=checkpoint.next_row)
+        try:
+            profile = self._profile(target, props.metadata or {}, source)
+        except ProfileError as error:
+            # Refused before any row moves: a half-applied profile would store values the
+            # owner did not mean. Mend the profile and upload the file again.
+            self._unreadable(source, etag, str(error))
+            return BlobOutcome(source, "unreadable")
         start = checkpoint.next_row
         chunks = _ranges(blob, int(props.size), etag)
-        rows = itertools.islice(read_rows(chunks, kind, gzipped, self.max_bytes), start, None)
+        rows = itertools.islice(
+            read_rows(chunks, kind, gzipped, self.max_bytes, profile=profile), start, None
+        )
 
         def progress(position: int) -> None:
             self.checkpoints.save(
@@ -158,6 +171,7 @@ class BlobIngest:
                 deadline=Deadline.after(self.time_budget, self._clock),
                 source=source,
                 on_progress=progress,
+                profile=profile,
             )
         except PushIncomplete as stopped:
             return self._hand_on(source, etag, target, stopped, start)
@@ -181,6 +195,22 @@ class BlobIngest:
             },
         )
         return BlobOutcome(source, "done", result, start)
+
+    def _profile(
+        self, target: Target, metadata: Mapping[str, str], source: str
+    ) -> TableProfile | None:
+        """The table's profile with the blob's own (metadata ``profile``, a JSON object)
+        applied. A dataset that cannot be looked up is not this step's to report: the push
+        says so for every row."""
+        text = next((v for k, v in metadata.items() if k.lower() == "profile"), None)
+        where = f"the 'profile' metadata of {source}"
+        override = parse_override(text, where) if text else None
+        try:
+            return self.ingestor.profile(target, override, where)
+        except ProfileError:
+            raise
+        except PermanentError:
+            return None
 
     def _hand_on(
         self, source: str, etag: str, target: Target, stopped: PushIncomplete, start: int

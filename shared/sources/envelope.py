@@ -2,7 +2,8 @@
 
 An envelope names a target and carries rows, inline or by a claim-check reference:
 ``{"dataset": "SalesMarketing", "table": "Product", "workspace": "<optional>", "rows": [...]}``
-or ``{"dataset", "table", "workspace"?, "blob": "<container/name>"}``. Errors are
+or ``{"dataset", "table", "workspace"?, "blob": "<container/name>"}``, either with an optional
+``"profile": {...}`` (an ingest profile override for these rows). Errors are
 :class:`~shared.errors.ValidationError` s whose message a person can act on: the JSON parse
 position, or the field that is wrong.
 """
@@ -32,11 +33,15 @@ class Envelope:
     target: Target
     rows: list[Any] | None = None
     blob: str | None = None
+    #: The sender's ingest profile override for these rows (a table profile entry).
+    profile: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"dataset": self.target.dataset, "table": self.target.table}
         if self.target.workspace:
             body["workspace"] = self.target.workspace
+        if self.profile is not None:
+            body["profile"] = self.profile
         if self.blob is not None:
             body["blob"] = self.blob
         else:
@@ -112,12 +117,17 @@ def envelope(body: Any, where: str = "body") -> Envelope:
     workspace = _text(body, "workspace", where, False)
     assert dataset is not None and table is not None
     target = Target(dataset, table, workspace)
+    profile = body.get("profile")
+    if profile is not None and not isinstance(profile, dict):
+        raise BodyError(
+            f"{where}.profile must be an object (a table's ingest profile)", f"{where}.profile"
+        )
     if "blob" in body and "rows" not in body:
-        return Envelope(target, blob=_text(body, "blob", where, True))
+        return Envelope(target, blob=_text(body, "blob", where, True), profile=profile)
     rows = body.get("rows")
     if not isinstance(rows, list):
         raise BodyError(f"{where}.rows must be an array of row objects", f"{where}.rows")
-    return Envelope(target, rows=rows)
+    return Envelope(target, rows=rows, profile=profile)
 
 
 def envelopes(body: Any) -> list[Envelope]:

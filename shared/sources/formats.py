@@ -40,7 +40,7 @@ import ijson
 import msgspec
 
 from shared.contracts import Unreadable
-from shared.engine.profile import DELIMITERS, CsvDialect
+from shared.engine.profile import DELIMITERS, CsvDialect, TableProfile
 from shared.engine.schema import LINE_KEY
 
 FORMATS = ("csv", "ndjson", "json")
@@ -104,16 +104,16 @@ def read_rows(
     gzipped: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
     *,
-    encoding: str | None = None,
-    dialect: CsvDialect | None = None,
-    numbered: bool = False,
+    profile: TableProfile | None = None,
 ) -> Iterator[dict[str, Any] | Unreadable | Any]:
     """Rows (and :class:`Unreadable` items) from a file of ``kind``, read chunk by chunk.
 
-    ``encoding`` (a Python codec name; None: UTF-8, or UTF-16 by its byte-order mark) and
-    ``dialect`` (CSV) come from the table's profile; with ``numbered``, each CSV and NDJSON row
-    carries the line it starts on under :data:`~shared.engine.schema.LINE_KEY` (a profile's
-    derived line number)."""
+    The table's ``profile`` gives the encoding (None: UTF-8, or UTF-16 by its byte-order
+    mark) and the CSV dialect; when it derives a line number, each CSV and NDJSON row carries
+    the line it starts on under :data:`~shared.engine.schema.LINE_KEY`."""
+    encoding = profile.encoding if profile is not None else None
+    dialect = profile.csv if profile is not None else _PLAIN
+    numbered = profile is not None and profile.numbered
     data = _Peekable(chunks)
     if gzipped or data.peek(len(_GZIP_MAGIC)).startswith(_GZIP_MAGIC):
         data = _Peekable(_gunzip(data, max_bytes))
@@ -121,7 +121,7 @@ def read_rows(
         data = _Peekable(_capped(data, max_bytes))
     data = _transcoded(data, encoding)
     if kind == "csv":
-        return chain.from_iterable(_csv(data, dialect or CsvDialect(), numbered))
+        return chain.from_iterable(_csv(data, dialect, numbered))
     if kind == "ndjson":
         return chain.from_iterable(_ndjson(data, numbered))
     if kind == "json":

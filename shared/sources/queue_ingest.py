@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from shared.contracts import PushResult, Target
 from shared.engine.coalesce import Coalescer
+from shared.engine.profile import ProfileError, TableProfile
 from shared.engine.retry import Deadline
-from shared.errors import NotFoundError, TransientError, ValidationError
+from shared.errors import NotFoundError, PermanentError, TransientError, ValidationError
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.envelope import envelope, rows_of
 from shared.sources.messages import MessageError, decode
@@ -78,7 +79,8 @@ class QueueIngest:
             if item.blob is not None:
                 payload = await loop.run_in_executor(None, self._claim_checks().get, item.blob)
                 rows = rows_of(decode(payload), "claim check")
-        except (ValidationError, NotFoundError) as error:
+            profile = await loop.run_in_executor(None, self._profile, item.target, item.profile)
+        except (ValidationError, NotFoundError) as error:  # a ProfileError too
             await loop.run_in_executor(None, self._dead_letter_message, body, error.message, source)
             return None
         assert rows is not None
@@ -88,6 +90,7 @@ class QueueIngest:
                 rows,
                 source=source,
                 deadline=Deadline.after(self.time_budget, self._clock),
+                profile=profile,
             )
         except TransientError as error:
             # Say which try this was: after maxDequeueCount tries the host moves the message to
@@ -125,6 +128,17 @@ class QueueIngest:
         outcome = await asyncio.get_running_loop().run_in_executor(None, self._blobs().handle, blob)
         log.info("%s: continued %s: %s", source, outcome.source, outcome.status)
         return outcome.result
+
+    def _profile(self, target: Target, override: dict[str, Any] | None) -> TableProfile | None:
+        """The table's profile with the message's own applied; a :class:`ProfileError`
+        dead-letters the message whole. A dataset that cannot be looked up now is the push's
+        to report (transient failures are raised: the message is redelivered)."""
+        try:
+            return self._coalescer().ingestor.profile(target, override, "message.profile")
+        except (ProfileError, TransientError):
+            raise
+        except PermanentError:
+            return None
 
     def _dead_letter_message(self, body: bytes, reason: str, source: str) -> None:
         text = body.decode("utf-8", errors="replace")

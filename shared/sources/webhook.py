@@ -17,10 +17,15 @@ every valid row was accepted; invalid rows listed with index and reason, not sen
 ``Retry-After`` when Power BI throttles past the time budget). ``?mode=queue`` (or
 ``HTTP_MODE=queue``) checks the shape, queues the envelopes (a claim check for big ones) and
 answers 202.
+
+Rows are read under the table's ingest profile; a request may override it for its own rows
+with ``?profile=<URL-encoded JSON>`` or an envelope's ``"profile"`` field. A profile that
+cannot be used is a 400 (``InvalidProfile``, naming the file or field), before any row moves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -32,6 +37,7 @@ from typing import Any
 
 from shared.contracts import PushResult, Target
 from shared.engine.ingest import Ingestor, PushIncomplete
+from shared.engine.profile import ProfileError, TableProfile, parse_override
 from shared.engine.retry import Deadline
 from shared.errors import AuthError, ConfigError, NotFoundError, PushError
 from shared.settings import Settings
@@ -204,22 +210,71 @@ class Webhook:
         except BodyError as exc:
             return error(400, "InvalidBody", exc.message, field=exc.field)
         try:
+            found, profiles = self._profiles(found, request.query.get("profile"))
+        except ProfileError as exc:
+            # Refused before any row moves, as a bad body is.
+            return error(400, "InvalidProfile", exc.message, field=exc.field, where=exc.where)
+        except ConfigError as exc:
+            return error(500, "ConfigError", str(exc))
+        try:
             if mode == "queue":
                 return self._enqueue(found)
-            return self._push(found, settings, single=single)
+            return self._push(found, settings, profiles, single=single)
         except ConfigError as exc:
             return error(500, "ConfigError", str(exc))
 
-    def _push(self, found: list[Envelope], settings: Settings, *, single: bool) -> WebResponse:
+    def _profiles(
+        self, found: list[Envelope], query: str | None
+    ) -> tuple[list[Envelope], list[TableProfile | None]]:
+        """Each envelope's ingest profile: the table's declared one with the envelope's own
+        ``profile`` applied, or else the query's (``?profile=``, URL-encoded JSON). Checked
+        now, so that a bad one refuses the request whole (:class:`ProfileError`). The
+        envelopes come back carrying the query's override, for the queue."""
+        override = parse_override(query, "query.profile") if query else None
+        ingestor = self._ingestor()
+        envelopes_out: list[Envelope] = []
+        profiles: list[TableProfile | None] = []
+        for number, item in enumerate(found):
+            if item.profile is None and override is not None:
+                item = dataclasses.replace(item, profile=override)
+            where = (
+                "query.profile"
+                if item.profile is override
+                else (f"body[{number}].profile" if len(found) > 1 else "body.profile")
+            )
+            try:
+                profile = ingestor.profile(item.target, item.profile, where)
+            except ProfileError:
+                raise
+            except PushError:
+                profile = None  # the table cannot be looked up now: the push says why
+            envelopes_out.append(item)
+            profiles.append(profile)
+        return envelopes_out, profiles
+
+    def _push(
+        self,
+        found: list[Envelope],
+        settings: Settings,
+        profiles: list[TableProfile | None],
+        *,
+        single: bool,
+    ) -> WebResponse:
         ingestor = self._ingestor()
         deadline = Deadline.after(settings.http_time_budget, self._clock)
         results: list[PushResult] = []
         incomplete: PushIncomplete | None = None
-        for item in found:
+        for item, profile in zip(found, profiles, strict=True):
             assert item.rows is not None
             try:
                 results.append(
-                    ingestor.push(item.target, item.rows, deadline=deadline, dead_letter=False)
+                    ingestor.push(
+                        item.target,
+                        item.rows,
+                        deadline=deadline,
+                        dead_letter=False,
+                        profile=profile,
+                    )
                 )
             except PushIncomplete as exc:
                 results.append(exc.result)

@@ -12,7 +12,9 @@ import pytest
 from shared.contracts import PushResult, Target
 from shared.engine.coalesce import Coalescer
 from shared.engine.ingest import Part, PushIncomplete
+from shared.engine.profile import TableProfile, compile_profile
 from shared.engine.retry import Deadline
+from shared.engine.schema import Column, TableSchema
 from shared.errors import TransientError
 
 TARGET = Target("Sales", "Product")
@@ -26,16 +28,23 @@ class FakeIngestor:
     def __init__(self, deliver_parts: int | None = None, explode: bool = False) -> None:
         self.calls: list[list[int]] = []
         self.deadlines: list[Deadline | None] = []
+        self.profiles: list[TableProfile | None] = []
         self.deliver_parts = deliver_parts
         self.explode = explode
         self.lock = threading.Lock()
 
     def push_parts(
-        self, target: Target, parts: Sequence[Part], *, deadline: Deadline | None = None
+        self,
+        target: Target,
+        parts: Sequence[Part],
+        *,
+        deadline: Deadline | None = None,
+        profile: TableProfile | None = None,
     ) -> list[PushResult]:
         with self.lock:
             self.calls.append([len(list(p.rows)) for p in parts])  # type: ignore[arg-type]
             self.deadlines.append(deadline)
+            self.profiles.append(profile)
         if self.explode:
             raise RuntimeError("boom")
         results = []
@@ -95,6 +104,26 @@ def test_different_tables_are_not_mixed() -> None:
 
     asyncio.run(both())
     assert sorted(ingestor.calls) == [[1], [1]]
+
+
+def test_rows_under_different_profiles_are_not_mixed() -> None:
+    """Two messages for one table, each with its own profile override, are delivered apart,
+    each under its own profile; two under the same (declared) profile share a delivery."""
+    ingestor = FakeIngestor()
+    coalescer = Coalescer(ingestor, linger=0.05)  # type: ignore[arg-type]
+    schema = TableSchema("Product", (Column("n", "Int64"),))
+    declared, own = compile_profile(schema, {}, "a"), compile_profile(schema, {}, "b")
+
+    async def together() -> None:
+        await asyncio.gather(
+            coalescer.push(TARGET, [{"n": 1}], profile=declared),
+            coalescer.push(TARGET, [{"n": 2}], profile=declared),
+            coalescer.push(TARGET, [{"n": 3}], profile=own),
+        )
+
+    asyncio.run(together())
+    assert sorted(ingestor.calls) == [[1], [1, 1]]
+    assert sorted(map(id, ingestor.profiles)) == sorted([id(declared), id(own)])
 
 
 def test_only_the_callers_whose_rows_were_not_delivered_fail() -> None:

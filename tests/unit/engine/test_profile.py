@@ -15,6 +15,7 @@ from shared.engine.profile import (
     load_profiles,
     merge,
     parse_override,
+    read_profile,
 )
 from shared.engine.schema import Column, TableSchema
 from shared.engine.textvalues import DEFAULT_NULL_TOKENS
@@ -178,9 +179,16 @@ def test_an_unreadable_profile_file_is_refused(
     tmp_path: Path, text: str, field: str, problem: str
 ) -> None:
     (tmp_path / "Weather.profile.json").write_text(text)
+    (tmp_path / "Other.profile.json").write_text('{"tables": {"T": {}}}')
 
     with pytest.raises(ProfileError) as refused:
-        load_profiles(tmp_path)
+        read_profile(tmp_path / "Weather.profile.json")
+    # Loading the directory keeps the error for that dataset only: its rows are refused
+    # with it, the other dataset's profile still loads.
+    loaded = load_profiles(tmp_path)
+    assert isinstance(loaded["Weather"], ProfileError)
+    assert str(loaded["Weather"]) == str(refused.value)
+    assert loaded["Other"] == {"T": {}}
 
     assert refused.value.field == field
     assert problem in str(refused.value)
