@@ -32,6 +32,8 @@ from shared.errors import ValidationError
 SAMPLE_BYTES = 1024 * 1024
 #: Tokens that mean "no value" in files from R, pandas, databases and spreadsheets.
 NULL_CANDIDATES = DEFAULT_NULL_TOKENS | {"NaN", "nan", "None", "none", "-", "?", "n/a", "#N/A"}
+#: Values a text column reads as null when inferred: what database exports write for null.
+TEXT_NULL_MARKERS = frozenset({"NULL", "\\N"})
 #: Pairs of boolean words; a column whose every value is one of a pair is Boolean.
 BOOLEAN_PAIRS = (("true", "false"), ("yes", "no"), ("y", "n"), ("t", "f"))
 #: Date-time patterns tried, in order; the first that reads every value wins. Where two read
@@ -148,6 +150,15 @@ def infer(
         definition_columns.append({"name": column, "dataType": data_type})
         if data_type != "String":
             found_tokens |= tokens
+        else:
+            # A database's null markers are not text anyone typed; "NA" may be (a name).
+            markers = sorted({v for v in values if v in TEXT_NULL_MARKERS})
+            if markers:
+                options = {**options, "nullTokens": markers}
+                notes.append(
+                    f"{column}: {', '.join(markers)} read as null in this text column (a "
+                    "database's null marker); remove its nullTokens to keep them as text"
+                )
         if options:
             value_options[column] = options
     extra = found_tokens - DEFAULT_NULL_TOKENS

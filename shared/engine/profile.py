@@ -272,6 +272,10 @@ def compile_profile(
         raise ProfileError(where, f"{path}.matchCase", "must be true or false")
     ignore = frozenset(_strings(entry.get("ignore", []), where, f"{path}.ignore"))
 
+    # The table-wide value options are checked where they are written (a bad pattern is named
+    # at tables.T.dateFormats[0], not at the first column that inherits it).
+    for data_type in ("DateTime", "Double", "Boolean"):
+        _value_parser(data_type, entry, where, path)
     table_tokens = entry.get("nullTokens")
     if table_tokens is not None:
         table_tokens = frozenset(_strings(table_tokens, where, f"{path}.nullTokens"))

@@ -77,6 +77,8 @@ def detect(name: str, content_type: str | None = None) -> tuple[str, bool]:
     stem = lower[:-3] if lower.endswith(".gz") else lower
     for suffix, kind in (
         (".csv", "csv"),
+        (".tsv", "csv"),  # the delimiter is found from the first line
+        (".tab", "csv"),
         (".ndjson", "ndjson"),
         (".jsonl", "ndjson"),
         (".json", "json"),
@@ -85,6 +87,7 @@ def detect(name: str, content_type: str | None = None) -> tuple[str, bool]:
             return kind, gzipped
     by_type = {
         "text/csv": "csv",
+        "text/tab-separated-values": "csv",
         "application/x-ndjson": "ndjson",
         "application/ndjson": "ndjson",
         "application/jsonl": "ndjson",
@@ -92,8 +95,8 @@ def detect(name: str, content_type: str | None = None) -> tuple[str, bool]:
     }.get((content_type or "").split(";")[0].strip().lower())
     if by_type is None:
         raise FormatError(
-            f"cannot tell the format of {name!r}: name it .csv, .ndjson or .json (optionally "
-            ".gz), or set its content type"
+            f"cannot tell the format of {name!r}: name it .csv (.tsv), .ndjson or .json "
+            "(optionally .gz), or set its content type"
         )
     return by_type, gzipped
 

@@ -96,14 +96,19 @@ def test_a_full_profile_compiles_each_column_rule() -> None:
         ({"columns": {"Temp": {"form": "t"}}}, "tables.Weather.columns.Temp.form", "'from'"),
         (
             {"dateFormats": ["yyyy-MM-dd", "MM/dd"]},
-            "tables.Weather.columns.Date.dateFormats[1]",
+            "tables.Weather.dateFormats[1]",
             "year",
         ),
-        ({"timeZone": "Mars/Olympus"}, "tables.Weather.columns.Date.timeZone", "Mars/Olympus"),
-        ({"decimalSeparator": ";"}, "tables.Weather.columns.Temp.decimalSeparator", "','"),
+        ({"timeZone": "Mars/Olympus"}, "tables.Weather.timeZone", "Mars/Olympus"),
+        (
+            {"columns": {"Date": {"timeZone": "Mars/Olympus"}}},
+            "tables.Weather.columns.Date.timeZone",
+            "Mars/Olympus",
+        ),
+        ({"decimalSeparator": ";"}, "tables.Weather.decimalSeparator", "','"),
         (
             {"trueWords": ["y"], "falseWords": ["Y"]},
-            "tables.Weather.columns.Rain.trueWords",
+            "tables.Weather.trueWords",
             "both",
         ),
         ({"csv": {"delimiter": "::"}}, "tables.Weather.csv.delimiter", "one of"),
