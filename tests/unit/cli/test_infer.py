@@ -108,6 +108,9 @@ def test_database_nulls_and_spreadsheet_booleans(tmp_path: Path) -> None:
     assert entry["csv"] == {"delimiter": "\t"}
     assert entry["columns"]["active"] == {"trueWords": ["y"], "falseWords": ["n"]}
     assert set(entry["nullTokens"]) >= {"-", "\\N", "NULL", "NA", ""}  # "-" met in score
+    # A database's null marker in a text column is null there too; "-" is not (it may be text).
+    assert entry["columns"]["note"] == {"nullTokens": ["NULL"]}
+    assert any("note: NULL read as null in this text column" in n for n in found.notes)
 
 
 def test_codes_with_leading_zeros_stay_text(tmp_path: Path) -> None:

@@ -163,6 +163,8 @@ def expected_many(kind: str, count: int) -> list[dict[str, Any]]:
         ("SALES.JSONL.GZ", ("ndjson", True)),
         ("folder/Sales.Json.Gz", ("json", True)),
         ("2024.01.report.csv", ("csv", False)),
+        ("export.tsv", ("csv", False)),  # the delimiter is found from the first line
+        ("export.TAB.gz", ("csv", True)),
     ],
 )
 def test_detect_by_extension(name: str, expected: tuple[str, bool]) -> None:
