@@ -28,7 +28,7 @@ import msgspec
 
 from shared import limits
 from shared.engine.batching import PLAIN_FLOAT_MAX, PLAIN_FLOAT_MIN
-from shared.engine.textvalues import DEFAULT_NULL_TOKENS
+from shared.engine.textvalues import DEFAULT_NULL_TOKENS, format_utc
 from shared.errors import ConfigError, RowProblem
 
 if TYPE_CHECKING:
@@ -363,7 +363,7 @@ class RowContext:
 
     source: str | None = None
     #: The push's start, as the bundle writes date-times (:func:`format_utc`).
-    ingested_at: str = ""
+    ingested_at: str = field(default_factory=lambda: format_utc(datetime.now(UTC)))
 
 
 def coerce(data_type: str, value: Any) -> Any:
@@ -507,6 +507,8 @@ class RowValidator:
                 self._folded[source.casefold()] = fill
         self._fills[LINE_KEY] = None
         self._targets = {c.name for c in table.columns}
+        # Without exact names, two keys of a row can reach one column ("Temp" and "TEMP").
+        self._identity = self._identity and self.match_case
         self._block_plans: dict[tuple[str, ...], Any] = {}
         self._row_types: dict[tuple[str, ...], Callable[..., Any]] = {}
 
@@ -637,9 +639,9 @@ class RowValidator:
             return None
         keys = tuple(rows[0])
         width = len(keys)
-        plan = self._block_plan(keys) if keys else None
-        if not plan and not self._extras:
-            return None
+        plan = self._block_plan(keys) if keys else []
+        if plan is None or (not plan and not self._extras):
+            return None  # a key the rows cannot have (the per-row path names it), or no column
         # Every row a dict (an exact one: what __call__ would see) with exactly these keys
         # (iterating a dict gives its keys, in order).
         if set(map(type, rows)) != {dict} or (

@@ -194,17 +194,32 @@ def _recode(data: _Peekable, encoding: str | None) -> Iterator[bytes]:
     assert encoding is not None
     decoder = codecs.getincrementaldecoder(encoding)("strict")
     offset = 0
-    try:
-        for chunk in data:
+    for chunk in data:
+        state = decoder.getstate()
+        try:
             text = decoder.decode(chunk)
-            offset += len(chunk)
-            if text:
-                yield text.encode("utf-8")
+        except UnicodeDecodeError as exc:
+            # The text before the bad byte still goes on (its rows arrive, as with any damaged
+            # file): decode up to it from the state before this chunk (exc.start counts the
+            # bytes a buffered decoder held back too).
+            cut = max(0, exc.start - len(state[0]))
+            decoder.setstate(state)
+            good = decoder.decode(chunk[:cut])
+            if good:
+                yield good.encode("utf-8")
+            raise _BadText(
+                f"the file is not {_NAMES.get(encoding, encoding)} text (byte "
+                f"{offset + cut:,}); declare its encoding in the table's profile"
+            ) from None
+        offset += len(chunk)
+        if text:
+            yield text.encode("utf-8")
+    try:
         tail = decoder.decode(b"", final=True)
-    except UnicodeDecodeError as exc:
+    except UnicodeDecodeError:
         raise _BadText(
-            f"the file is not {_NAMES.get(encoding, encoding)} text (near byte "
-            f"{offset + exc.start:,}); declare its encoding in the table's profile"
+            f"the file is not {_NAMES.get(encoding, encoding)} text: it ends inside a "
+            "character"
         ) from None
     if tail:
         yield tail.encode("utf-8")
