@@ -4,6 +4,10 @@ Double (``Price``) and a DateTime (``Updated``) column, and deterministic rows f
 
 Every 100th row has no price (an empty CSV field, a JSON null), so the empty-to-null rule is
 exercised too.
+
+The same rows are also written as a real export would have them (:func:`write_profiled_csv`):
+the missing price as ``NA`` and ``Updated`` as ``yyyy/MM/dd HH:mm:ss``, to be read under
+:data:`INGEST_PROFILE`; they must be stored exactly as the plain CSV's rows are.
 """
 
 from __future__ import annotations
@@ -42,11 +46,23 @@ def columns() -> dict[str, str]:
     return {c["name"]: c["dataType"] for c in product["columns"]}
 
 
+#: The ingest profile (one table's entry, as ``datasets/<Dataset>.profile.json`` or a blob's
+#: ``profile`` metadata would give it) that reads :func:`write_profiled_csv`'s file: one
+#: fixed-width numeric date pattern (the engine rewrites a whole column of it to ISO in one
+#: ``re.sub``) and a null token (which replaces the default ones for non-text columns).
+INGEST_PROFILE: dict[str, Any] = {"dateFormats": ["yyyy/MM/dd HH:mm:ss"], "nullTokens": ["NA"]}
+PROFILED_NULL = "NA"
+
+
+def _moment(i: int) -> tuple[int, int, int, int, int]:
+    """Row ``i``'s ``Updated`` in 2026: (month, day, hour, minute, second)."""
+    return 1 + i % 12, 1 + i % 28, i % 24, i % 60, (i * 7) % 60
+
+
 def _fields(i: int) -> tuple[int, str, str, str, str, bool, str, str]:
     price = "" if i % 100 == 99 else f"{10 + (i % 5000) * 0.37:.2f}"
-    updated = (
-        f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:{(i * 7) % 60:02d}Z"
-    )
+    month, day, hour, minute, second = _moment(i)
+    updated = f"2026-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}Z"
     return (
         i + 1,
         f"VanArsdel {i % 17}",
@@ -62,6 +78,17 @@ def _fields(i: int) -> tuple[int, str, str, str, str, bool, str, str]:
 def csv_line(i: int) -> str:
     pid, maker, category, segment, product, compete, price, updated = _fields(i)
     flag = "true" if compete else "false"
+    return f"{pid},{maker},{category},{segment},{product},{flag},{price},{updated}\n"
+
+
+def profiled_csv_line(i: int) -> str:
+    """Row ``i`` as :func:`csv_line` has it, but with the missing price as ``NA`` and
+    ``Updated`` as ``yyyy/MM/dd HH:mm:ss`` (the same moment, in UTC)."""
+    pid, maker, category, segment, product, compete, price, _ = _fields(i)
+    flag = "true" if compete else "false"
+    month, day, hour, minute, second = _moment(i)
+    updated = f"2026/{month:02d}/{day:02d} {hour:02d}:{minute:02d}:{second:02d}"
+    price = price or PROFILED_NULL
     return f"{pid},{maker},{category},{segment},{product},{flag},{price},{updated}\n"
 
 
@@ -99,6 +126,12 @@ def _write(path: Path, header: str, line: Any, rows: int) -> Path:
 def write_csv(path: Path, rows: int) -> Path:
     """A CSV file of ``rows`` rows (plus the header)."""
     return _write(path, CSV_HEADER, csv_line, rows)
+
+
+def write_profiled_csv(path: Path, rows: int) -> Path:
+    """:func:`write_csv`'s rows as a real export writes them, read under
+    :data:`INGEST_PROFILE` (the same header)."""
+    return _write(path, CSV_HEADER, profiled_csv_line, rows)
 
 
 def write_ndjson(path: Path, rows: int) -> Path:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 from shared.engine.schema import Rejected, TableSchema, coerce
 from shared.engine.textvalues import (
     DEFAULT_NULL_TOKENS,
+    ColumnReader,
     PatternError,
     compile_boolean,
     compile_datetime,
@@ -120,7 +120,7 @@ class ColumnRule:
     derived: str | None = None
     #: For a date pattern a whole column can be rewritten with (see
     #: :func:`shared.engine.textvalues.compile_rewrite`): the engine's fast path.
-    rewrite: tuple[re.Pattern[str], str] | None = None
+    rewrite: ColumnReader | None = None
 
 
 @dataclass(frozen=True, eq=False)

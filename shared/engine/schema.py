@@ -13,7 +13,6 @@ Value rules: "Dataset properties", https://learn.microsoft.com/en-us/power-bi/de
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 import re
@@ -28,7 +27,7 @@ import msgspec
 
 from shared import limits
 from shared.engine.batching import PLAIN_FLOAT_MAX, PLAIN_FLOAT_MIN
-from shared.engine.textvalues import DEFAULT_NULL_TOKENS, format_utc
+from shared.engine.textvalues import DEFAULT_NULL_TOKENS, ColumnReader, format_utc, iso_column
 from shared.errors import ConfigError, RowProblem
 
 if TYPE_CHECKING:
@@ -288,41 +287,10 @@ def _column_string(values: list[Any]) -> list[Any] | None:
     return values if longest <= limits.MAX_STRING_LENGTH // 2 else None
 
 
-# "yyyy-MM-ddTHH:mm:ssZ" with a valid date and time (29 February goes the slow way, and so
-# does year 0000, which datetime refuses). ASCII digits only: \d would take any Unicode digit.
-_DAY = (
-    r"(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
-    r"|(?:0[13-9]|1[0-2])-(?:29|30)"
-    r"|(?:0[13578]|1[02])-31"
-)
-_UTC_SECOND = rf"(?!0000)[0-9]{{4}}-(?:{_DAY})T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
-#: A whole column joined by newlines, every value ending in "Z" (normalised by adding
-#: ".000") or every value ending in ".fffZ" (already normal).
-_UTC_SECONDS = rf"(?:{_UTC_SECOND}Z\n)*{_UTC_SECOND}Z"
-_UTC_MILLISECONDS = rf"(?:{_UTC_SECOND}\.[0-9]{{3}}Z\n)*{_UTC_SECOND}\.[0-9]{{3}}Z"
-
-
-@functools.cache
-def _utc_columns() -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """The two column patterns, compiled on first use: about a millisecond of cold start that a
-    process which never sees a DateTime column does not pay (bench figure 5a)."""
-    return re.compile(_UTC_SECONDS), re.compile(_UTC_MILLISECONDS)
-
-
 def _column_datetime(values: list[Any]) -> list[Any] | None:
     if set(map(type, values)) != _STR:
         return None
-    joined = "\n".join(values)
-    seconds, milliseconds = _utc_columns()
-    if seconds.fullmatch(joined):
-        # Every "Z" is a value's last character: put ".000" before each.
-        out = (joined.replace("Z\n", ".000Z\n")[:-1] + ".000Z").split("\n")
-    elif milliseconds.fullmatch(joined):
-        out = joined.split("\n")
-    else:
-        return None
-    # A value holding a newline would shift the split: then it is not the same column.
-    return out if len(out) == len(values) else None
+    return iso_column("\n".join(values), len(values))
 
 
 #: Double and Decimal columns: _column_number with the type's bound.
@@ -405,19 +373,19 @@ def _value_coercer(
     return parsed
 
 
-def _rewritten(rewrite: tuple[re.Pattern[str], str]) -> Callable[[list[Any]], list[Any] | None]:
-    """A DateTime column fast path for a profile's date pattern: rewrite the joined column to
-    ISO 8601 in one ``re.sub``, then the ISO column check (nulls put back around it)."""
-    pattern, template = rewrite
+def _rewritten(rewrite: ColumnReader) -> Callable[[list[Any]], list[Any] | None]:
+    """A DateTime column fast path for a profile's date pattern: the joined column read at
+    once (:func:`shared.engine.textvalues.compile_rewrite`), nulls put back around it."""
 
     def column(values: list[Any]) -> list[Any] | None:
-        present = list(filter(None, values))  # None and "" are null here
+        # None and "" are null here (two scans in C, usually the only ones).
+        present = list(filter(None, values)) if None in values or "" in values else values
         if not present:
             return values if not values or set(values) <= {None} else [None] * len(values)
         if set(map(type, present)) != _STR:
             return None
-        out = _column_datetime(pattern.sub(template, "\n".join(present)).split("\n"))
-        return None if out is None or len(out) != len(present) else _with_nulls(out, values)
+        out = rewrite("\n".join(present), len(present))
+        return None if out is None else _with_nulls(out, values)
 
     return column
 
@@ -432,7 +400,7 @@ class _Fill:
         column: Column,
         tokens: frozenset[str],
         parse: Callable[[str], Any] | None,
-        rewrite: tuple[re.Pattern[str], str] | None,
+        rewrite: ColumnReader | None,
     ) -> None:
         self.column = column.name
         self.coerce = _value_coercer(column.data_type, tokens, parse)
@@ -585,12 +553,11 @@ class RowValidator:
                 fill = self._fill_for(key)
                 if fill is None:
                     continue
-            if fill.__class__ is str:
+            if isinstance(fill, str):
                 bad.append((key, fill))
                 continue
-            assert isinstance(fill, _Fill)
             target = fill.column
-            if target in out and not self._identity:
+            if not self._identity and target in out:
                 bad.append((key, f"a second column of the row is read into {target!r}"))
                 continue
             try:

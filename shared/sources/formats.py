@@ -218,8 +218,7 @@ def _recode(data: _Peekable, encoding: str | None) -> Iterator[bytes]:
         tail = decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise _BadText(
-            f"the file is not {_NAMES.get(encoding, encoding)} text: it ends inside a "
-            "character"
+            f"the file is not {_NAMES.get(encoding, encoding)} text: it ends inside a character"
         ) from None
     if tail:
         yield tail.encode("utf-8")
