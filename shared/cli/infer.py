@@ -209,6 +209,13 @@ def _csv_rows(
     if delimiter != ",":
         dialect["delimiter"] = delimiter
         notes.append(f"delimiter {delimiter!r} (detected; declared so no file is guessed)")
+    skip = _title_lines(text, delimiter)
+    if skip:
+        dialect["skipLines"] = skip
+        notes.append(
+            f"the first {skip} line(s) have fewer fields than the rest (a title?): skipped"
+        )
+        text = "\n".join(text.split("\n")[skip:])
     records = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r]
     if not records:
         return [], [], dialect
@@ -225,6 +232,24 @@ def _csv_rows(
         notes.append("no header row (the first row holds numbers or dates): columns named")
     rows = [dict(zip(names, record, strict=False)) for record in body]
     return rows, names, dialect
+
+
+def _title_lines(text: str, delimiter: str) -> int:
+    """How many lines above the table are not part of it: a report's title and notes, which
+    have fewer fields than the table's lines (at most 20 such lines, the table at least two
+    columns wide)."""
+    lines = text.split("\n")[:200]
+    counts = [len(next(csv.reader([line], delimiter=delimiter), [])) for line in lines]
+    present = [count for count in counts if count]
+    if not present:
+        return 0
+    width = max(set(present), key=present.count)
+    if width < 2:
+        return 0
+    first = next(n for n, count in enumerate(counts) if count == width)
+    if first > 20 or any(count > width for count in counts[:first]):
+        return 0
+    return first
 
 
 def _looks_like_data(cell: str) -> bool:

@@ -4,8 +4,11 @@ A definition is Power BI's own Create Dataset body (``datasets/<name>.json``). F
 :class:`RowValidator` is compiled once: a column-name -> coercer map, so validating a row is one
 dictionary walk with no per-value type dispatch. It coerces what is unambiguous (numeric strings
 to numbers, ``"true"``/``"false"`` to booleans, ISO 8601 and ``MM/dd/yyyy`` strings to ISO 8601
-UTC date-times, an empty string to null for non-string columns) and refuses what Power BI would
-refuse, with the row's index, the column and the reason.
+UTC date-times, the default null tokens, ``NA`` ``N/A`` ``null`` ``NULL`` ``\\N`` and empty, to
+null for non-string columns) and refuses what Power BI would refuse, with the row's index, every
+bad column and the reason. A table's ingest profile (:mod:`shared.engine.profile`) widens what
+is read: its own null tokens, date patterns, separators and words, source columns mapped to
+table columns, constant and derived columns.
 
 Value rules: "Dataset properties", https://learn.microsoft.com/en-us/power-bi/developer/automation/api-dataset-properties
 """

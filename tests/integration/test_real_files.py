@@ -247,8 +247,9 @@ DAYS = Quirky(  # gzipped JSON with month names and NA in a number column
     ],
 )
 QUIRKY = [WEATHER, SLASHED, EUROPEAN, EXPORT, SHEET, MAPPED, NO_HEADER, EVENTS, DAYS]
-#: The files ``infer`` is tried on (the others need names or fills only a person can give).
-INFERABLE = [WEATHER, SLASHED, EUROPEAN, EXPORT, SHEET, EVENTS, DAYS]
+#: The column that tells rows apart, where ``infer`` names it otherwise than the hand-written
+#: definition (the file's own header, or a name for a file without one).
+INFERRED_KEY = {MAPPED.file: "STATION", NO_HEADER.file: "Column1"}
 
 
 def write_dataset(directory: Path, name: str, cases: list[Quirky], profiles: bool = True) -> None:
@@ -615,10 +616,10 @@ def test_infer_then_upload_with_no_edit_stores_every_row_as_meant(
     """``infer --out`` on each file (one dataset per file), then the blob upload with nothing
     edited: every row stored, no dead letter; a ``NA`` number is null, ``Jan 1 2000`` is
     2000-01-01T00:00:00Z, decimal commas and thousands read, ``NULL`` and ``\\N`` are null,
-    yes/no and Y/N are booleans."""
+    yes/no and Y/N are booleans, title lines skipped, a file without a header named."""
     datasets = tmp_path / "datasets"
-    names = {case.file: unique("Inferred") for case in INFERABLE}
-    for case in INFERABLE:
+    names = {case.file: unique("Inferred") for case in QUIRKY}
+    for case in QUIRKY:
         source = tmp_path / case.file
         source.write_bytes(case.data)
         inferred = cli(
@@ -630,10 +631,10 @@ def test_infer_then_upload_with_no_edit_stores_every_row_as_meant(
         )
         assert inferred.returncode == 0, inferred.stderr
     files.start(DATASETS_DIR=str(datasets))
-    for case in INFERABLE:
+    for case in QUIRKY:
         files.upload(f"{names[case.file]}/{case.table}/{case.file}", case.data)
 
-    for case in INFERABLE:
+    for case in QUIRKY:
         name = names[case.file]
         wait_for(
             lambda name=name, case=case: len(stored(api, name, case.table)) == len(case.meant),  # type: ignore[misc]
@@ -643,7 +644,8 @@ def test_infer_then_upload_with_no_edit_stores_every_row_as_meant(
     assert files.dead_letters() == []
 
     def rows(case: Quirky) -> dict[str, dict[str, Any]]:
-        return {str(r[case.key]): r for r in stored(api, names[case.file], case.table)}
+        key = INFERRED_KEY.get(case.file, case.key)
+        return {str(r[key]): r for r in stored(api, names[case.file], case.table)}
 
     weather = rows(WEATHER)
     assert weather["KSEA"]["date"] == "2000-01-01T00:00:00.000Z"
@@ -667,3 +669,8 @@ def test_infer_then_upload_with_no_edit_stores_every_row_as_meant(
     assert events["1"]["ok"] is True and events["2"]["ok"] is False
     days = rows(DAYS)
     assert days["1"]["day"] == "2021-01-05T00:00:00.000Z" and days["1"]["n"] is None
+    # The title lines are skipped; the file's own names (and case) are the columns.
+    mapped = rows(MAPPED)
+    assert mapped["KSEA"]["Temperature C"] == 1.5 and mapped["KPDX"]["Temperature C"] is None
+    assert mapped["KPDX"]["Day"] == "2020-01-03T00:00:00.000Z"
+    assert rows(NO_HEADER)["KPDX"]["Column2"] is None
