@@ -93,7 +93,7 @@ def files(
     result = ingestor.push(
         Target(name, data.TABLE),
         _rows(csv_file, file_rows, total),
-        on_progress=lambda position: acks.append((time.perf_counter(), position)),
+        on_progress=lambda position, _: acks.append((time.perf_counter(), position)),
     )
     elapsed = time.perf_counter() - started
     assert result.dataset_id is not None

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from shared import limits
 from shared.cli import infer
 from shared.cli.replay import BLOB_POISON_QUEUE, replay_dead_letters, replay_poison
-from shared.contracts import Target
+from shared.contracts import PushResult, Target
 from shared.destinations.powerbi import PowerBIClient
 from shared.engine.ingest import PushIncomplete
 from shared.engine.profile import ProfileError, TableProfile, parse_override
@@ -169,18 +169,22 @@ class Progress:
         self.enabled = stream.isatty()
         self.shown = False
 
-    def __call__(self, rows_done: int) -> None:
+    def __call__(self, rows_done: int, result: PushResult) -> None:
         if not self.enabled:
             return
-        self.stream.write("\r" + self.line(rows_done) + "\x1b[K")
+        self.stream.write("\r" + self.line(rows_done, result.sent, result.rejected) + "\x1b[K")
         self.stream.flush()
         self.shown = True
 
-    def line(self, rows_done: int) -> str:
-        """The progress line after ``rows_done`` rows (sent or dead-lettered)."""
+    def line(self, rows_done: int, sent: int, rejected: int) -> str:
+        """The progress line after ``rows_done`` rows, ``sent`` of them acknowledged and
+        ``rejected`` dead-lettered (or listed)."""
         elapsed = max(self.clock() - self.started, 1e-6)
         fraction = self.reader.read_bytes / self.reader.size if self.reader.size else 1.0
-        text = f"{rows_done:,} rows done, {rows_done / elapsed:,.0f} rows/s, {fraction:.0%} read"
+        text = (
+            f"{rows_done:,} rows done ({sent:,} sent, {rejected:,} rejected), "
+            f"{rows_done / elapsed:,.0f} rows/s, {fraction:.0%} of the file read"
+        )
         if 0 < fraction < 1:
             left_rows = rows_done * (1 - fraction) / fraction
             at_pace = elapsed * (1 - fraction) / fraction

@@ -344,7 +344,7 @@ class Ingestor:
         deadline: Deadline | None = None,
         source: str | None = None,
         dead_letter: bool = True,
-        on_progress: Callable[[int], None] | None = None,
+        on_progress: Callable[[int, PushResult], None] | None = None,
         profile: TableProfile | None = None,
     ) -> PushResult:
         """Push ``rows`` (an iterable: a list, or a stream read lazily) to ``target``.
@@ -354,10 +354,11 @@ class Ingestor:
         message id). Permanent failures are dead-lettered (unless ``dead_letter`` is False: a
         synchronous HTTP caller gets its rejected rows back instead) and reported in the
         result; a transient one raises :class:`PushIncomplete`, after dead-lettering what was
-        refused. ``on_progress(n)`` is called after each acknowledged Add Rows, once every row
-        before position ``n`` is either acknowledged or dead-lettered (a checkpoint may be
-        written then). ``profile`` is the table's ingest profile with the caller's override
-        applied (:meth:`profile`); without one, the declared profile applies, if any.
+        refused. ``on_progress(n, result)`` is called after each acknowledged Add Rows, once
+        every row before position ``n`` is either acknowledged or dead-lettered (a checkpoint
+        may be written then), with the result so far (rows sent, rejected). ``profile`` is
+        the table's ingest profile with the caller's override applied (:meth:`profile`);
+        without one, the declared profile applies, if any.
         """
         (result,) = self.push_parts(
             target,
@@ -378,7 +379,7 @@ class Ingestor:
         *,
         deadline: Deadline | None = None,
         dead_letter: bool = True,
-        on_progress: Callable[[int], None] | None = None,
+        on_progress: Callable[[int, PushResult], None] | None = None,
         profile: TableProfile | None = None,
     ) -> list[PushResult]:
         """Push several callers' rows together (the fewest POSTs for all of them) and account
@@ -562,7 +563,7 @@ class Ingestor:
         if run.on_progress is not None:
             # Dead letters first: a checkpoint must never pass a refused row not yet kept.
             self._store(run)
-            run.on_progress(batch.indices[-1] + 1)
+            run.on_progress(batch.indices[-1] + 1, run.results[0])
         self._note_sent(run.current().dataset_id, table, batch.count)
 
     def _note_sent(self, dataset_id: str, table: str, rows: int) -> None:
@@ -610,7 +611,7 @@ class _Run:
         self.dead_letter = dead_letter
         self.results = [PushResult(target) for _ in self.parts]
         self.letters: list[list[DeadLetter]] = [[] for _ in self.parts]
-        self.on_progress: Callable[[int], None] | None = None
+        self.on_progress: Callable[[int, PushResult], None] | None = None
         self.profile: TableProfile | None = None
         #: The target as resolved now (looked up again when Add Rows answers 404).
         self.resolved: _Resolved | None = None

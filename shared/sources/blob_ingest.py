@@ -149,7 +149,7 @@ class BlobIngest:
             read_rows(chunks, kind, gzipped, self.max_bytes, profile=profile), start, None
         )
 
-        def progress(position: int) -> None:
+        def progress(position: int, _: PushResult) -> None:
             self.checkpoints.save(
                 source,
                 Checkpoint(etag, start + position, False, checkpoint.sent, checkpoint.rejected),

@@ -263,5 +263,6 @@ def test_push_shows_progress_on_a_terminal(api: Api, azurite: Azurite, tmp_path:
     assert process.returncode == 0, shown.decode(errors="replace")
     assert json.loads(out)["sent"] == 30_000
     text = shown.decode()
-    assert "30,000 rows done" in text and "rows/s" in text and "\r" in text
+    assert "30,000 rows done (30,000 sent, 0 rejected)" in text and "rows/s" in text
+    assert "\r" in text
     assert text.count("rows done") == 3  # one rewrite per acknowledged Add Rows (3 POSTs)
