@@ -3,16 +3,22 @@
 Routes (under the host's ``api`` prefix; auth level FUNCTION, so callers send a function key):
 ``POST datasets/{dataset}/tables/{table}/rows``, ``POST rows``, ``GET health``. The two POST
 routes carry a queue output binding for asynchronous mode (``?mode=queue``).
+
+``v1.0/myorg/{*path}`` is Power BI's own surface (:mod:`shared.sources.frontdoor`): auth level
+ANONYMOUS for the host, because a drop-in sender can only send a bearer token; the function
+checks it against ``FRONTDOOR_KEYS`` itself.
 """
 
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import azure.functions as func
 
 from shared.runtime import get_ingestor, get_settings
 from shared.sources.claimcheck import ClaimCheckStore
+from shared.sources.frontdoor import ROUTE, FrontDoor, PowerBIService
 from shared.sources.webhook import Webhook, WebRequest, WebResponse
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]  # the library leaves __init__ untyped
@@ -23,6 +29,14 @@ _webhook = Webhook(
     claim_checks=lambda: ClaimCheckStore.from_settings(
         get_settings().storage_connection, get_settings().claimcheck_container, os.environ
     ),
+)
+
+_front_door = FrontDoor(
+    settings=get_settings,
+    ingestor=get_ingestor,
+    # The process's Power BI client (shared.destinations.powerbi.PowerBIClient) has the
+    # pass-through calls the surface needs besides the engine's.
+    service=lambda: cast(PowerBIService, get_ingestor().client),
 )
 
 
@@ -68,3 +82,14 @@ def post_rows(req: func.HttpRequest, queued: func.Out[list[str]]) -> func.HttpRe
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """Configuration summary (no secrets) and whether Power BI and storage answer."""
     return _response(_webhook.health(_request(req)))
+
+
+@bp.function_name("powerbi")
+@bp.route(
+    route=ROUTE,
+    methods=["GET", "POST", "DELETE"],
+    auth_level=func.AuthLevel.ANONYMOUS,
+)
+def powerbi(req: func.HttpRequest) -> func.HttpResponse:
+    """Power BI's push-dataset REST surface: a sender changes only its base URL and key."""
+    return _response(_front_door.handle(_request(req)))

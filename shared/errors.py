@@ -124,3 +124,4 @@ class ConfigError(PermanentError):
     def __init__(self, setting: str, problem: str) -> None:
         super().__init__(f"setting {setting}: {problem}")
         self.setting = setting
+        self.problem = problem

@@ -124,6 +124,9 @@ class Settings:
     blob_allowed_hosts: tuple[str, ...]
     queue_max_wait: float
     queue_time_budget: float
+    frontdoor_keys: tuple[str, ...] = ()
+    frontdoor_partial_rows: bool = False
+    frontdoor_allow_delete_rows: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -223,6 +226,13 @@ class Settings:
             ),
             queue_max_wait=_positive(get, "QUEUE_MAX_WAIT_SECONDS", 5.0),
             queue_time_budget=_positive(get, "QUEUE_TIME_BUDGET_SECONDS", 240.0),
+            # Keys callers of the Power BI surface send as their bearer token (comma-separated;
+            # a secret: never logged or shown).
+            frontdoor_keys=tuple(
+                k.strip() for k in (get("FRONTDOOR_KEYS") or "").split(",") if k.strip()
+            ),
+            frontdoor_partial_rows=_boolean(get, "FRONTDOOR_PARTIAL_ROWS", False),
+            frontdoor_allow_delete_rows=_boolean(get, "FRONTDOOR_ALLOW_DELETE_ROWS", False),
         )
 
     def describe(self) -> dict[str, object]:
@@ -244,6 +254,9 @@ class Settings:
             "http_mode": self.http_mode,
             "http_max_body_bytes": self.http_max_body_bytes,
             "webhook_signature": "required" if self.webhook_secret else "off",
+            "frontdoor_keys": len(self.frontdoor_keys),
+            "frontdoor_partial_rows": self.frontdoor_partial_rows,
+            "frontdoor_allow_delete_rows": self.frontdoor_allow_delete_rows,
         }
 
 
@@ -254,6 +267,15 @@ def _choice(
     if value not in allowed:
         raise ConfigError(name, f"must be one of {', '.join(allowed)}")
     return value
+
+
+def _boolean(get: Callable[[str], str | None], name: str, default: bool) -> bool:
+    raw = get(name)
+    if raw is None:
+        return default
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise ConfigError(name, f"must be true or false, got {raw!r}")
+    return raw.lower() in ("true", "1")
 
 
 def _positive(get: Callable[[str], str | None], name: str, default: float) -> float:

@@ -40,10 +40,12 @@ class Destination(Protocol):
         self,
         definition: dict[str, Any],
         workspace: str | None = None,
+        retention: str | None = None,
         *,
         deadline: Deadline | None = None,
     ) -> dict[str, Any]:
-        """Create a dataset from its definition; the answer carries its ``id``."""
+        """Create a dataset from its definition (``retention``: Power BI's
+        ``defaultRetentionPolicy``, None or basicFIFO); the answer carries its ``id``."""
         ...
 
     def get_tables(

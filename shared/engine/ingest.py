@@ -334,6 +334,32 @@ class Ingestor:
         )
         return True
 
+    def problems(
+        self,
+        target: Target,
+        rows: Sequence[Any],
+        *,
+        profile: TableProfile | None = None,
+        deadline: Deadline | None = None,
+    ) -> list[RowProblem]:
+        """Every problem of ``rows`` for ``target`` (under its profile), nothing sent: what an
+        all-or-nothing caller checks before :meth:`push`. Raises what resolving the target
+        raises (NotFoundError, a transient failure)."""
+        resolved = self.resolve(target, deadline)
+        declared = profile is None
+        profile = self.profile(target, deadline=deadline) if declared else profile
+        validator = resolved.validator(target.table, profile, keep=declared)
+        found: list[RowProblem] = []
+        for start in range(0, len(rows), BLOCK_ROWS):
+            block = list(rows[start : start + BLOCK_ROWS])
+            if validator is not None and validator.check_block(block, start) is not None:
+                continue
+            for index, row in enumerate(block, start):
+                result = validator(row, index) if validator is not None else _plain(row, index)
+                if isinstance(result, RowProblem):
+                    found.append(result)
+        return found
+
     # -- delivery ---------------------------------------------------------------------------
 
     def push(

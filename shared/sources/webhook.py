@@ -75,6 +75,9 @@ class WebResponse:
     messages: list[str] = field(default_factory=list)
 
     def body_bytes(self) -> bytes:
+        """The body as JSON; None is an empty body (Power BI's Add Rows answers nothing)."""
+        if self.body is None:
+            return b""
         return json.dumps(self.body, ensure_ascii=False).encode("utf-8")
 
 

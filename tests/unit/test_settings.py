@@ -468,3 +468,34 @@ def test_from_env_does_not_modify_the_mapping() -> None:
     Settings.from_env(env)
 
     assert env == before
+
+
+# --- the Power BI surface ---------------------------------------------------------------------
+
+
+def test_frontdoor_settings_and_their_defaults() -> None:
+    """Keys are a comma-separated list (closed when none); partial rows and Delete Rows are
+    off unless set; describe() counts the keys and never shows one."""
+    closed = Settings.from_env({})
+    settings = Settings.from_env(
+        {
+            "FRONTDOOR_KEYS": " k-one , k-two,,",
+            "FRONTDOOR_PARTIAL_ROWS": "TRUE",
+            "FRONTDOOR_ALLOW_DELETE_ROWS": "0",
+        }
+    )
+
+    assert (closed.frontdoor_keys, closed.frontdoor_partial_rows) == ((), False)
+    assert closed.frontdoor_allow_delete_rows is False
+    assert settings.frontdoor_keys == ("k-one", "k-two")
+    assert settings.frontdoor_partial_rows is True
+    assert settings.frontdoor_allow_delete_rows is False
+    described = settings.describe()
+    assert described["frontdoor_keys"] == 2
+    assert "k-one" not in repr(described)
+
+
+def test_a_frontdoor_flag_that_is_not_a_boolean_is_named() -> None:
+    error = config_error({"FRONTDOOR_PARTIAL_ROWS": "yes please"})
+    assert error.setting == "FRONTDOOR_PARTIAL_ROWS"
+    assert "true or false" in str(error)
