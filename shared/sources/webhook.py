@@ -13,8 +13,9 @@ fix; nothing is pushed for a refused request.
   storage answer.
 
 Synchronous by default: the rows are pushed now and the answer is the PushResult (200 when
-every valid row was accepted; invalid rows listed with index and reason, not sent; 429/503 with
-``Retry-After`` when Power BI throttles past the time budget). ``?mode=queue`` (or
+every valid row was accepted; invalid rows listed with index and reason, not sent, and
+dead-lettered; 400 when no row could be stored; 429/503 with ``Retry-After`` when Power BI
+throttles past the time budget). ``?mode=queue`` (or
 ``HTTP_MODE=queue``) checks the shape, queues the envelopes (a claim check for big ones) and
 answers 202.
 
@@ -275,7 +276,9 @@ class Webhook:
                         item.target,
                         item.rows,
                         deadline=deadline,
-                        dead_letter=False,
+                        # Refused rows are dead-lettered as well as listed: a 2xx never hides a
+                        # row that went nowhere (the sender may not read the body).
+                        dead_letter=True,
                         profile=profile,
                     )
                 )
@@ -296,6 +299,17 @@ class Webhook:
             return response
         failures = [r.failure for r in results if r.failure is not None]
         status = 200
+        if not any(r.sent for r in results) and any(r.rejected for r in results):
+            # Nothing stored and something refused: a 4xx, never a 2xx a sender reads as done.
+            status = 400
+            rejected = sum(r.rejected for r in results)
+            refused = {
+                "code": "RowsRefused",
+                "message": f"none of the rows could be stored: {rejected} refused (each is listed "
+                "under problems and dead-lettered with its reason)",
+            }
+            if isinstance(body, dict) and body.get("error") is None:
+                body = {**body, "error": refused}
         if any(isinstance(f, NotFoundError) for f in failures):
             status = 404
         elif any(isinstance(f, AuthError) for f in failures):

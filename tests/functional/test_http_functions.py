@@ -150,13 +150,21 @@ def test_power_bi_compatible_route_pushes_now(api: Api, dataset: str) -> None:
 
 
 def test_invalid_rows_come_back_with_index_and_reason(api: Api, dataset: str) -> None:
-    """Valid rows are pushed (200); invalid ones are listed with index and reason, not sent."""
+    """Valid rows are pushed (200); invalid ones are listed with index and reason, not sent,
+    and dead-lettered (a sender that reads only the status loses nothing); a body none of
+    whose rows can be stored is a 400, not a 200."""
     payload = [*rows(2), {"ProductID": "seven"}, {"Nope": 1}]
     response, _ = add_rows(dataset, {"rows": payload})
     body = answer(response)
     assert response.status_code == 200
-    assert (body["sent"], body["rejected"], body["deadLettered"]) == (2, 2, 0)
+    assert (body["sent"], body["rejected"], body["deadLettered"]) == (2, 2, 2)
+    assert body["deadLetterLocation"]
     assert [(p["index"], p["column"]) for p in body["problems"]] == [(2, "ProductID"), (3, "Nope")]
+    assert len(stored(api, dataset)) == 2
+
+    none_good, _ = add_rows(dataset, {"rows": payload[2:]})
+    assert none_good.status_code == 400
+    assert (answer(none_good)["sent"], answer(none_good)["deadLettered"]) == (0, 2)
     assert len(stored(api, dataset)) == 2
 
 

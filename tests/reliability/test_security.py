@@ -88,8 +88,11 @@ def metadata() -> dict[str, Any]:
     return found
 
 
-def test_every_http_function_needs_a_function_key(metadata: dict[str, Any]) -> None:
-    """The app's default is FUNCTION, every HTTP trigger is FUNCTION, nothing is ANONYMOUS."""
+def test_every_http_function_needs_a_key(metadata: dict[str, Any]) -> None:
+    """The app's default is FUNCTION and every HTTP trigger is FUNCTION, but for the Power BI
+    surface: ANONYMOUS for the host, because a drop-in sender can send only a bearer token,
+    which the function checks against FRONTDOOR_KEYS itself (closed when none is set:
+    tests/unit/sources/test_frontdoor.py, tests/integration/test_frontdoor.py)."""
     assert metadata["default"] == "FUNCTION"
     levels = {
         name: binding.get("authLevel")
@@ -97,15 +100,12 @@ def test_every_http_function_needs_a_function_key(metadata: dict[str, Any]) -> N
         for binding in bindings
         if binding["type"] == "httpTrigger"
     }
-    assert levels == {"add_rows": "FUNCTION", "post_rows": "FUNCTION", "health": "FUNCTION"}
-    every_level = [
-        str(binding["authLevel"]).upper()
-        for bindings in metadata["functions"].values()
-        for binding in bindings
-        if "authLevel" in binding
-    ]
-    assert every_level and set(every_level) == {"FUNCTION"}
-    assert "anonymous" not in json.dumps(metadata).lower()
+    assert levels == {
+        "add_rows": "FUNCTION",
+        "post_rows": "FUNCTION",
+        "health": "FUNCTION",
+        "powerbi": "ANONYMOUS",
+    }
 
 
 # -- HMAC signatures, over real HTTP through devhost --------------------------------------------
