@@ -16,7 +16,7 @@ from typing import cast
 
 import azure.functions as func
 
-from shared.runtime import get_ingestor, get_settings
+from shared.runtime import get_http_coalescer, get_ingestor, get_settings
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.frontdoor import ROUTE, FrontDoor, PowerBIService
 from shared.sources.webhook import Webhook, WebRequest, WebResponse
@@ -37,6 +37,7 @@ _front_door = FrontDoor(
     # The process's Power BI client (shared.destinations.powerbi.PowerBIClient) has the
     # pass-through calls the surface needs besides the engine's.
     service=lambda: cast(PowerBIService, get_ingestor().client),
+    coalescer=get_http_coalescer,
 )
 
 
@@ -90,6 +91,8 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     methods=["GET", "POST", "DELETE"],
     auth_level=func.AuthLevel.ANONYMOUS,
 )
-def powerbi(req: func.HttpRequest) -> func.HttpResponse:
-    """Power BI's push-dataset REST surface: a sender changes only its base URL and key."""
-    return _response(_front_door.handle(_request(req)))
+async def powerbi(req: func.HttpRequest) -> func.HttpResponse:
+    """Power BI's push-dataset REST surface: a sender changes only its base URL and key.
+    Async, so that concurrent Add Rows requests wait together on the worker's event loop and
+    share POSTs (group commit); the blocking work runs on its executor."""
+    return _response(await _front_door.handle_async(_request(req)))

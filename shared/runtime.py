@@ -44,6 +44,7 @@ _settings: Settings | None = None
 _queue: QueueIngest | None = None
 _blob: BlobIngest | None = None
 _events: BlobEvents | None = None
+_http_coalescer: Coalescer | None = None
 
 
 def get_settings() -> Settings:
@@ -79,7 +80,7 @@ def build_ingestor(
         client,
         definitions=load_definitions(settings.datasets_dir),
         profiles=load_profiles(settings.datasets_dir),
-        governor=Governor(Quotas(time_scale=settings.quota_time_scale)),
+        governor=Governor(Quotas(time_scale=settings.quota_time_scale, even=True)),
         dead_letters=store,
         retry=retry,
         default_workspace=settings.workspace_id or settings.workspace_name,
@@ -115,6 +116,22 @@ def build_queue_ingest(
         blobs=functools.cache(lambda: build_blob_ingest(settings, ingestor, env)),
         blob_service=lambda: blob_service(settings.storage_connection, env),
     )
+
+
+def get_http_coalescer() -> Coalescer | None:
+    """The process's coalescer for synchronous Add Rows requests (group commit), or None when
+    ``HTTP_GROUP_COMMIT`` is off: one per process, so that concurrent requests share POSTs."""
+    global _http_coalescer
+    with _lock:
+        settings = get_settings()
+        if not settings.http_group_commit:
+            return None
+        if _http_coalescer is None:
+            # max_wait: a steady stream of requests is still sent at least this often.
+            _http_coalescer = Coalescer(
+                get_ingestor(), linger=settings.http_linger, max_wait=settings.http_linger * 4
+            )
+        return _http_coalescer
 
 
 def get_queue_ingest() -> QueueIngest:
@@ -195,8 +212,9 @@ def get_blob_events() -> BlobEvents:
 def reset() -> None:
     """Forget the process's settings, ingestor, clients and credentials (tests change the
     environment between runs)."""
-    global _ingestor, _settings, _queue, _blob, _events
+    global _ingestor, _settings, _queue, _blob, _events, _http_coalescer
     with _lock:
+        _http_coalescer = None
         storage.forget()
         ClaimCheckStore.forget()
         _events = None

@@ -124,6 +124,8 @@ class Settings:
     blob_allowed_hosts: tuple[str, ...]
     queue_max_wait: float
     queue_time_budget: float
+    http_linger: float = 0.05
+    http_group_commit: bool = True
     frontdoor_keys: tuple[str, ...] = ()
     frontdoor_partial_rows: bool = False
     frontdoor_allow_delete_rows: bool = False
@@ -232,6 +234,11 @@ class Settings:
                 k.strip() for k in (get("FRONTDOOR_KEYS") or "").split(",") if k.strip()
             ),
             frontdoor_partial_rows=_boolean(get, "FRONTDOOR_PARTIAL_ROWS", False),
+            # Concurrent synchronous Add Rows requests for one table share POSTs: each waits
+            # this long for others to join (a request's added latency), then one POST carries
+            # them all, paced like any other (120 POSTs a minute per dataset).
+            http_linger=_positive(get, "HTTP_LINGER_SECONDS", 0.05),
+            http_group_commit=_boolean(get, "HTTP_GROUP_COMMIT", True),
             frontdoor_allow_delete_rows=_boolean(get, "FRONTDOOR_ALLOW_DELETE_ROWS", False),
         )
 

@@ -126,6 +126,23 @@ class Coalescer:
             del self._open[key]
         buffer.full.set()
 
+    async def _until_slot(self, target: Target, buffer: _Buffer) -> None:
+        """Keep the buffer open until the dataset's next POST may start (the governor's pacing,
+        0.5 s between POSTs under load), so that callers arriving meanwhile ride this POST
+        instead of waiting for the one after it. Only for a target already looked up (no
+        request is made here), and never past the earliest caller's deadline."""
+        resolved = self.ingestor.cached(target)
+        if resolved is None:
+            return
+        while not buffer.full.is_set():
+            wait = self.ingestor.governor.wait_needed(resolved.dataset_id, buffer.rows)
+            deadline = earliest(buffer.deadlines)
+            if deadline is not None:
+                wait = min(wait, deadline.left() - 1.0)
+            if wait <= 0:
+                return
+            await self._wait(buffer.full, min(wait, 1.0))
+
     async def _lead(
         self, key: _Key, buffer: _Buffer, target: Target, profile: TableProfile | None
     ) -> None:
@@ -140,6 +157,7 @@ class Coalescer:
                 if quiet <= 0 or left <= 0:
                     break
                 await self._wait(buffer.full, min(quiet, left))
+            await self._until_slot(target, buffer)
             self._close(key, buffer)
             delivered = await asyncio.get_running_loop().run_in_executor(
                 None,

@@ -38,6 +38,7 @@ class _DatasetPace:
     pending: int = 0
     paused_until: float = 0.0
     large_table: bool = False
+    last_start: float = float("-inf")  # when the latest POST took its slot
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ class Quotas:
     max_pending: int = limits.MAX_PENDING_POSTS
     rows_per_hour: int = limits.MAX_ROWS_PER_HOUR
     time_scale: float = 1.0
+    #: Spread a dataset's POSTs evenly (at most one every minute / posts_per_minute, 0.5 s)
+    #: instead of letting 120 go at once and then stalling for the rest of the minute: the
+    #: same rate over a minute, but under sustained load every caller waits at most one
+    #: interval, which is what concurrent requests sharing POSTs (group commit) need.
+    even: bool = False
 
     @property
     def minute(self) -> float:
@@ -93,6 +99,8 @@ class Governor:
         while pace.rows and pace.rows[0][0] <= now - q.hour:
             pace.rows_in_hour -= pace.rows.popleft()[1]
         waits = [pace.paused_until - now]
+        if q.even:
+            waits.append(pace.last_start + q.minute / q.posts_per_minute - now)
         in_minute = [t for t in pace.posts if t > now - q.minute]
         if len(in_minute) >= q.posts_per_minute:
             waits.append(in_minute[-q.posts_per_minute] + q.minute - now)
@@ -136,6 +144,7 @@ class Governor:
                 wait = self._wait_needed(pace, rows, now)
                 if wait <= 0 and pace.pending < self.quotas.max_pending:
                     pace.pending += 1
+                    pace.last_start = now
                     pace.posts.append(now)
                     pace.rows.append((now, rows))
                     pace.rows_in_hour += rows

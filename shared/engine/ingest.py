@@ -189,6 +189,10 @@ class Ingestor:
             )
         return resolved
 
+    def cached(self, target: Target) -> _Resolved | None:
+        """The target's dataset if it was already looked up by this process (no request)."""
+        return self._resolved.get((target.workspace or self.default_workspace, target.dataset))
+
     def provision(self, definition: DatasetDefinition, workspace: str | None = None) -> _Resolved:
         """Make sure ``definition``'s dataset exists (created if missing, never overwritten;
         widened when the definition added columns). Returns what was found or made."""

@@ -29,17 +29,20 @@ read or pushed.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
 
-from shared.contracts import Target
+from shared.contracts import PushResult, Target
+from shared.engine.coalesce import Coalescer
 from shared.engine.ingest import Ingestor, PushIncomplete
 from shared.engine.retry import Deadline
 from shared.engine.schema import DatasetDefinition, canonical_type
@@ -125,11 +128,13 @@ class FrontDoor:
         settings: Callable[[], Settings],
         ingestor: Callable[[], Ingestor],
         service: Callable[[], PowerBIService],
+        coalescer: Callable[[], Coalescer | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._ingestor = ingestor
         self._service = service
+        self._coalescer = coalescer
         self._clock = clock
 
     def handle(self, request: WebRequest) -> WebResponse:
@@ -286,32 +291,79 @@ class FrontDoor:
     def _add_rows(
         self, request: WebRequest, path: _Path, dataset_id: str, table: str, settings: Settings
     ) -> WebResponse:
-        """Add Rows: all-or-nothing unless partial acceptance is on."""
+        """Add Rows, alone (the synchronous entry; :meth:`handle_async` shares POSTs)."""
+        plan = self._rows_plan(request, path, dataset_id, table, settings)
+        result = self._ingestor().push(
+            plan.target, plan.rows, deadline=plan.deadline, source=plan.source
+        )
+        return _rows_answer(result, len(plan.rows))
+
+    def _rows_plan(
+        self, request: WebRequest, path: _Path, dataset_id: str, table: str, settings: Settings
+    ) -> _RowsPlan:
+        """An Add Rows request checked: all-or-nothing unless partial acceptance is on, so a
+        bad row refuses it here (:class:`_Refused`), before any row is sent."""
         try:
             rows = rows_of(_json_body(request), "body")
         except BodyError as exc:
             raise _Refused(_bad_request(exc.message, exc.field or "body")) from None
         partial = _flag(request.query.get("partial"), settings.frontdoor_partial_rows)
         deadline = self._deadline()
-        ingestor = self._ingestor()
         target = Target(dataset_id, table, path.workspace)
         if not partial:
-            problems = ingestor.problems(target, rows, deadline=deadline)
+            problems = self._ingestor().problems(target, rows, deadline=deadline)
             if problems:
                 raise _Refused(_row_problems(problems, len(rows)))
-        result = ingestor.push(target, rows, deadline=deadline, dead_letter=True)
-        if result.failure is not None:
-            return _permanent(result.failure)
-        headers = {
-            "X-Rows-Sent": str(result.sent),
-            "X-Rows-Rejected": str(result.rejected),
-        }
-        if result.dead_letter_location:
-            headers["X-Dead-Letters"] = result.dead_letter_location
-        if result.rejected and not result.sent:
-            # Never a 2xx for a request none of whose rows went anywhere but the dead letters.
-            return _row_problems(result.problems, len(rows), headers)
-        return WebResponse(200, None, headers)
+        source = f"Add Rows request {request.header('x-request-id') or uuid.uuid4()}"
+        return _RowsPlan(target, rows, deadline, source)
+
+    async def handle_async(self, request: WebRequest) -> WebResponse:
+        """:meth:`handle` on the worker's event loop: concurrent Add Rows requests for one
+        table share POSTs through ``coalescer`` (each answered when its own rows are
+        acknowledged, each row accounted to its own request); every other operation runs on
+        the executor."""
+        loop = asyncio.get_running_loop()
+        coalescer = self._coalescer() if self._coalescer is not None else None
+        path = parse_path(request.route.get("path", ""))
+        lowered = tuple(p.lower() for p in path.parts)
+        is_rows = (
+            request.method.upper() == "POST"
+            and len(lowered) == 5
+            and lowered[0] == "datasets"
+            and lowered[2:5:2] == ("tables", "rows")
+        )
+        if coalescer is None or not is_rows:
+            return await loop.run_in_executor(None, self.handle, request)
+
+        def prepare() -> _RowsPlan | WebResponse:
+            try:
+                settings = self._settings()
+            except ConfigError as exc:
+                return powerbi_error(500, "ConfigError", str(exc))
+            refused = _authenticate(settings, request)
+            if refused is not None:
+                return refused
+            if path.workspace is not None and not _GUID.fullmatch(path.workspace):
+                return powerbi_error(
+                    404, "PowerBIEntityNotFound", f"Workspace {path.workspace} was not found."
+                )
+            try:
+                return self._rows_plan(request, path, path.parts[1], path.parts[3], settings)
+            except _Refused as refused_:
+                return refused_.answer
+            except PushError as exc:
+                return _transient(exc) if isinstance(exc, TransientError) else _permanent(exc)
+
+        plan = await loop.run_in_executor(None, prepare)
+        if isinstance(plan, WebResponse):
+            return plan
+        try:
+            result = await coalescer.push(
+                plan.target, plan.rows, source=plan.source, deadline=plan.deadline
+            )
+        except TransientError as exc:
+            return _transient(exc)
+        return _rows_answer(result, len(plan.rows))
 
     def _delete_rows(
         self, path: _Path, dataset_id: str, table: str, settings: Settings
@@ -327,6 +379,29 @@ class FrontDoor:
         resolved = ingestor.resolve(Target(dataset_id, table, path.workspace), self._deadline())
         self._service().delete_rows(resolved.dataset_id, table, resolved.workspace_id)
         return WebResponse(200, None)
+
+
+@dataclass(frozen=True)
+class _RowsPlan:
+    """An Add Rows request ready to send."""
+
+    target: Target
+    rows: list[Any]
+    deadline: Deadline
+    source: str
+
+
+def _rows_answer(result: PushResult, count: int) -> WebResponse:
+    """Power BI's Add Rows answer for a delivered request (200, empty body), with the counts in
+    headers; a request none of whose rows went anywhere but the dead letters is never a 2xx."""
+    if result.failure is not None:
+        return _permanent(result.failure)
+    headers = {"X-Rows-Sent": str(result.sent), "X-Rows-Rejected": str(result.rejected)}
+    if result.dead_letter_location:
+        headers["X-Dead-Letters"] = result.dead_letter_location
+    if result.rejected and not result.sent:
+        return _row_problems(result.problems, count, headers)
+    return WebResponse(200, None, headers)
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -433,3 +434,24 @@ def test_max_pause_does_not_cap_the_quota_windows() -> None:
         pass
 
     assert clock.sleeps == [3500.0]
+
+
+def test_even_pacing_spreads_posts_instead_of_bursting() -> None:
+    """With ``even``, POSTs of a dataset start at most one per minute/120 (0.5 s): the first
+    goes at once, the next ones each wait their interval, and a minute still holds 120 of
+    them; without it 120 go at once and the 121st waits for the minute to roll."""
+    for even in (True, False):
+        clock = FakeClock()
+        governor = Governor(Quotas(even=even), clock=clock, sleep=clock.sleep)
+        starts = []
+        for _ in range(121):
+            with governor.slot("d", 1):
+                starts.append(clock())
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        if even:
+            assert starts[0] == 0.0
+            assert all(abs(gap - 0.5) < 1e-9 for gap in gaps)
+            assert starts[120] == 60.0
+        else:
+            assert starts[119] == 0.0  # 120 at once
+            assert starts[120] >= 60.0  # then the minute has to roll
