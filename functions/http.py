@@ -38,6 +38,9 @@ _front_door = FrontDoor(
     # pass-through calls the surface needs besides the engine's.
     service=lambda: cast(PowerBIService, get_ingestor().client),
     coalescer=get_http_coalescer,
+    claim_checks=lambda: ClaimCheckStore.from_settings(
+        get_settings().storage_connection, get_settings().claimcheck_container, os.environ
+    ),
 )
 
 
@@ -91,8 +94,9 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     methods=["GET", "POST", "DELETE"],
     auth_level=func.AuthLevel.ANONYMOUS,
 )
-async def powerbi(req: func.HttpRequest) -> func.HttpResponse:
+@bp.queue_output(arg_name="queued", queue_name="%ROWS_QUEUE%", connection="AzureWebJobsStorage")
+async def powerbi(req: func.HttpRequest, queued: func.Out[list[str]]) -> func.HttpResponse:
     """Power BI's push-dataset REST surface: a sender changes only its base URL and key.
     Async, so that concurrent Add Rows requests wait together on the worker's event loop and
     share POSTs (group commit); the blocking work runs on its executor."""
-    return _response(await _front_door.handle_async(_request(req)))
+    return _response(await _front_door.handle_async(_request(req)), queued)

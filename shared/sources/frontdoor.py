@@ -22,6 +22,10 @@ with 400 ``BadRequest`` naming every bad row and column, and nothing is sent. A 
 to partial acceptance (``?partial=true``, or ``FRONTDOOR_PARTIAL_ROWS=true``): the good rows are
 sent, each bad one is dead-lettered with its reason, and the answer says how many of each.
 
+Asynchronous mode (``?mode=queue``, or ``HTTP_MODE=queue``) checks the rows as above, puts them
+on the rows queue and answers 200 (Power BI's own answer: a 202 would look like a failure to a
+sender that checks for 200); the queue function then delivers them.
+
 Callers authenticate as Power BI's do, with ``Authorization: Bearer <key>``: the key is one of
 ``FRONTDOOR_KEYS`` (compared in constant time); a missing or wrong key is 401 and nothing is
 read or pushed.
@@ -55,8 +59,9 @@ from shared.errors import (
     TransientError,
 )
 from shared.settings import Settings
-from shared.sources.envelope import BodyError, loads, rows_of
-from shared.sources.webhook import WebRequest, WebResponse
+from shared.sources.claimcheck import ClaimCheckStore
+from shared.sources.envelope import BodyError, Envelope, loads, rows_of
+from shared.sources.webhook import WebRequest, WebResponse, queue_messages
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +134,14 @@ class FrontDoor:
         ingestor: Callable[[], Ingestor],
         service: Callable[[], PowerBIService],
         coalescer: Callable[[], Coalescer | None] | None = None,
+        claim_checks: Callable[[], ClaimCheckStore] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._ingestor = ingestor
         self._service = service
         self._coalescer = coalescer
+        self._claim_checks = claim_checks
         self._clock = clock
 
     def handle(self, request: WebRequest) -> WebResponse:
@@ -293,10 +300,20 @@ class FrontDoor:
     ) -> WebResponse:
         """Add Rows, alone (the synchronous entry; :meth:`handle_async` shares POSTs)."""
         plan = self._rows_plan(request, path, dataset_id, table, settings)
+        if plan.queued:
+            return self._enqueue(plan)
         result = self._ingestor().push(
             plan.target, plan.rows, deadline=plan.deadline, source=plan.source
         )
         return _rows_answer(result, len(plan.rows))
+
+    def _enqueue(self, plan: _RowsPlan) -> WebResponse:
+        """Asynchronous mode: 200 once the rows are on the rows queue (the host writes the
+        output binding's messages before it answers), as a sender of Power BI expects."""
+        if self._claim_checks is None:
+            return powerbi_error(500, "ConfigError", "asynchronous mode needs the rows queue")
+        messages = queue_messages([Envelope(plan.target, rows=plan.rows)], self._claim_checks)
+        return WebResponse(200, None, {"X-Rows-Queued": str(len(plan.rows))}, messages=messages)
 
     def _rows_plan(
         self, request: WebRequest, path: _Path, dataset_id: str, table: str, settings: Settings
@@ -308,6 +325,9 @@ class FrontDoor:
         except BodyError as exc:
             raise _Refused(_bad_request(exc.message, exc.field or "body")) from None
         partial = _flag(request.query.get("partial"), settings.frontdoor_partial_rows)
+        mode = request.query.get("mode") or settings.http_mode
+        if mode not in ("sync", "queue"):
+            raise _Refused(_bad_request("mode must be sync or queue", "mode"))
         deadline = self._deadline()
         target = Target(dataset_id, table, path.workspace)
         if not partial:
@@ -315,7 +335,7 @@ class FrontDoor:
             if problems:
                 raise _Refused(_row_problems(problems, len(rows)))
         source = f"Add Rows request {request.header('x-request-id') or uuid.uuid4()}"
-        return _RowsPlan(target, rows, deadline, source)
+        return _RowsPlan(target, rows, deadline, source, mode == "queue")
 
     async def handle_async(self, request: WebRequest) -> WebResponse:
         """:meth:`handle` on the worker's event loop: concurrent Add Rows requests for one
@@ -357,6 +377,8 @@ class FrontDoor:
         plan = await loop.run_in_executor(None, prepare)
         if isinstance(plan, WebResponse):
             return plan
+        if plan.queued:
+            return await loop.run_in_executor(None, self._enqueue, plan)
         try:
             result = await coalescer.push(
                 plan.target, plan.rows, source=plan.source, deadline=plan.deadline
@@ -389,6 +411,7 @@ class _RowsPlan:
     rows: list[Any]
     deadline: Deadline
     source: str
+    queued: bool = False  # asynchronous mode: put on the rows queue, not sent now
 
 
 def _rows_answer(result: PushResult, count: int) -> WebResponse:

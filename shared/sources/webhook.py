@@ -319,13 +319,7 @@ class Webhook:
         return WebResponse(status, body)
 
     def _enqueue(self, found: list[Envelope]) -> WebResponse:
-        messages: list[str] = []
-        for item in found:
-            text = json.dumps(item.to_json(), ensure_ascii=False, separators=(",", ":"))
-            if len(text.encode("utf-8")) > MAX_INLINE_MESSAGE_BYTES:
-                reference = self._claim_checks().put(text.encode("utf-8"))
-                text = json.dumps(Envelope(item.target, blob=reference).to_json())
-            messages.append(encode(text))  # base64, as any Functions queue trigger reads it
+        messages = queue_messages(found, self._claim_checks)
         rows = sum(len(item.rows or []) for item in found)
         return WebResponse(202, {"queued": len(messages), "rows": rows}, messages=messages)
 
@@ -333,6 +327,19 @@ class Webhook:
         import os
 
         return os.environ if self._env is None else self._env
+
+
+def queue_messages(found: list[Envelope], claim_checks: Callable[[], ClaimCheckStore]) -> list[str]:
+    """The rows-queue messages for ``found``: each envelope as JSON (base64, as any Functions
+    queue trigger reads it), or a claim check naming the blob that holds a big one."""
+    messages: list[str] = []
+    for item in found:
+        text = json.dumps(item.to_json(), ensure_ascii=False, separators=(",", ":"))
+        if len(text.encode("utf-8")) > MAX_INLINE_MESSAGE_BYTES:
+            reference = claim_checks().put(text.encode("utf-8"))
+            text = json.dumps(Envelope(item.target, blob=reference, profile=item.profile).to_json())
+        messages.append(encode(text))
+    return messages
 
 
 def _check_signature(secret: str | None, request: WebRequest) -> WebResponse | None:

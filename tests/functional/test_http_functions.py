@@ -474,7 +474,7 @@ def test_function_metadata_matches_the_readme() -> None:
         "post_rows": ("rows", ["POST"], "FUNCTION", queue),
         "health": ("health", ["GET"], "FUNCTION", []),
         # Power BI's surface: anonymous for the host, the function checks the bearer key.
-        "powerbi": ("v1.0/myorg/{*path}", ["GET", "POST", "DELETE"], "ANONYMOUS", []),
+        "powerbi": ("v1.0/myorg/{*path}", ["GET", "POST", "DELETE"], "ANONYMOUS", queue),
     }
     assert queue_found == {
         "ingest_queue": ("queueTrigger", "%ROWS_QUEUE%", "AzureWebJobsStorage", None),

@@ -7,6 +7,7 @@ schemas; Add Rows all-or-nothing, or partial with dead letters; keys enforced.""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -59,7 +60,8 @@ ROWS = [
 def door(
     emulator: EmulatorProcess, azurite: Azurite, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Devhost]:
-    """devhost with a caller key, Delete Rows allowed, the queue trigger off."""
+    """devhost with two caller keys and Delete Rows allowed (its queue trigger on, for the
+    asynchronous mode)."""
     settings: Path = tmp_path_factory.mktemp("door") / "local.settings.json"
     settings.write_text(json.dumps({"IsEncrypted": False, "Values": {}}))
     env = app_environment(emulator, azurite, f"rows{uuid.uuid4().hex[:8]}")
@@ -68,7 +70,6 @@ def door(
         FRONTDOOR_ALLOW_DELETE_ROWS="true",
         DEADLETTER_CONTAINER=f"dl{uuid.uuid4().hex[:8]}",
         DATASETS_DIR=str(tmp_path_factory.mktemp("datasets")),
-        **{"AzureWebJobs.ingest_queue.Disabled": "true"},
     )
     host = start_devhost(env, settings)
     ENV.clear()
@@ -321,3 +322,29 @@ def test_concurrent_requests_share_posts_and_each_is_answered_for_its_own_rows(
     assert ids == [n for n in range(41) if n != 17]
     posts = api.state(dataset_id)["usage"]["postsLastHour"]
     assert posts <= 10, f"{posts} Add Rows calls for 40 one-row requests: not shared"
+
+
+def test_asynchronous_mode_answers_200_once_queued_and_the_rows_arrive(
+    door: Devhost, api: Api
+) -> None:
+    """``?mode=queue``: the rows are checked (a bad one is still 400 and nothing queued),
+    queued, answered 200 as Power BI answers (a 202 would read as a failure), and delivered by
+    the queue function."""
+    s = session()
+    created = s.post(
+        f"{base(door)}/datasets",
+        json={"name": f"Async-{uuid.uuid4().hex[:6]}", "tables": [PRODUCT]},
+    )
+    dataset_id = created.json()["id"]
+    rows_url = f"{base(door)}/datasets/{dataset_id}/tables/Product/rows"
+
+    refused = s.post(rows_url, json={"rows": [{"ProductID": "x"}]}, params={"mode": "queue"})
+    queued = s.post(rows_url, json={"rows": ROWS}, params={"mode": "queue"})
+
+    assert refused.status_code == 400
+    assert_conforms("Datasets_PostRows", 200, queued)
+    assert queued.headers["X-Rows-Queued"] == "2"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(stored(api, dataset_id)) < 2:
+        time.sleep(0.25)
+    assert sorted(r["ProductID"] for r in stored(api, dataset_id)) == [1, 2]
