@@ -127,10 +127,9 @@ def get_http_coalescer() -> Coalescer | None:
         if not settings.http_group_commit:
             return None
         if _http_coalescer is None:
-            # max_wait: a steady stream of requests is still sent at least this often.
-            _http_coalescer = Coalescer(
-                get_ingestor(), linger=settings.http_linger, max_wait=settings.http_linger * 4
-            )
+            # max_wait: a steady stream of requests is still sent at least this often, and
+            # the longest a buffer waits for the dataset's next POST slot (0.5 s apart).
+            _http_coalescer = Coalescer(get_ingestor(), linger=settings.http_linger, max_wait=1.0)
         return _http_coalescer
 
 

@@ -132,16 +132,16 @@ class Coalescer:
         instead of waiting for the one after it. Only for a target already looked up (no
         request is made here), and never past the earliest caller's deadline."""
         resolved = self.ingestor.cached(target)
-        if resolved is None:
+        if resolved is None or buffer.full.is_set():
             return
-        while not buffer.full.is_set():
-            wait = self.ingestor.governor.wait_needed(resolved.dataset_id, buffer.rows)
-            deadline = earliest(buffer.deadlines)
-            if deadline is not None:
-                wait = min(wait, deadline.left() - 1.0)
-            if wait <= 0:
-                return
-            await self._wait(buffer.full, min(wait, 1.0))
+        wait = self.ingestor.governor.wait_needed(resolved.dataset_id, buffer.rows)
+        deadline = earliest(buffer.deadlines)
+        if deadline is not None:
+            wait = min(wait, deadline.left() - 1.0)
+        # One wait, at most max_wait: a long pause (a 429's Retry-After, the hourly row quota)
+        # is the delivery's to wait out, not the buffer's.
+        if wait > 0:
+            await self._wait(buffer.full, min(wait, self.max_wait))
 
     async def _lead(
         self, key: _Key, buffer: _Buffer, target: Target, profile: TableProfile | None

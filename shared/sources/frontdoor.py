@@ -147,23 +147,33 @@ class FrontDoor:
     def handle(self, request: WebRequest) -> WebResponse:
         """Answer one request to ``/api/v1.0/myorg/...`` (the route's ``path`` parameter)."""
         try:
-            settings = self._settings()
-        except ConfigError as exc:
-            return powerbi_error(500, "ConfigError", str(exc))
-        refused = _authenticate(settings, request)
-        if refused is not None:
-            return refused
-        path = parse_path(request.route.get("path", ""))
-        try:
+            settings, path = self._preflight(request)
             return self._dispatch(request, path, settings)
-        except _Refused as refused_:
-            return refused_.answer
-        except PushIncomplete as exc:
-            return _transient(exc)
-        except TransientError as exc:
+        except _Refused as refused:
+            return refused.answer
+        except TransientError as exc:  # PushIncomplete too
             return _transient(exc)
         except PushError as exc:
             return _permanent(exc)
+
+    def _preflight(self, request: WebRequest) -> tuple[Settings, _Path]:
+        """The settings, the caller's key checked, the path parsed (a workspace must be an
+        id, as in Power BI); :class:`_Refused` otherwise."""
+        try:
+            settings = self._settings()
+        except ConfigError as exc:
+            raise _Refused(powerbi_error(500, "ConfigError", str(exc))) from None
+        refused = _authenticate(settings, request)
+        if refused is not None:
+            raise _Refused(refused)
+        path = parse_path(request.route.get("path", ""))
+        if path.workspace is not None and not _GUID.fullmatch(path.workspace):
+            raise _Refused(
+                powerbi_error(
+                    404, "PowerBIEntityNotFound", f"Workspace {path.workspace} was not found."
+                )
+            )
+        return settings, path
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -173,12 +183,6 @@ class FrontDoor:
         lowered = tuple(p.lower() for p in parts)
         if path.workspace is None and lowered == ("groups",) and method == "GET":
             return self._groups(request)
-        if path.workspace is not None and not _GUID.fullmatch(path.workspace):
-            raise _Refused(
-                powerbi_error(
-                    404, "PowerBIEntityNotFound", f"Workspace {path.workspace} was not found."
-                )
-            )
         if lowered == ("datasets",):
             if method == "GET":
                 return self._datasets(path)
@@ -357,22 +361,14 @@ class FrontDoor:
 
         def prepare() -> _RowsPlan | WebResponse:
             try:
-                settings = self._settings()
-            except ConfigError as exc:
-                return powerbi_error(500, "ConfigError", str(exc))
-            refused = _authenticate(settings, request)
-            if refused is not None:
-                return refused
-            if path.workspace is not None and not _GUID.fullmatch(path.workspace):
-                return powerbi_error(
-                    404, "PowerBIEntityNotFound", f"Workspace {path.workspace} was not found."
-                )
-            try:
+                settings, _ = self._preflight(request)
                 return self._rows_plan(request, path, path.parts[1], path.parts[3], settings)
-            except _Refused as refused_:
-                return refused_.answer
+            except _Refused as refused:
+                return refused.answer
+            except TransientError as exc:
+                return _transient(exc)
             except PushError as exc:
-                return _transient(exc) if isinstance(exc, TransientError) else _permanent(exc)
+                return _permanent(exc)
 
         plan = await loop.run_in_executor(None, prepare)
         if isinstance(plan, WebResponse):

@@ -256,3 +256,36 @@ def test_a_shared_delivery_keeps_to_the_earliest_deadline() -> None:
 
     asyncio.run(both())
     assert ingestor.calls == [[1, 1, 1]] and ingestor.deadlines == [sooner]
+
+
+class _SlotGovernor:
+    """The dataset's next POST slot is 0.3 s away."""
+
+    def wait_needed(self, dataset: str, rows: int) -> float:
+        return 0.3
+
+
+class _ResolvedIngestor(FakeIngestor):
+    """A target already looked up, whose dataset's next POST must wait for its slot."""
+
+    governor = _SlotGovernor()
+
+    def cached(self, target: Target) -> Any:  # type: ignore[override]
+        return type("Resolved", (), {"dataset_id": "d"})()
+
+
+def test_a_buffer_stays_open_until_the_next_post_slot() -> None:
+    """After the linger, the buffer waits for the dataset's next POST slot with its door open:
+    a caller arriving meanwhile rides this POST, not the one after."""
+    ingestor = _ResolvedIngestor()
+    coalescer = Coalescer(ingestor, linger=0.01, max_wait=1.0)  # type: ignore[arg-type]
+
+    async def late() -> Any:
+        await asyncio.sleep(0.1)  # after the linger, within the slot's wait
+        return await coalescer.push(TARGET, [{"n": 2}])
+
+    async def both() -> None:
+        await asyncio.gather(coalescer.push(TARGET, [{"n": 1}]), late())
+
+    asyncio.run(both())
+    assert ingestor.calls == [[1, 1]]
