@@ -94,6 +94,17 @@ def op(name: str, group: str | None) -> str:
     return f"Datasets_{name}{'InGroup' if group else ''}"
 
 
+def new_dataset(door: Devhost, prefix: str) -> tuple[str, str]:
+    """A new walkthrough dataset created through the surface: its id and its rows URL."""
+    created = session().post(
+        f"{base(door)}/datasets",
+        json={"name": f"{prefix}-{uuid.uuid4().hex[:6]}", "tables": [PRODUCT]},
+    )
+    assert created.status_code == 201, created.text
+    dataset_id: str = created.json()["id"]
+    return dataset_id, f"{base(door)}/datasets/{dataset_id}/tables/Product/rows"
+
+
 def stored(api: Api, dataset_id: str, table: str = "Product") -> list[dict[str, Any]]:
     return api.stored_rows(dataset_id, table)
 
@@ -158,10 +169,7 @@ def test_one_bad_row_refuses_the_request_and_nothing_is_stored(door: Devhost, ap
     ``?partial=true`` the good rows are stored and the bad ones dead-lettered; a body none of
     whose rows can be stored is never a 2xx."""
     s = session()
-    created = s.post(
-        f"{base(door)}/datasets", json={"name": f"Bad-{uuid.uuid4().hex[:6]}", "tables": [PRODUCT]}
-    )
-    rows_url = f"{base(door)}/datasets/{created.json()['id']}/tables/Product/rows"
+    dataset_id, rows_url = new_dataset(door, "Bad")
     bad = [
         ROWS[0],
         {"ProductID": "two", "Name": "x", "IsCompete": "maybe"},
@@ -176,12 +184,12 @@ def test_one_bad_row_refuses_the_request_and_nothing_is_stored(door: Devhost, ap
     targets = [d["target"] for d in error["details"]]
     assert targets == ["rows[1].ProductID", "rows[2].Colour"]
     assert "IsCompete" in error["details"][0]["message"]  # every bad column of the row
-    assert stored(api, created.json()["id"]) == []
+    assert stored(api, dataset_id) == []
 
     partial = s.post(rows_url, json={"rows": bad}, params={"partial": "true"})
     assert partial.status_code == 200, partial.text
     assert (partial.headers["X-Rows-Sent"], partial.headers["X-Rows-Rejected"]) == ("1", "2")
-    assert [r["ProductID"] for r in stored(api, created.json()["id"])] == [1]
+    assert [r["ProductID"] for r in stored(api, dataset_id)] == [1]
     letters = dead_letter_lines(ENV["AzureWebJobsStorage"], ENV["DEADLETTER_CONTAINER"])
     assert sorted(letter["index"] for letter in letters) == [1, 2]
 
@@ -211,14 +219,11 @@ def test_delete_rows_and_unknown_operations(door: Devhost, api: Api) -> None:
     """Delete Rows (allowed here by setting) empties the table; an operation the bundle does
     not serve is a 404 that says what it serves; an unknown dataset is Power BI's 404."""
     s = session()
-    created = s.post(
-        f"{base(door)}/datasets", json={"name": f"Del-{uuid.uuid4().hex[:6]}", "tables": [PRODUCT]}
-    )
-    rows_url = f"{base(door)}/datasets/{created.json()['id']}/tables/Product/rows"
+    dataset_id, rows_url = new_dataset(door, "Del")
     assert s.post(rows_url, json={"rows": ROWS}).status_code == 200
     deleted = s.delete(rows_url)
     assert_conforms("Datasets_DeleteRows", 200, deleted)
-    assert stored(api, created.json()["id"]) == []
+    assert stored(api, dataset_id) == []
 
     reports = s.get(f"{base(door)}/reports")
     assert (
@@ -297,13 +302,7 @@ def test_concurrent_requests_share_posts_and_each_is_answered_for_its_own_rows(
     """Group commit: 40 one-row requests at once (and one with a bad row among them) share a
     few Add Rows calls instead of making 40; each good request is answered 200 for its own
     row, the bad one 400 without holding the others back, every good row stored once."""
-    s = session()
-    created = s.post(
-        f"{base(door)}/datasets",
-        json={"name": f"Group-{uuid.uuid4().hex[:6]}", "tables": [PRODUCT]},
-    )
-    dataset_id = created.json()["id"]
-    rows_url = f"{base(door)}/datasets/{dataset_id}/tables/Product/rows"
+    dataset_id, rows_url = new_dataset(door, "Group")
 
     def send(number: int) -> requests.Response:
         row: dict[str, Any] = {"ProductID": number, "Name": f"Part {number}"}
@@ -331,12 +330,7 @@ def test_asynchronous_mode_answers_200_once_queued_and_the_rows_arrive(
     queued, answered 200 as Power BI answers (a 202 would read as a failure), and delivered by
     the queue function."""
     s = session()
-    created = s.post(
-        f"{base(door)}/datasets",
-        json={"name": f"Async-{uuid.uuid4().hex[:6]}", "tables": [PRODUCT]},
-    )
-    dataset_id = created.json()["id"]
-    rows_url = f"{base(door)}/datasets/{dataset_id}/tables/Product/rows"
+    dataset_id, rows_url = new_dataset(door, "Async")
 
     refused = s.post(rows_url, json={"rows": [{"ProductID": "x"}]}, params={"mode": "queue"})
     queued = s.post(rows_url, json={"rows": ROWS}, params={"mode": "queue"})
