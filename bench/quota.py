@@ -68,7 +68,8 @@ def _ingestor(emulator: EmulatorProcess, api: Api, name: str) -> Ingestor:
     return Ingestor(
         PowerBIClient(emulator.base, StaticTokenProvider(api.token)),
         definitions={name: DatasetDefinition.from_body(data.definition(name))},
-        governor=Governor(Quotas(time_scale=TIME_SCALE)),
+        # As the runtime paces (shared/runtime.py): POSTs spread evenly.
+        governor=Governor(Quotas(time_scale=TIME_SCALE, even=True)),
         dead_letters=MemoryDeadLetters(),
     )
 
