@@ -114,6 +114,10 @@ class NotFoundError(PermanentError):
     """The dataset, table or workspace does not exist and there is no definition to create it."""
 
 
+class ForbiddenError(PermanentError):
+    """The caller may not write to this target (``ALLOWED_TARGETS``)."""
+
+
 class AuthError(PermanentError):
     """The service refused the identity (401/403): token, tenant setting or workspace role."""
 

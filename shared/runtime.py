@@ -23,6 +23,7 @@ from shared.engine.ingest import Ingestor
 from shared.engine.profile import load_profiles
 from shared.engine.retry import RetryPolicy
 from shared.engine.schema import load_definitions
+from shared.engine.targets import TargetPolicy
 from shared.errors import ConfigError
 from shared.settings import Settings
 from shared.sources.blob_events import BlobEvents, client_options
@@ -57,7 +58,11 @@ def get_settings() -> Settings:
 
 
 def build_ingestor(
-    settings: Settings, env: Mapping[str, str] | None = None, *, dead_letters: bool = True
+    settings: Settings,
+    env: Mapping[str, str] | None = None,
+    *,
+    dead_letters: bool = True,
+    callers: bool = True,
 ) -> Ingestor:
     """An ingestor wired from ``settings`` (``env`` supplies the storage connection)."""
     env = os.environ if env is None else env
@@ -80,6 +85,8 @@ def build_ingestor(
         client,
         definitions=load_definitions(settings.datasets_dir),
         profiles=load_profiles(settings.datasets_dir),
+        # Callers' targets are checked; the operator's command line (callers=False) is not.
+        policy=TargetPolicy.parse(settings.allowed_targets) if callers else None,
         governor=Governor(Quotas(time_scale=settings.quota_time_scale, even=True)),
         dead_letters=store,
         retry=retry,

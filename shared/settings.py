@@ -127,6 +127,8 @@ class Settings:
     http_linger: float = 0.05
     http_group_commit: bool = True
     frontdoor_keys: tuple[str, ...] = ()
+    #: ALLOWED_TARGETS as written (None: the default rule; see shared/engine/targets.py).
+    allowed_targets: str | None = None
     frontdoor_partial_rows: bool = False
     frontdoor_allow_delete_rows: bool = False
 
@@ -234,6 +236,7 @@ class Settings:
                 k.strip() for k in (get("FRONTDOOR_KEYS") or "").split(",") if k.strip()
             ),
             frontdoor_partial_rows=_boolean(get, "FRONTDOOR_PARTIAL_ROWS", False),
+            allowed_targets=get("ALLOWED_TARGETS"),
             # Concurrent synchronous Add Rows requests for one table share POSTs: each waits
             # this long for others to join (a request's added latency), then one POST carries
             # them all, paced like any other (120 POSTs a minute per dataset).
@@ -264,6 +267,7 @@ class Settings:
             "frontdoor_keys": len(self.frontdoor_keys),
             "frontdoor_partial_rows": self.frontdoor_partial_rows,
             "frontdoor_allow_delete_rows": self.frontdoor_allow_delete_rows,
+            "allowed_targets": self.allowed_targets or "default workspace, defined datasets",
         }
 
 

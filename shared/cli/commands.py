@@ -219,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             env.get(settings.deadletter_connection)
             or env.get(f"{settings.deadletter_connection}__blobServiceUri")
         )
-        ingestor = build_ingestor(settings, env, dead_letters=with_store)
+        # The operator may target any dataset the identity reaches: no ALLOWED_TARGETS here.
+        ingestor = build_ingestor(settings, env, dead_letters=with_store, callers=False)
         client = ingestor.client
         assert isinstance(client, PowerBIClient)  # what build_ingestor makes
         workspace = getattr(args, "workspace", None) or ingestor.default_workspace

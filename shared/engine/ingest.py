@@ -51,9 +51,11 @@ from shared.engine.schema import (
     TableSchema,
     canonical_type,
 )
+from shared.engine.targets import TargetPolicy
 from shared.engine.textvalues import format_utc
 from shared.errors import (
     ConfigError,
+    ForbiddenError,
     NotFoundError,
     PermanentError,
     PushError,
@@ -96,6 +98,7 @@ class _Resolved:
     workspace_id: str | None
     tables: dict[str, TableSchema | None]
     created: bool = False
+    name: str = ""  # the dataset's name (the target may give its id)
     validators: dict[tuple[str, TableProfile | None], RowValidator] = field(default_factory=dict)
 
     def validator(
@@ -132,6 +135,7 @@ class Ingestor:
         *,
         definitions: Mapping[str, DatasetDefinition] | None = None,
         profiles: Mapping[str, Mapping[str, Any] | ProfileError] | None = None,
+        policy: TargetPolicy | None = None,
         governor: Governor | None = None,
         dead_letters: DeadLetterStore | None = None,
         retry: RetryPolicy | None = None,
@@ -143,6 +147,8 @@ class Ingestor:
         self.definitions = dict(definitions or {})
         #: Declared ingest profiles as written: dataset -> table -> entry (profile files).
         self.profiles = dict(profiles or {})
+        #: Which targets callers may write (None: any; the operator's command line).
+        self.policy = policy
         self._compiled: dict[tuple[str, str], TableProfile] = {}
         self.governor = governor or Governor(clock=clock, sleep=sleep)
         self.dead_letters = dead_letters
@@ -165,6 +171,15 @@ class Ingestor:
         workspace = target.workspace or self.default_workspace
         key = (workspace, target.dataset)
         resolved = self._resolved.get(key)
+        if resolved is None and self.policy is not None and target.workspace is not None:
+            # A workspace callers may not use is refused before any request is made for it.
+            workspace_id = target.workspace if _looks_like_id(target.workspace) else None
+            in_default = self.in_default_workspace(target.workspace, workspace_id, deadline)
+            if not self.policy.allows_workspace(target.workspace, workspace_id, in_default):
+                raise ForbiddenError(
+                    f"callers may not write to workspace {target.workspace!r}: it is not in "
+                    f"ALLOWED_TARGETS ({self.policy.describe()})"
+                )
         if resolved is None:
             timeout = -1.0 if deadline is None else max(0.0, deadline.left())
             # One lookup (and one creation) at a time, however many invocations race for it.
@@ -181,6 +196,7 @@ class Ingestor:
                     self._resolved[key] = resolved
             finally:
                 self._resolve_lock.release()
+        self._check_allowed(target, resolved, deadline)
         if target.table not in resolved.tables:
             raise NotFoundError(
                 f"dataset {target.dataset!r} has no table {target.table!r} (tables: "
@@ -192,6 +208,38 @@ class Ingestor:
     def cached(self, target: Target) -> _Resolved | None:
         """The target's dataset if it was already looked up by this process (no request)."""
         return self._resolved.get((target.workspace or self.default_workspace, target.dataset))
+
+    def in_default_workspace(
+        self, workspace: str | None, workspace_id: str | None, deadline: Deadline | None = None
+    ) -> bool:
+        """Whether a workspace (as named, and its id) is the default one."""
+        if workspace is None:
+            return True
+        default = self.default_workspace
+        if default is None:
+            return False
+        if workspace.casefold() == default.casefold():
+            return True
+        return workspace_id is not None and workspace_id == self.workspace_id(default, deadline)
+
+    def _check_allowed(
+        self, target: Target, resolved: _Resolved, deadline: Deadline | None
+    ) -> None:
+        if self.policy is None:
+            return
+        name = resolved.name or target.dataset
+        if not self.policy.allows(
+            target.workspace,
+            resolved.workspace_id,
+            self.in_default_workspace(target.workspace, resolved.workspace_id, deadline),
+            name,
+            resolved.dataset_id,
+            name in self.definitions,
+        ):
+            raise ForbiddenError(
+                f"callers may not write to {target.workspace or 'the default workspace'}/"
+                f"{name}: it is not in ALLOWED_TARGETS ({self.policy.describe()})"
+            )
 
     def provision(self, definition: DatasetDefinition, workspace: str | None = None) -> _Resolved:
         """Make sure ``definition``'s dataset exists (created if missing, never overwritten;
@@ -283,7 +331,7 @@ class Ingestor:
             created = self.client.create_dataset(definition.body, workspace_id, deadline=deadline)
             log.info("created dataset %s (%s) in %s", name, created["id"], where)
             return _Resolved(
-                str(created["id"]), workspace_id, dict(definition.tables), created=True
+                str(created["id"]), workspace_id, dict(definition.tables), created=True, name=name
             )
         if len(matches) > 1:
             raise ConfigError(
@@ -303,7 +351,7 @@ class Ingestor:
                     dataset_id, workspace_id, definition, live[table], deadline
                 ):
                     tables[table] = schema
-        return _Resolved(dataset_id, workspace_id, tables)
+        return _Resolved(dataset_id, workspace_id, tables, name=name)
 
     def _widen(
         self,

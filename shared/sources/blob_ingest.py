@@ -26,7 +26,7 @@ from shared.contracts import PushResult, Target
 from shared.engine.ingest import Ingestor, PushIncomplete
 from shared.engine.profile import ProfileError, TableProfile, parse_override
 from shared.engine.retry import Deadline
-from shared.errors import PermanentError
+from shared.errors import ForbiddenError, PermanentError
 from shared.sources.formats import DEFAULT_MAX_BYTES, FormatError, detect, read_rows
 from shared.stores.checkpoint import Checkpoint, CheckpointStore
 from shared.stores.deadletter import DeadLetter, DeadLetterStore
@@ -137,8 +137,9 @@ class BlobIngest:
             log.info("%s (%s) was already ingested; skipped", source, etag)
             return BlobOutcome(source, "skipped", resumed_at=checkpoint.next_row)
         try:
+            self._allowed(target)
             profile = self._profile(target, props.metadata or {}, source)
-        except ProfileError as error:
+        except (ProfileError, ForbiddenError) as error:
             # Refused before any row moves: a half-applied profile would store values the
             # owner did not mean. Mend the profile and upload the file again.
             self._unreadable(source, etag, str(error))
@@ -195,6 +196,19 @@ class BlobIngest:
             },
         )
         return BlobOutcome(source, "done", result, start)
+
+    def _allowed(self, target: Target) -> None:
+        """A :class:`ForbiddenError` when callers may not write to the target the blob names
+        (ALLOWED_TARGETS): the blob is dead-lettered whole, nothing read. A target that
+        cannot be looked up now is the push's to report."""
+        if self.ingestor.policy is None:
+            return
+        try:
+            self.ingestor.resolve(target)
+        except ForbiddenError:
+            raise
+        except PermanentError:
+            return
 
     def _profile(
         self, target: Target, metadata: Mapping[str, str], source: str

@@ -53,6 +53,7 @@ from shared.engine.schema import DatasetDefinition, canonical_type
 from shared.errors import (
     AuthError,
     ConfigError,
+    ForbiddenError,
     NotFoundError,
     PushError,
     RowProblem,
@@ -173,6 +174,19 @@ class FrontDoor:
                     404, "PowerBIEntityNotFound", f"Workspace {path.workspace} was not found."
                 )
             )
+        ingestor = self._ingestor()
+        if ingestor.policy is not None:
+            named = path.workspace or ingestor.default_workspace
+            in_default = ingestor.in_default_workspace(path.workspace, path.workspace)
+            if not ingestor.policy.allows_workspace(named, path.workspace, in_default):
+                raise _Refused(
+                    powerbi_error(
+                        403,
+                        "Forbidden",
+                        f"callers may not use workspace {path.workspace}: it is not in "
+                        f"ALLOWED_TARGETS ({ingestor.policy.describe()})",
+                    )
+                )
         return settings, path
 
     # -- routing ----------------------------------------------------------------------------
@@ -224,6 +238,18 @@ class FrontDoor:
     def _groups(self, request: WebRequest) -> WebResponse:
         query = request.query
         groups = self._service().get_groups(query.get("$filter") or None)
+        policy = self._ingestor().policy
+        if policy is not None:  # only the workspaces callers may use
+            ingestor = self._ingestor()
+            groups = [
+                g
+                for g in groups
+                if policy.allows_workspace(
+                    g.get("name"),
+                    g.get("id"),
+                    ingestor.in_default_workspace(str(g.get("name") or ""), g.get("id")),
+                )
+            ]
         skip = _count(query, "$skip") or 0
         top = _count(query, "$top")
         chosen = groups[skip:] if top is None else groups[skip : skip + top]
@@ -531,6 +557,8 @@ def _transient(exc: TransientError) -> WebResponse:
 
 
 def _permanent(exc: PushError) -> WebResponse:
+    if isinstance(exc, ForbiddenError):
+        return powerbi_error(403, "Forbidden", exc.message)
     if isinstance(exc, NotFoundError):
         return powerbi_error(404, "ItemNotFound", exc.message)
     if isinstance(exc, AuthError):

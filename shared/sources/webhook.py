@@ -40,7 +40,7 @@ from shared.contracts import PushResult, Target
 from shared.engine.ingest import Ingestor, PushIncomplete
 from shared.engine.profile import ProfileError, TableProfile, parse_override
 from shared.engine.retry import Deadline
-from shared.errors import AuthError, ConfigError, NotFoundError, PushError
+from shared.errors import AuthError, ConfigError, ForbiddenError, NotFoundError, PushError
 from shared.settings import Settings
 from shared.sources.claimcheck import MAX_INLINE_MESSAGE_BYTES, ClaimCheckStore
 from shared.sources.envelope import BodyError, Envelope, envelopes, loads, loads_ndjson, rows_of
@@ -310,7 +310,9 @@ class Webhook:
             }
             if isinstance(body, dict) and body.get("error") is None:
                 body = {**body, "error": refused}
-        if any(isinstance(f, NotFoundError) for f in failures):
+        if any(isinstance(f, ForbiddenError) for f in failures):
+            status = 403  # ALLOWED_TARGETS: nothing was pushed
+        elif any(isinstance(f, NotFoundError) for f in failures):
             status = 404
         elif any(isinstance(f, AuthError) for f in failures):
             status = 502  # Power BI refused this app's identity: not the sender's fault

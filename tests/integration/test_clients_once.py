@@ -92,6 +92,7 @@ def test_asynchronous_requests_and_health_checks_build_storage_clients_once(
         IDENTITY_ENDPOINT=f"{api.emulator.base}/msi/token",
         IDENTITY_HEADER=IDENTITY_HEADER,
         POWERBI_WORKSPACE_NAME=WORKSPACE_NAME,
+        ALLOWED_TARGETS="*/*",
         AzureWebJobsStorage=azurite.connection_string,
         CLAIMCHECK_CONTAINER=container,
     )
@@ -158,6 +159,7 @@ def test_blob_events_with_identity_based_storage_build_one_credential_per_identi
         IDENTITY_ENDPOINT=f"{api.emulator.base}/msi/token",
         IDENTITY_HEADER=IDENTITY_HEADER,
         POWERBI_WORKSPACE_NAME=WORKSPACE_NAME,
+        ALLOWED_TARGETS="*/*",
         # Identity-based: built and never contacted here (nothing is checkpointed or handed on).
         AzureWebJobsStorage__blobServiceUri="https://127.0.0.1:1/devstoreaccount1",
         AzureWebJobsStorage__queueServiceUri="https://127.0.0.1:1/devstoreaccount1",

@@ -582,6 +582,7 @@ def app_env(
         "IDENTITY_HEADER": IDENTITY_HEADER,
         "AzureWebJobsStorage": azurite.connection_string,
         "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "ALLOWED_TARGETS": "*/*",  # datasets made in the emulator, without definitions
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
