@@ -293,6 +293,24 @@ class FrontDoor:
             for d in ingestor.client.get_datasets(workspace, deadline=deadline)
             if d.get("name") == definition.name
         ]
+        policy = ingestor.policy
+        if policy is not None and not policy.allows(
+            path.workspace,
+            workspace,
+            ingestor.in_default_workspace(path.workspace, workspace, deadline),
+            definition.name,
+            str(existing[0]["id"]) if existing else "",
+            # A dataset made outside the bundle is not adopted by "creating" it again.
+            defined=not existing or definition.name in ingestor.definitions,
+        ):
+            raise _Refused(
+                powerbi_error(
+                    403,
+                    "Forbidden",
+                    f"callers may not create or use dataset {definition.name!r} here: it is not "
+                    f"in ALLOWED_TARGETS ({policy.describe()})",
+                )
+            )
         if existing:
             dataset = existing[0]
             live = ingestor.client.get_tables(str(dataset["id"]), workspace, deadline=deadline)

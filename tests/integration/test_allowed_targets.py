@@ -167,3 +167,27 @@ def test_the_operator_command_line_is_not_bound_by_it(api: Api, tmp_path: Path) 
     )
     assert build_ingestor(settings, {}, dead_letters=False, callers=False).policy is None
     assert build_ingestor(settings, {}, dead_letters=False).policy is not None
+
+
+def test_the_surface_creates_new_datasets_but_adopts_none_made_elsewhere(
+    host: Devhost, api: Api
+) -> None:
+    """Creating a new dataset through the surface makes it writable (it has a definition
+    now); "creating" one made outside the bundle, with its very tables, is 403, not a way in."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    fresh = f"Made-{uuid.uuid4().hex[:6]}"
+    body = {"name": fresh, "tables": [{"name": "Product", "columns": COLUMNS}]}
+    created = post(host, "v1.0/myorg/datasets", body, **headers)
+    rows = post(
+        host,
+        f"v1.0/myorg/datasets/{created.json()['id']}/tables/Product/rows",
+        {"rows": [{"ProductID": 5}]},
+        **headers,
+    )
+    foreign_name = f"Foreign-{uuid.uuid4().hex[:6]}"
+    api.create_dataset([{"name": "Product", "columns": COLUMNS}], WORKSPACE_ID, name=foreign_name)
+    adopt = post(host, "v1.0/myorg/datasets", {**body, "name": foreign_name}, **headers)
+
+    assert created.status_code == 201 and rows.status_code == 200, rows.text
+    assert adopt.status_code == 403
+    assert adopt.json()["error"]["code"] == "Forbidden"
