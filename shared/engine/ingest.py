@@ -54,7 +54,6 @@ from shared.engine.schema import (
 from shared.engine.targets import TargetPolicy
 from shared.engine.textvalues import format_utc
 from shared.errors import (
-    ConfigError,
     ForbiddenError,
     NotFoundError,
     PermanentError,
@@ -334,8 +333,18 @@ class Ingestor:
                 str(created["id"]), workspace_id, dict(definition.tables), created=True, name=name
             )
         if len(matches) > 1:
-            raise ConfigError(
-                "target", f"{len(matches)} datasets are named {dataset!r} in {where}; use the id"
+            # Two processes met an empty workspace at once, or someone made a second one. Every
+            # process must deliver to the same one: the smallest id, whatever order the
+            # service lists them in.
+            matches = sorted(matches, key=lambda d: str(d.get("id")))
+            log.warning(
+                "%d datasets are named %r in %s (%s): using %s, the smallest id; delete the "
+                "others or address this one by id",
+                len(matches),
+                dataset,
+                where,
+                ", ".join(str(d.get("id")) for d in matches),
+                matches[0].get("id"),
             )
         dataset_id = str(matches[0]["id"])
         live = {

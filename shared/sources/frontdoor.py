@@ -288,11 +288,15 @@ class FrontDoor:
         deadline = self._deadline()
         ingestor = self._ingestor()
         workspace = self._workspace(path, deadline)
-        existing = [
-            d
-            for d in ingestor.client.get_datasets(workspace, deadline=deadline)
-            if d.get("name") == definition.name
-        ]
+        # The smallest id of several of one name, as the engine picks (Ingestor._resolve).
+        existing = sorted(
+            (
+                d
+                for d in ingestor.client.get_datasets(workspace, deadline=deadline)
+                if d.get("name") == definition.name
+            ),
+            key=lambda d: str(d.get("id")),
+        )
         policy = ingestor.policy
         if policy is not None and not policy.allows(
             path.workspace,

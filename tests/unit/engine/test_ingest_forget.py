@@ -63,3 +63,30 @@ def test_forget_without_an_id_drops_whatever_is_cached() -> None:
     ingestor.resolve(target)
 
     assert service.lookups == 2
+
+
+def test_two_datasets_of_one_name_resolve_to_the_smallest_id_with_a_warning(
+    caplog: Any,
+) -> None:
+    """Two datasets named "D" (a creation race, or a second one made by hand): every process
+    picks the same one, the smallest id, whatever order Get Datasets lists them in, and says
+    so; not a failure that sends every row of that dataset to the dead letters."""
+
+    class Twice(Datasets):
+        def __init__(self, order: list[str]) -> None:
+            super().__init__()
+            self.order = order
+
+        def get_datasets(
+            self, workspace: str | None = None, *, deadline: Deadline | None = None
+        ) -> list[dict[str, Any]]:
+            return [{"id": i, "name": "D"} for i in self.order]
+
+    ids = ["00000000-0000-4000-8000-00000000000c", "00000000-0000-4000-8000-00000000000b"]
+    picked = {
+        Ingestor(Twice(order)).resolve(Target("D", "T")).dataset_id  # type: ignore[arg-type]
+        for order in (ids, ids[::-1])
+    }
+
+    assert picked == {"00000000-0000-4000-8000-00000000000b"}
+    assert "2 datasets are named 'D'" in caplog.text
