@@ -284,7 +284,6 @@ def listening() -> Iterator[Listener]:
     stop = threading.Event()
 
     def accept(server: socket.socket) -> None:
-        server.listen()
         server.settimeout(0.1)
         while not stop.is_set():
             try:
@@ -296,6 +295,10 @@ def listening() -> Iterator[Listener]:
             listener.connections.append(str(peer))
             conn.close()
 
+    # Listening before the threads start: a thread not yet scheduled on a loaded machine left
+    # a bound socket that refused connections (a flake seen once in a full run).
+    for server in sockets:
+        server.listen()
     threads = [threading.Thread(target=accept, args=(s,), daemon=True) for s in sockets]
     for thread in threads:
         thread.start()
