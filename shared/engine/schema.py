@@ -446,7 +446,8 @@ class RowValidator:
         #: Source key -> its fill, None (ignored) or why it is refused (unknown).
         self._fills: dict[Any, _Fill | str | None] = {}
         self._folded: dict[str, _Fill] = {}
-        self._extras: list[tuple[str, str | None, Any]] = []  # (column, derived, constant)
+        #: (column, its type, derived, constant) of the columns the profile fills.
+        self._extras: list[tuple[str, str, str | None, Any]] = []
         self._filled_by_profile: set[str] = set()
         self.match_case = profile.match_case if profile is not None else True
         self._ignore = set(profile.ignore) if profile is not None else set()
@@ -466,7 +467,9 @@ class RowValidator:
                 fill = _Fill(column, tokens, rule.parse, rule.rewrite)
                 source = rule.source
                 if source is None:
-                    self._extras.append((column.name, rule.derived, rule.constant))
+                    self._extras.append(
+                        (column.name, column.data_type, rule.derived, rule.constant)
+                    )
                     self._filled_by_profile.add(column.name)
                     self._identity = False
                     continue
@@ -523,7 +526,7 @@ class RowValidator:
 
     def _extra_values(self, line: Any, index: int) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for column, derived, constant in self._extras:
+        for column, data_type, derived, constant in self._extras:
             if derived is None:
                 values[column] = constant
             elif derived == "ingestionTime":
@@ -532,12 +535,8 @@ class RowValidator:
                 values[column] = self.context.source
             else:
                 number = line if isinstance(line, int) else index + 1
-                values[column] = self._line_value(column, number)
+                values[column] = _line_value(data_type, number)
         return values
-
-    def _line_value(self, column: str, number: int) -> Any:
-        data_type = next(c.data_type for c in self.table.columns if c.name == column)
-        return str(number) if data_type == "String" else coerce(data_type, number)
 
     def __call__(self, row: Any, index: int) -> dict[str, Any] | RowProblem:
         """The row as it will be sent, or its problems: one :class:`RowProblem` whose column
@@ -652,12 +651,13 @@ class RowValidator:
                 if LINE_KEY in keys
                 else range(first + 1, first + len(rows) + 1)
             )
-            for column_name, derived, _ in self._extras:
+            same = self._extra_values(None, first)  # every value but the line number
+            for column_name, data_type, derived, _ in self._extras:
                 names.append(column_name)
                 if derived == "lineNumber":
-                    columns.append([self._line_value(column_name, n) for n in lines])
+                    columns.append([_line_value(data_type, n) for n in lines])
                 else:
-                    value = self._extra_values(None, first)[column_name]
+                    value = same[column_name]
                     columns.append([value] * len(rows))
                     if derived is None and type(value) is float and plain:
                         plain = _plain_doubles([value])
@@ -676,6 +676,11 @@ class RowValidator:
             if len(self._row_types) < _PLAN_CACHE:
                 self._row_types[keys] = row_type
         return row_type
+
+
+def _line_value(data_type: str, number: int) -> Any:
+    """A derived line number as a column of ``data_type`` stores it."""
+    return str(number) if data_type == "String" else coerce(data_type, number)
 
 
 def _plain_doubles(values: list[Any]) -> bool:

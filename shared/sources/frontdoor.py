@@ -238,9 +238,9 @@ class FrontDoor:
     def _groups(self, request: WebRequest) -> WebResponse:
         query = request.query
         groups = self._service().get_groups(query.get("$filter") or None)
-        policy = self._ingestor().policy
+        ingestor = self._ingestor()
+        policy = ingestor.policy
         if policy is not None:  # only the workspaces callers may use
-            ingestor = self._ingestor()
             groups = [
                 g
                 for g in groups
