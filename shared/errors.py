@@ -129,3 +129,13 @@ class ConfigError(PermanentError):
         super().__init__(f"setting {setting}: {problem}")
         self.setting = setting
         self.problem = problem
+
+
+class LedgerUnavailable(TransientError):
+    """The shared pacing ledger cannot be read or written (storage unreachable, refused,
+    throttled): pacing falls back to this process's share (shared.engine.shared_governor)."""
+
+
+class LedgerConflict(Exception):
+    """A shared pacing record changed since it was read (ETag mismatch, or created meanwhile):
+    read it again and decide again. Not a failure."""

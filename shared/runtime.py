@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ from shared.engine.ingest import Ingestor
 from shared.engine.profile import load_profiles
 from shared.engine.retry import RetryPolicy
 from shared.engine.schema import load_definitions
+from shared.engine.shared_governor import SharedGovernor
 from shared.engine.targets import TargetPolicy
 from shared.errors import ConfigError
 from shared.settings import Settings
@@ -31,13 +33,16 @@ from shared.sources.blob_ingest import BlobIngest
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.messages import encode
 from shared.sources.queue_ingest import QueueIngest
-from shared.stores import storage
+from shared.stores import pacing, storage
 from shared.stores.checkpoint import CheckpointStore
 from shared.stores.deadletter import BlobDeadLetterStore
-from shared.stores.storage import blob_service, managed_identity, queue_client
+from shared.stores.pacing import TableLedger
+from shared.stores.storage import blob_service, managed_identity, queue_client, table_client
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobClient
+
+log = logging.getLogger(__name__)
 
 _lock = threading.RLock()
 _ingestor: Ingestor | None = None
@@ -55,6 +60,35 @@ def get_settings() -> Settings:
         if _settings is None:
             _settings = Settings.from_env()
         return _settings
+
+
+def build_governor(settings: Settings, env: Mapping[str, str]) -> Governor:
+    """The process's pacing: shared by every process through Table storage (PACING=shared,
+    the default), or this process's alone (PACING=local, or no storage connection set)."""
+    quotas = Quotas(time_scale=settings.quota_time_scale, even=True)
+    if settings.pacing == "local":
+        return Governor(quotas)
+    connection = settings.storage_connection
+    if not any(k == connection or k.startswith(f"{connection}__") for k in env):
+        log.warning(
+            "PACING=shared but %s is not set: this process paces alone (set it, or "
+            "PACING=local to say so)",
+            connection,
+        )
+        return Governor(quotas)
+    try:  # a malformed connection is told now, not at the first POST
+        client = table_client(connection, settings.pacing_table, env, **pacing.CLIENT_OPTIONS)
+    except ConfigError as error:
+        log.warning("PACING=shared: %s; this process paces alone", error)
+        return Governor(quotas)
+    ledger = TableLedger(lambda: client)
+    return SharedGovernor(
+        ledger,
+        quotas,
+        # A claim outlives its POST by at most the request timeout: the crash bound.
+        claim_ttl=settings.request_timeout + 5.0,
+        fallback_share=settings.pacing_fallback_processes,
+    )
 
 
 def build_ingestor(
@@ -87,7 +121,7 @@ def build_ingestor(
         profiles=load_profiles(settings.datasets_dir),
         # Callers' targets are checked; the operator's command line (callers=False) is not.
         policy=TargetPolicy.parse(settings.allowed_targets) if callers else None,
-        governor=Governor(Quotas(time_scale=settings.quota_time_scale, even=True)),
+        governor=build_governor(settings, env),
         dead_letters=store,
         retry=retry,
         default_workspace=settings.workspace_id or settings.workspace_name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,10 @@ class Settings:
     allowed_targets: str | None = None
     frontdoor_partial_rows: bool = False
     frontdoor_allow_delete_rows: bool = False
+    #: "shared": pacing kept in Table storage for every process; "local": this process alone.
+    pacing: str = "shared"
+    pacing_table: str = "powerbipacing"
+    pacing_fallback_processes: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -243,6 +248,13 @@ class Settings:
             http_linger=_positive(get, "HTTP_LINGER_SECONDS", 0.05),
             http_group_commit=_boolean(get, "HTTP_GROUP_COMMIT", True),
             frontdoor_allow_delete_rows=_boolean(get, "FRONTDOOR_ALLOW_DELETE_ROWS", False),
+            # Every process and instance paces each dataset on one shared record (README
+            # "Scaling out"); "local" is for a single process with no storage account.
+            pacing=_choice(get, "PACING", ("shared", "local"), "shared"),
+            pacing_table=_table_name(get, "PACING_TABLE", "powerbipacing"),
+            # While the shared record cannot be reached, each process takes 1/N of the quotas:
+            # N should be the most processes that may push at once (instances x workers).
+            pacing_fallback_processes=int(_positive(get, "PACING_FALLBACK_PROCESSES", 4)),
         )
 
     def describe(self) -> dict[str, object]:
@@ -268,6 +280,9 @@ class Settings:
             "frontdoor_partial_rows": self.frontdoor_partial_rows,
             "frontdoor_allow_delete_rows": self.frontdoor_allow_delete_rows,
             "allowed_targets": self.allowed_targets or "default workspace, defined datasets",
+            "pacing": self.pacing
+            if self.pacing == "local"
+            else f"shared ({self.storage_connection} -> table {self.pacing_table})",
         }
 
 
@@ -277,6 +292,14 @@ def _choice(
     value = get(name) or default
     if value not in allowed:
         raise ConfigError(name, f"must be one of {', '.join(allowed)}")
+    return value
+
+
+def _table_name(get: Callable[[str], str | None], name: str, default: str) -> str:
+    """An Azure Table name: 3-63 letters and digits, starting with a letter."""
+    value = get(name) or default
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,62}", value):
+        raise ConfigError(name, "must be 3-63 letters and digits, starting with a letter")
     return value
 
 

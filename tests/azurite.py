@@ -25,12 +25,14 @@ class Azurite:
     process: subprocess.Popen[str]
     blob: str
     queue: str
+    table: str = ""
 
     @property
     def connection_string(self) -> str:
         return (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
             f"BlobEndpoint={self.blob}/{ACCOUNT};QueueEndpoint={self.queue}/{ACCOUNT};"
+            + (f"TableEndpoint={self.table}/{ACCOUNT};" if self.table else "")
         )
 
     def stop(self) -> None:
@@ -86,7 +88,7 @@ def start_azurite() -> Azurite:
         process.kill()
         raise AssertionError("Azurite did not start:\n" + "\n".join(lines))
     drain(process)
-    return Azurite(process, endpoints["blob"], endpoints["queue"])
+    return Azurite(process, endpoints["blob"], endpoints["queue"], endpoints.get("table", ""))
 
 
 def drain(process: subprocess.Popen[str], into: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ service pause longer than the policy's cap (``max_pause``).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -29,6 +30,8 @@ from shared import limits
 from shared.engine.retry import Deadline
 from shared.errors import TransientError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class _DatasetPace:
@@ -39,6 +42,8 @@ class _DatasetPace:
     paused_until: float = 0.0
     large_table: bool = False
     last_start: float = float("-inf")  # when the latest POST took its slot
+    #: Rows sent to each table (successful POSTs): the large-table switch is at 250,000.
+    table_rows: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,17 @@ class Quotas:
     @property
     def hour(self) -> float:
         return limits.HOUR / self.time_scale
+
+
+def looks_large(pause: float, rows_in_hour: int, quotas: Quotas) -> bool:
+    """Whether a service pause of ``pause`` seconds means a large table: longer than the
+    minute window explains (5% margin for the service's rounding), so an hourly limit, and
+    not the rows-per-hour one, which this dataset's rows in the hour are under by a POST's
+    worth."""
+    return (
+        pause > quotas.minute * 1.05
+        and rows_in_hour + limits.MAX_ROWS_PER_POST <= quotas.rows_per_hour
+    )
 
 
 class Governor:
@@ -124,9 +140,11 @@ class Governor:
         deadline: Deadline | None = None,
         *,
         max_pause: float | None = None,
+        table: str | None = None,
     ) -> Iterator[float]:
         """Hold one of the dataset's POST slots for the body of the ``with`` block, which is
-        given the seconds it waited for the slot.
+        given the seconds it waited for the slot. ``table``: the POST's table, whose rows are
+        counted toward the large-table switch when the body ends without an exception.
 
         Waits (sleeping on the injected clock) until the POST fits; raises
         :class:`TransientError` with ``retry_after`` when that would pass ``deadline``, or when
@@ -172,13 +190,25 @@ class Governor:
                 )
             self.waited += wait
             self._sleep(wait)
+        ok = False
         try:
             yield now - started
+            ok = True
         finally:
             with self._lock:
                 pace.pending -= 1
                 self._restamp(pace, now, rows)
+                if ok and table is not None:
+                    self._count_rows(pace, table, rows)
                 self._freed.notify()
+
+    @staticmethod
+    def _count_rows(pace: _DatasetPace, table: str, rows: int) -> None:
+        """Counted from what was sent: once a table may hold 250,000 rows, the service allows
+        only 120 POSTs per hour (stricter, never looser)."""
+        pace.table_rows[table] = pace.table_rows.get(table, 0) + rows
+        if pace.table_rows[table] >= limits.LARGE_TABLE_ROWS:
+            pace.large_table = True
 
     def _restamp(self, pace: _DatasetPace, sent: float, rows: int) -> None:
         """Move a finished POST's stamp from when it was sent to now. The service counts a
@@ -199,10 +229,24 @@ class Governor:
         pace.rows.append((end, rows))
 
     def pause(self, dataset: str, seconds: float) -> None:
-        """The service said "retry after ``seconds``": hold every caller of this dataset."""
+        """The service said "retry after ``seconds``": hold every caller of this dataset.
+
+        A pause longer than the minute window can explain comes from an hourly limit; when this
+        dataset's rows in the hour are under the row quota, it is the large-table one (a table
+        holds 250,000 rows, perhaps sent before this process started): learned here."""
         with self._lock:
             pace = self._pace(dataset)
-            pace.paused_until = max(pace.paused_until, self._clock() + seconds)
+            now = self._clock()
+            pace.paused_until = max(pace.paused_until, now + seconds)
+            if looks_large(seconds, pace.rows_in_hour, self.quotas) and not pace.large_table:
+                pace.large_table = True
+                log.warning(
+                    "dataset %s: Power BI asked for a %.0f s pause, which only the hourly "
+                    "limits explain, with this hour's rows under quota: a table holds 250,000 "
+                    "rows or more; 120 POSTs per hour from now",
+                    dataset,
+                    seconds,
+                )
 
     def mark_large_table(self, dataset: str) -> None:
         """A table of this dataset holds 250,000 rows or more: 120 POSTs per hour from now."""

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shared import limits
 from shared.contracts import PushResult, Target, Unreadable
 from shared.engine.batching import BLOCK_ROWS, Batch, Block, pack, pack_blocks
 from shared.engine.destination import Destination
@@ -157,7 +156,6 @@ class Ingestor:
         self._sleep = sleep
         self._resolved: dict[tuple[str | None, str], _Resolved] = {}
         self._resolve_lock = threading.Lock()
-        self._sent_per_table: dict[tuple[str, str], int] = {}
 
     # -- resolution -------------------------------------------------------------------------
 
@@ -594,7 +592,11 @@ class Ingestor:
         def attempt() -> None:
             resolved = run.current()
             with self.governor.slot(
-                resolved.dataset_id, batch.count, deadline, max_pause=self.retry.max_retry_after
+                resolved.dataset_id,
+                batch.count,
+                deadline,
+                max_pause=self.retry.max_retry_after,
+                table=table,
             ) as waited:
                 run.waited(batch, waited)
                 self.client.post_rows(
@@ -651,15 +653,6 @@ class Ingestor:
             # Dead letters first: a checkpoint must never pass a refused row not yet kept.
             self._store(run)
             run.on_progress(batch.indices[-1] + 1, run.results[0])
-        self._note_sent(run.current().dataset_id, table, batch.count)
-
-    def _note_sent(self, dataset_id: str, table: str, rows: int) -> None:
-        key = (dataset_id, table)
-        self._sent_per_table[key] = self._sent_per_table.get(key, 0) + rows
-        if self._sent_per_table[key] >= limits.LARGE_TABLE_ROWS:
-            # Counted from what this process sent: the table may hold 250,000 rows, after which
-            # the service allows only 120 POSTs per hour (stricter, never looser).
-            self.governor.mark_large_table(dataset_id)
 
     def _store(self, run: _Run) -> None:
         if self.dead_letters is None or not run.dead_letter:

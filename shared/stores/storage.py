@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
+    from azure.data.tables import TableClient
     from azure.identity import ManagedIdentityCredential
     from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueClient
@@ -139,5 +140,37 @@ def queue_client(
     raise ConfigError(
         connection,
         f"is not set: give a storage connection string, or {connection}__queueServiceUri to "
+        "use the managed identity",
+    )
+
+
+def table_client(
+    connection: str, table: str, env: Mapping[str, str], **options: Any
+) -> TableClient:
+    """The client for table ``table`` of the connection ``connection`` (Table storage: the
+    shared pacing ledger). ``X__tableServiceUri`` (or ``X__serviceUri``) selects an
+    identity-based connection, as for blobs and queues."""
+    from azure.data.tables import TableClient
+
+    value = env.get(connection, "").strip()
+    uri = env.get(f"{connection}__tableServiceUri") or env.get(f"{connection}__serviceUri")
+    if value:
+
+        def from_string() -> TableClient:
+            try:
+                return TableClient.from_connection_string(value, table, **options)
+            except ValueError as exc:
+                raise ConfigError(connection, "is not a valid storage connection string") from exc
+
+        return _once(("table", value, table, _options_key(options)), from_string)
+    if uri:
+        client_id = env.get(f"{connection}__clientId")
+        return _once(
+            ("table", uri, table, client_id, _options_key(options)),
+            lambda: TableClient(uri, table, credential=managed_identity(client_id), **options),
+        )
+    raise ConfigError(
+        connection,
+        f"is not set: give a storage connection string, or {connection}__tableServiceUri to "
         "use the managed identity",
     )
