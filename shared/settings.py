@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,8 @@ class Settings:
     allowed_targets: str | None = None
     frontdoor_partial_rows: bool = False
     frontdoor_allow_delete_rows: bool = False
+    #: The container of the cross-process locks (shared/stores/leases.py), in STORAGE_CONNECTION.
+    locks_container: str = "powerbi-locks"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -243,6 +246,7 @@ class Settings:
             http_linger=_positive(get, "HTTP_LINGER_SECONDS", 0.05),
             http_group_commit=_boolean(get, "HTTP_GROUP_COMMIT", True),
             frontdoor_allow_delete_rows=_boolean(get, "FRONTDOOR_ALLOW_DELETE_ROWS", False),
+            locks_container=_container(get, "LOCKS_CONTAINER", "powerbi-locks"),
         )
 
     def describe(self) -> dict[str, object]:
@@ -261,6 +265,7 @@ class Settings:
             "datasets_dir": str(self.datasets_dir),
             "deadletter": f"{self.deadletter_connection} -> {self.deadletter_container}",
             "rows_queue": self.rows_queue,
+            "locks": f"{self.storage_connection} -> {self.locks_container}",
             "http_mode": self.http_mode,
             "http_max_body_bytes": self.http_max_body_bytes,
             "webhook_signature": "required" if self.webhook_secret else "off",
@@ -277,6 +282,23 @@ def _choice(
     value = get(name) or default
     if value not in allowed:
         raise ConfigError(name, f"must be one of {', '.join(allowed)}")
+    return value
+
+
+#: A blob container's name: 3 to 63 lower-case letters, digits and single hyphens, starting and
+#: ending with a letter or a digit ("Container names",
+#: https://learn.microsoft.com/rest/api/storageservices/naming-and-referencing-containers--blobs--and-metadata).
+_CONTAINER_NAME = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+
+
+def _container(get: Callable[[str], str | None], name: str, default: str) -> str:
+    value = get(name) or default
+    if not _CONTAINER_NAME.fullmatch(value):
+        raise ConfigError(
+            name,
+            f"{value!r} is not a container name: 3 to 63 lower-case letters, digits and single "
+            "hyphens, starting and ending with a letter or a digit",
+        )
     return value
 
 
