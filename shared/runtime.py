@@ -36,6 +36,7 @@ from shared.sources.queue_ingest import QueueIngest
 from shared.stores import pacing, storage
 from shared.stores.checkpoint import CheckpointStore
 from shared.stores.deadletter import BlobDeadLetterStore
+from shared.stores.leases import BlobLeaseLock
 from shared.stores.pacing import TableLedger
 from shared.stores.storage import blob_service, managed_identity, queue_client, table_client
 
@@ -125,6 +126,9 @@ def build_ingestor(
         dead_letters=store,
         retry=retry,
         default_workspace=settings.workspace_id or settings.workspace_name,
+        creation_lock=BlobLeaseLock.from_settings(
+            settings.storage_connection, settings.locks_container, env
+        ),
     )
 
 

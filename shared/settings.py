@@ -136,6 +136,8 @@ class Settings:
     pacing: str = "shared"
     pacing_table: str = "powerbipacing"
     pacing_fallback_processes: int = 4
+    #: The container of the cross-process locks (shared/stores/leases.py), in STORAGE_CONNECTION.
+    locks_container: str = "powerbi-locks"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -255,6 +257,7 @@ class Settings:
             # While the shared record cannot be reached, each process takes 1/N of the quotas:
             # N should be the most processes that may push at once (instances x workers).
             pacing_fallback_processes=int(_positive(get, "PACING_FALLBACK_PROCESSES", 4)),
+            locks_container=_container(get, "LOCKS_CONTAINER", "powerbi-locks"),
         )
 
     def describe(self) -> dict[str, object]:
@@ -273,6 +276,7 @@ class Settings:
             "datasets_dir": str(self.datasets_dir),
             "deadletter": f"{self.deadletter_connection} -> {self.deadletter_container}",
             "rows_queue": self.rows_queue,
+            "locks": f"{self.storage_connection} -> {self.locks_container}",
             "http_mode": self.http_mode,
             "http_max_body_bytes": self.http_max_body_bytes,
             "webhook_signature": "required" if self.webhook_secret else "off",
@@ -300,6 +304,23 @@ def _table_name(get: Callable[[str], str | None], name: str, default: str) -> st
     value = get(name) or default
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,62}", value):
         raise ConfigError(name, "must be 3-63 letters and digits, starting with a letter")
+    return value
+
+
+#: A blob container's name: 3 to 63 lower-case letters, digits and single hyphens, starting and
+#: ending with a letter or a digit ("Container names",
+#: https://learn.microsoft.com/rest/api/storageservices/naming-and-referencing-containers--blobs--and-metadata).
+_CONTAINER_NAME = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+
+
+def _container(get: Callable[[str], str | None], name: str, default: str) -> str:
+    value = get(name) or default
+    if not _CONTAINER_NAME.fullmatch(value):
+        raise ConfigError(
+            name,
+            f"{value!r} is not a container name: 3 to 63 lower-case letters, digits and single "
+            "hyphens, starting and ending with a letter or a digit",
+        )
     return value
 
 

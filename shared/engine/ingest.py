@@ -24,6 +24,7 @@ The time budget is a :class:`~shared.engine.retry.Deadline` passed as an argumen
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import logging
 import operator
@@ -32,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +64,7 @@ from shared.errors import (
     ValidationError,
 )
 from shared.stores.deadletter import DeadLetter, DeadLetterStore
+from shared.stores.leases import CreationLock, dataset_lock_name
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +141,12 @@ class Ingestor:
         dead_letters: DeadLetterStore | None = None,
         retry: RetryPolicy | None = None,
         default_workspace: str | None = None,
+        creation_lock: CreationLock | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``creation_lock`` makes the creation of a missing dataset single-flight across
+        processes (shared/stores/leases.py); without it, only within this process."""
         self.client = client
         self.definitions = dict(definitions or {})
         #: Declared ingest profiles as written: dataset -> table -> entry (profile files).
@@ -152,6 +158,8 @@ class Ingestor:
         self.dead_letters = dead_letters
         self.retry = retry or RetryPolicy()
         self.default_workspace = default_workspace
+        #: Held while a missing dataset is created (the Power BI surface's create uses it too).
+        self.creation_lock = creation_lock
         self._clock = clock
         self._sleep = sleep
         self._resolved: dict[tuple[str | None, str], _Resolved] = {}
@@ -313,10 +321,14 @@ class Ingestor:
     ) -> _Resolved:
         workspace_id = self.workspace_id(workspace, deadline)
         where = f"workspace {workspace!r}" if workspace else "My workspace"
-        found = self.client.get_datasets(workspace_id, deadline=deadline)
-        matches = [d for d in found if d.get("id") == dataset] or [
-            d for d in found if d.get("name") == dataset
-        ]
+
+        def look() -> list[dict[str, Any]]:
+            found = self.client.get_datasets(workspace_id, deadline=deadline)
+            return [d for d in found if d.get("id") == dataset] or [
+                d for d in found if d.get("name") == dataset
+            ]
+
+        matches = look()
         name = matches[0].get("name", dataset) if matches else dataset
         definition = self.definitions.get(name)
         if not matches:
@@ -325,11 +337,30 @@ class Ingestor:
                     f"dataset {dataset!r} does not exist in {where}, and there is no definition "
                     f"datasets/{dataset}.json to create it from"
                 )
-            created = self.client.create_dataset(definition.body, workspace_id, deadline=deadline)
-            log.info("created dataset %s (%s) in %s", name, created["id"], where)
-            return _Resolved(
-                str(created["id"]), workspace_id, dict(definition.tables), created=True, name=name
+            lock = self.creation_lock
+            held: AbstractContextManager[bool] = (
+                contextlib.nullcontext(False)
+                if lock is None
+                else lock.hold(dataset_lock_name(workspace_id, name), deadline)
             )
+            with held:
+                if lock is not None:
+                    # Other processes met the same missing dataset; the one that held the lock
+                    # before this one has created it: look again, now that no one else can.
+                    matches = look()
+                if not matches:
+                    created = self.client.create_dataset(
+                        definition.body, workspace_id, deadline=deadline
+                    )
+                    log.info("created dataset %s (%s) in %s", name, created["id"], where)
+                    return _Resolved(
+                        str(created["id"]),
+                        workspace_id,
+                        dict(definition.tables),
+                        created=True,
+                        name=name,
+                    )
+            log.info("dataset %s in %s was created by another process meanwhile", name, where)
         if len(matches) > 1:
             # Two processes met an empty workspace at once, or someone made a second one. Every
             # process must deliver to the same one: the smallest id, whatever order the

@@ -34,6 +34,7 @@ read or pushed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import math
@@ -63,6 +64,7 @@ from shared.settings import Settings
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.envelope import BodyError, Envelope, loads, rows_of
 from shared.sources.webhook import WebRequest, WebResponse, queue_messages
+from shared.stores.leases import dataset_lock_name
 
 log = logging.getLogger(__name__)
 
@@ -288,15 +290,19 @@ class FrontDoor:
         deadline = self._deadline()
         ingestor = self._ingestor()
         workspace = self._workspace(path, deadline)
-        # The smallest id of several of one name, as the engine picks (Ingestor._resolve).
-        existing = sorted(
-            (
-                d
-                for d in ingestor.client.get_datasets(workspace, deadline=deadline)
-                if d.get("name") == definition.name
-            ),
-            key=lambda d: str(d.get("id")),
-        )
+
+        def look() -> list[dict[str, Any]]:
+            # The smallest id of several of one name, as the engine picks (Ingestor._resolve).
+            return sorted(
+                (
+                    d
+                    for d in ingestor.client.get_datasets(workspace, deadline=deadline)
+                    if d.get("name") == definition.name
+                ),
+                key=lambda d: str(d.get("id")),
+            )
+
+        existing = look()
         policy = ingestor.policy
         if policy is not None and not policy.allows(
             path.workspace,
@@ -315,29 +321,40 @@ class FrontDoor:
                     f"in ALLOWED_TARGETS ({policy.describe()})",
                 )
             )
-        if existing:
-            dataset = existing[0]
-            live = ingestor.client.get_tables(str(dataset["id"]), workspace, deadline=deadline)
-            conflict = _differences(definition, live)
-            if conflict:
-                raise _Refused(
-                    powerbi_error(
-                        409,
-                        "DatasetConflict",
-                        f"a dataset named {definition.name!r} already exists with other tables "
-                        f"or columns ({conflict}); use another name, or the existing dataset "
-                        f"{dataset['id']}",
-                    )
+        lock = ingestor.creation_lock
+        with contextlib.ExitStack() as held:
+            if not existing and lock is not None:
+                # One creator at a time across processes (the engine's resolver too). The one
+                # before this one may have made it: look again, now that no one else can. One
+                # found now was made by the bundle while this caller, allowed to create it,
+                # waited: it is answered as created, not refused as made outside the bundle.
+                held.enter_context(
+                    lock.hold(dataset_lock_name(workspace, definition.name), deadline)
                 )
-            log.info(
-                "create dataset %s: it exists as %s; answered as created",
-                definition.name,
-                dataset["id"],
-            )
-        else:
-            dataset = ingestor.client.create_dataset(
-                definition.body, workspace, deadline=deadline, retention=retention
-            )
+                existing = look()
+            if existing:
+                dataset = existing[0]
+                live = ingestor.client.get_tables(str(dataset["id"]), workspace, deadline=deadline)
+                conflict = _differences(definition, live)
+                if conflict:
+                    raise _Refused(
+                        powerbi_error(
+                            409,
+                            "DatasetConflict",
+                            f"a dataset named {definition.name!r} already exists with other "
+                            f"tables or columns ({conflict}); use another name, or the existing "
+                            f"dataset {dataset['id']}",
+                        )
+                    )
+                log.info(
+                    "create dataset %s: it exists as %s; answered as created",
+                    definition.name,
+                    dataset["id"],
+                )
+            else:
+                dataset = ingestor.client.create_dataset(
+                    definition.body, workspace, deadline=deadline, retention=retention
+                )
         ingestor.definitions.setdefault(definition.name, definition)
         answer = {
             "@odata.context": f"{_CONTEXT}#datasets/$entity",
