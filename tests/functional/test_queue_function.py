@@ -24,6 +24,7 @@ from shared.errors import TransientError
 from shared.sources.claimcheck import ClaimCheckStore
 from tests.azurite import Azurite, dead_letter_lines
 from tests.emulator.conftest import WORKSPACE_ID, Api
+from tests.functional.test_blob_function import refusing_lookups
 from tests.functional.test_http_functions import PRODUCT_COLUMNS, rows, settings
 
 __all__ = ["settings"]
@@ -152,7 +153,9 @@ def test_unknown_table_and_bad_rows_are_dead_lettered(
 def test_throttling_past_the_budget_raises_for_redelivery(
     api: Api, dataset: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When the rows cannot be delivered in time, the function raises so the host redelivers."""
+    """When the rows cannot be delivered in time, the function raises so the host redelivers.
+    (Power BI's 30 s is no longer than the host's redelivery delay, host.json's 30 s: a plain
+    redelivery serves it, so the message is not handed back.)"""
     name, dataset_id = dataset
     monkeypatch.setenv("QUEUE_TIME_BUDGET_SECONDS", "1")
     runtime.reset()
@@ -170,7 +173,8 @@ def test_a_retry_after_over_the_cap_raises_for_redelivery_at_once(
 ) -> None:
     """Power BI asks for 30 s, within the 240 s budget but over POWERBI_MAX_RETRY_AFTER_SECONDS
     (5): the invocation does not hold the message for 30 s, it raises at once (with the
-    service's retry_after) so the host redelivers it."""
+    service's retry_after) so the host redelivers it: 30 s is no longer than the host's
+    redelivery delay (30 s), so a redelivery serves the pause and nothing is handed back."""
     name, dataset_id = dataset
     monkeypatch.setenv("POWERBI_MAX_RETRY_AFTER_SECONDS", "5")
     runtime.reset()
@@ -385,3 +389,21 @@ def test_a_hand_back_that_cannot_be_sent_raises_the_original_error(
     assert api.stored_rows(dataset_id, "Product") == []
     queues = QueueServiceClient.from_connection_string(azurite.connection_string)
     assert missing not in {q.name for q in queues.list_queues()}
+
+
+def test_a_long_pause_on_a_lookup_before_the_push_hands_the_message_back(
+    dataset: tuple[str, str], rows_queue: QueueClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message with its own profile needs the table's columns before any row moves; that
+    lookup refused for 3540 s hands the message back as a refused Add Rows would."""
+    name, _ = dataset
+    ingestor, refused = refusing_lookups()
+    handler = runtime.build_queue_ingest(runtime.get_settings(), ingestor)
+    body = {"dataset": name, "table": "Product", "rows": rows(2), "profile": {"nullTokens": ["NA"]}}
+
+    with caplog.at_level(logging.WARNING, logger="shared.sources.queue_ingest"):
+        outcome = asyncio.run(handler.handle(message(body).get_body(), "m-lookup", 3))
+
+    assert outcome is None and refused.refused == 1
+    assert waiting(rows_queue) == 1 and list(rows_queue.peek_messages()) == []
+    assert "handed back: Power BI asked to wait 3540 s" in caplog.text
