@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -32,7 +33,7 @@ from shared.sources.blob_events import BlobEvents, client_options
 from shared.sources.blob_ingest import BlobIngest
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.messages import encode
-from shared.sources.queue_ingest import QueueIngest
+from shared.sources.queue_ingest import QueueIngest, redelivery_delay
 from shared.stores import pacing, storage
 from shared.stores.checkpoint import CheckpointStore
 from shared.stores.deadletter import BlobDeadLetterStore
@@ -144,7 +145,10 @@ def get_ingestor() -> Ingestor:
 def build_queue_ingest(
     settings: Settings, ingestor: Ingestor, env: Mapping[str, str] | None = None
 ) -> QueueIngest:
-    """A queue handler over ``ingestor``, with one coalescer for all its invocations."""
+    """A queue handler over ``ingestor``, with one coalescer for all its invocations. Long
+    pauses hand messages back to the rows queue (``ROWS_QUEUE``), compared with the host's
+    redelivery delay: the ``visibilityTimeout`` of host.json beside this package, or its
+    app-setting override."""
     env = os.environ if env is None else env
     coalescer = Coalescer(ingestor, linger=settings.queue_linger, max_wait=settings.queue_max_wait)
     claims = ClaimCheckStore.from_settings(
@@ -160,6 +164,8 @@ def build_queue_ingest(
         time_budget=settings.queue_time_budget,
         blobs=functools.cache(lambda: build_blob_ingest(settings, ingestor, env)),
         blob_service=lambda: blob_service(settings.storage_connection, env),
+        rows_queue=lambda: queue_client(settings.storage_connection, settings.rows_queue, env),
+        redelivery_delay=redelivery_delay(env, Path(__file__).resolve().parents[1] / "host.json"),
     )
 
 

@@ -26,7 +26,7 @@ from shared.contracts import PushResult, Target
 from shared.engine.ingest import Ingestor, PushIncomplete
 from shared.engine.profile import ProfileError, TableProfile, parse_override
 from shared.engine.retry import Deadline
-from shared.errors import ForbiddenError, PermanentError
+from shared.errors import ForbiddenError, PermanentError, TransientError
 from shared.sources.formats import DEFAULT_MAX_BYTES, FormatError, detect, read_rows
 from shared.stores.checkpoint import Checkpoint, CheckpointStore
 from shared.stores.deadletter import DeadLetter, DeadLetterStore
@@ -144,6 +144,15 @@ class BlobIngest:
             # owner did not mean. Mend the profile and upload the file again.
             self._unreadable(source, etag, str(error))
             return BlobOutcome(source, "unreadable")
+        except TransientError as error:
+            # A lookup refused with a pause longer than the client waits out (Power BI's
+            # Retry-After over POWERBI_MAX_RETRY_AFTER_SECONDS): nothing was sent, so the file
+            # is handed on like a pause of Add Rows. Failing the invocation would spend one of
+            # the blob's retries on every try until the pause is over. Without a Retry-After
+            # (the service unreachable) the host retries the blob as before.
+            if error.retry_after is None or self.continuation is None:
+                raise
+            return self._hand_on(source, etag, error, None, checkpoint.next_row)
         start = checkpoint.next_row
         chunks = _ranges(blob, int(props.size), etag)
         rows = itertools.islice(
@@ -175,7 +184,7 @@ class BlobIngest:
                 profile=profile,
             )
         except PushIncomplete as stopped:
-            return self._hand_on(source, etag, target, stopped, start)
+            return self._hand_on(source, etag, stopped, stopped.result, start)
         self.checkpoints.save(
             source,
             Checkpoint(
@@ -227,8 +236,15 @@ class BlobIngest:
             return None
 
     def _hand_on(
-        self, source: str, etag: str, target: Target, stopped: PushIncomplete, start: int
+        self,
+        source: str,
+        etag: str,
+        stopped: TransientError,
+        result: PushResult | None,
+        start: int,
     ) -> BlobOutcome:
+        """Hand the rest of the file on as a continuation message, due after the service's
+        pause (60 s without one), or raise ``stopped`` when the host must retry the blob."""
         if self.continuation is None or (stopped.maybe_delivered and stopped.retry_after is None):
             raise stopped  # the host retries the blob from its checkpoint
         delay = stopped.retry_after or 60.0
@@ -237,7 +253,7 @@ class BlobIngest:
             {"continueBlob": {"container": container, "name": name, "etag": etag}}, delay
         )
         log.warning("%s: %s; the rest is handed on, due in %.0f s", source, stopped, delay)
-        return BlobOutcome(source, "continued", stopped.result, start)
+        return BlobOutcome(source, "continued", result, start)
 
     def _unreadable(self, source: str, etag: str, reason: str) -> None:
         self.dead_letters.write(

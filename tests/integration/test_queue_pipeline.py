@@ -170,9 +170,11 @@ def queue_empty_or_missing(queue: QueueClient) -> bool:
 
 def test_poison_after_max_tries_then_replay_delivers(api: Api, pipeline: Pipeline) -> None:
     """A message that keeps failing transiently moves to <queue>-poison after maxDequeueCount
-    tries; once the cause is gone, replay delivers it."""
+    tries; once the cause is gone, replay delivers it. (Every Add Rows answered 500: a failure
+    with no pause asked for. A 429 with a Retry-After longer than the redelivery delay would
+    hand the message back instead: see test_long_pauses_hand_messages_back_none_is_poisoned.)"""
     name, dataset_id = new_dataset(api, "Poison")
-    api.set_faults(throttle=1.0, retry_after=30)  # every Add Rows refused for 30 s
+    api.set_faults(error_500=1.0)
     pipeline.queue.send_message(envelope(name, 0, 3))
     pipeline.start(
         QUEUE_TIME_BUDGET_SECONDS="1",
@@ -222,3 +224,34 @@ def test_bad_messages_are_dead_lettered_once(api: Api, pipeline: Pipeline) -> No
     assert all("(try 1)" in letter["source"] for letter in letters), "first delivery only"
     assert queue_empty_or_missing(pipeline.poison)
     assert [r["n"] for r in api.stored_rows(dataset_id, "T")] == [1]
+
+
+def test_long_pauses_hand_messages_back_none_is_poisoned(api: Api, pipeline: Pipeline) -> None:
+    """Power BI answers its first two Add Rows 429 with Retry-After: 10, longer than the
+    invocation's 3 s budget and than the host's 1 s redelivery delay. Each time, the messages
+    are handed back (the same body, invisible for 10 s) and the originals completed, so with
+    maxDequeueCount 2 none reaches the poison queue (redelivered instead, each would spend
+    its two tries within seconds of the first 429); after the pauses every row arrives once."""
+    name, dataset_id = new_dataset(api, "Pause")
+    api.set_faults(script=["throttle", "throttle"], retry_after=10)
+    send_all(pipeline.queue, [envelope(name, i * 3, 3) for i in range(5)])
+    host = pipeline.start(
+        QUEUE_TIME_BUDGET_SECONDS="3",
+        AzureFunctionsJobHost__extensions__queues__visibilityTimeout="00:00:01",
+        AzureFunctionsJobHost__extensions__queues__maxDequeueCount="2",
+    )
+    wait_for(lambda: stored_count(api, dataset_id) >= 15, 120, "15 rows")
+    wait_for(lambda: queue_empty(pipeline.queue), 30, "an empty queue")
+    stored = [r["n"] for r in api.stored_rows(dataset_id, "T")]
+    handed_back = [line for line in host.output if "dequeue count not spent" in line]
+    counters = api.state(dataset_id)["counters"]
+    print(
+        f"\n5 messages, 2 x 429 Retry-After 10 s: {len(handed_back)} hand-backs, "
+        f"{counters['posts_accepted']} POSTs accepted, {len(stored)} rows stored"
+    )
+    assert sorted(stored) == list(range(15)), "every row exactly once"
+    assert queue_empty_or_missing(pipeline.poison)
+    assert not any("MaxDequeueCount" in line for line in host.output)
+    assert counters["injected_throttle"] == 2
+    assert len(handed_back) >= 5  # every message at least once (10 when all share each POST)
+    assert pipeline.dead_letters() == []
