@@ -189,6 +189,7 @@ class _Cached:
     record: PaceRecord
     version: str | None
     fresh: bool  # read (or written) by this very operation
+    seen: float = 0.0  # when it was read or written (the governor's clock)
 
 
 class _NoWrite(Exception):
@@ -279,7 +280,7 @@ class SharedGovernor(Governor):
     def _read(self, dataset: str) -> _Cached:
         plain, version = self.ledger.read(dataset)
         self.reads += 1
-        cached = _Cached(PaceRecord.from_plain(plain), version, fresh=True)
+        cached = _Cached(PaceRecord.from_plain(plain), version, fresh=True, seen=self._clock())
         self._records[dataset] = cached
         return cached
 
@@ -316,7 +317,7 @@ class SharedGovernor(Governor):
                     cached = None
                     continue
                 self.writes += 1
-                self._records[dataset] = _Cached(record, version, fresh=True)
+                self._records[dataset] = _Cached(record, version, fresh=True, seen=self._clock())
                 return result
             raise TransientError(
                 f"dataset {dataset}: its pacing record kept changing under {_MAX_CONFLICTS} "
@@ -327,12 +328,15 @@ class SharedGovernor(Governor):
     # -- the governor's interface ----------------------------------------------------------
 
     def wait_needed(self, dataset: str, rows: int) -> float:
-        """Seconds until a POST of ``rows`` rows fits, from the record as last seen here (a
-        hint for the coalescer; :meth:`slot` decides on the current record)."""
+        """Seconds until a POST of ``rows`` rows fits, from the record as seen at most one
+        POST interval ago (a hint for the coalescer, which keeps its buffer open that long;
+        :meth:`slot` decides on the current record). Costs a read when the record seen here
+        is older than that: other processes take slots meanwhile."""
         if not self._shared():
             return self.fallback.wait_needed(dataset, rows)
         cached = self._records.get(dataset)
-        if cached is None:
+        interval = self.quotas.minute / self.quotas.posts_per_minute
+        if cached is None or self._clock() - cached.seen > interval:
             try:
                 with self._lock_for(dataset):
                     cached = self._read(dataset)
