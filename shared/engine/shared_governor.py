@@ -42,6 +42,7 @@ import bisect
 import json
 import logging
 import math
+import random
 import threading
 import time
 import uuid
@@ -209,7 +210,7 @@ class _Wait:
 #: Rows buckets per hour window (15 s each at real quota time).
 _BUCKETS_PER_HOUR = 240
 #: Writes tried in a row on a record others keep changing before giving up for this call.
-_MAX_CONFLICTS = 20
+_MAX_CONFLICTS = 50
 
 
 class SharedGovernor(Governor):
@@ -294,7 +295,7 @@ class SharedGovernor(Governor):
             cached = self._records.get(dataset)
             if cached is not None:
                 cached = replace(cached, fresh=False)
-            for _ in range(_MAX_CONFLICTS):
+            for attempt in range(_MAX_CONFLICTS):
                 if cached is None:
                     cached = self._read(dataset)
                 record = cached.record.copy()
@@ -315,6 +316,8 @@ class SharedGovernor(Governor):
                     self.conflicts += 1
                     self._records.pop(dataset, None)
                     cached = None
+                    # Many processes at once: spread the next tries (a few ms, growing).
+                    self._sleep(random.uniform(0.0, 0.002 * min(attempt + 1, 10)))
                     continue
                 self.writes += 1
                 self._records[dataset] = _Cached(record, version, fresh=True, seen=self._clock())
