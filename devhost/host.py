@@ -1140,6 +1140,7 @@ class BlobRunner:
         self.lease = int(raw)
         self._tries: dict[tuple[str, str, str], int] = {}
         self._running: set[tuple[str, str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def add(self, spec: FunctionSpec) -> None:
         path = resolve_setting_names(str(spec.trigger.get("path", "")), self.host.env)
@@ -1163,11 +1164,20 @@ class BlobRunner:
             entry.task = asyncio.create_task(self._scan(entry))
 
     async def stop(self) -> None:
+        """Stop scanning, then let the versions in progress finish, their leases renewed, and
+        record them in their receipts. Cancelling them instead would not stop their functions
+        (a worker thread runs to its end; the interpreter waits for it at exit) but would leave
+        their receipts incomplete and leased, so another process would run them again once the
+        lease expired. The real host's drain mode (on scale-in) does the same: its listeners
+        stop and the executions in progress are let finish."""
         for entry in self.entries:
             if entry.task is not None:
                 entry.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await entry.task
+        if self._tasks:
+            log.info("waiting for %d blob version(s) in progress", len(self._tasks))
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def listing(self) -> list[str]:
         return [
@@ -1201,6 +1211,8 @@ class BlobRunner:
             return
         self._running.add(key)
         task = asyncio.create_task(self._process(entry, name, etag))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _: self._running.discard(key))
 
     def _done(self, entry: BlobEntry, key: tuple[str, str, str], found: bool) -> None:
