@@ -1113,6 +1113,8 @@ class BlobRunner:
        ``webjobs-blobtrigger-poison`` (the real host's message shape) and its receipt completed;
     7. the lease is released, and the next scan of any process retries a failed version.
 
+    On stop, scanning ends and the versions in progress finish these steps (see :meth:`stop`).
+
     Where devhost differs from the real host, and why: the real host holds the lease only while
     it puts a message for the version on its internal queue (``azure-webjobs-blobtrigger-
     <hostId>``) and completes the receipt right then; the function runs from that queue, whose
