@@ -31,9 +31,18 @@ a hard-coded list:
   run by devhost". Runners are looked up in :data:`TRIGGER_RUNNERS` and output senders in
   :data:`OUTPUT_HANDLERS` by binding type, so queue and blob triggers can be added there.
 - ``AzureWebJobs.<name>.Disabled=true`` disables a function, as in ``local.settings.json``.
+- **Queue triggers** poll Azurite as the host does (batches, back-off, dequeue count,
+  ``<queue>-poison``; see :class:`QueueRunner`). **Blob triggers** list the container and run
+  each blob version once, recorded in a receipt blob in ``azure-webjobs-hosts`` that is leased
+  while the version runs, as the real host leases its receipts: several devhost processes on
+  one storage account share the blobs the way scaled-out instances do, each version run by one
+  of them, and a version whose holder died is taken over when its lease expires (30 s,
+  ``DEVHOST_BLOB_LEASE_SECONDS``). Failed tries are counted in the receipt, across processes,
+  up to ``maxDequeueCount`` (see :class:`BlobRunner`).
 - ``GET /admin/devhost/activity`` (devhost only) counts what the host has done: container
-  scans, queue polls, blob versions found done, invocations started and finished. Tests that
-  must show something did not happen wait on these (see :class:`Activity`) instead of sleeping.
+  scans, queue polls, blob versions found done, blob versions skipped because another process
+  holds their lease, invocations started and finished. Tests that must show something did not
+  happen wait on these (see :class:`Activity`) instead of sleeping.
 
 App settings come from ``local.settings.json``'s ``Values`` (see :func:`load_settings`); they
 never override a variable already set in the environment.
@@ -68,8 +77,9 @@ from typing import Any, Protocol
 import azure.functions as func
 import azure.functions.queue as func_queue
 from aiohttp import web
-from azure.core.exceptions import ResourceExistsError
-from azure.storage.blob import BlobServiceClient
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient
 from azure.storage.queue import (
     BinaryBase64EncodePolicy,
     QueueClient,
@@ -460,8 +470,12 @@ class Activity:
 
     #: Completed listings of each blob trigger's container (every blob listed was looked at).
     blob_scans: Counter[str] = field(default_factory=Counter)
-    #: Blob versions found already done (their receipt exists), per container: never run again.
+    #: Blob versions found already done (their receipt is complete), per container: never run
+    #: again by this process.
     blob_receipts_found: Counter[str] = field(default_factory=Counter)
+    #: Times a blob version was skipped because another holder (another devhost process) had
+    #: its receipt's lease, per container: that process runs it; a later scan looks again.
+    blob_leased_elsewhere: Counter[str] = field(default_factory=Counter)
     #: Completed receive calls on each trigger queue (whatever they returned).
     queue_polls: Counter[str] = field(default_factory=Counter)
     #: Invocations started and finished (succeeded or failed), per function.
@@ -475,6 +489,7 @@ class Activity:
             "pid": os.getpid(),
             "blobScans": dict(self.blob_scans),
             "blobReceiptsFound": dict(self.blob_receipts_found),
+            "blobLeasedElsewhere": dict(self.blob_leased_elsewhere),
             "queuePolls": dict(self.queue_polls),
             "started": dict(self.started),
             "finished": dict(self.finished),
@@ -1006,6 +1021,56 @@ class QueueRunner:
 
 RECEIPTS_CONTAINER = "azure-webjobs-hosts"
 BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
+#: The receipt's lease in seconds: the real host's ``BlobReceiptManager.LeasePeriod`` (30 s,
+#: azure-sdk-for-net, Microsoft.Azure.WebJobs.Extensions.Storage.Blobs/src/Listeners/
+#: BlobReceiptManager.cs). Blob leases last 15 to 60 s (Lease Blob REST API), hence the bounds
+#: of ``DEVHOST_BLOB_LEASE_SECONDS``.
+DEFAULT_BLOB_LEASE = 30
+BLOB_LEASE_BOUNDS = (15, 60)
+#: A receipt whose metadata has this key is not complete; without it, it is (the real host's
+#: ``BlobReceipt.IncompleteKey``: only the key's presence counts, its value repeats the key).
+RECEIPT_INCOMPLETE = "Incomplete"
+#: devhost's own receipt metadata: how many times the version failed, in any devhost process.
+RECEIPT_FAILED_TRIES = "DevhostFailedTries"
+#: Lease errors after which the version is skipped for now (the real host's
+#: ``TryAcquireLeaseAsync`` returns null on exactly these and throws on anything else).
+_NOT_LEASED = {"LeaseAlreadyPresent", "BlobNotFound", "ContainerNotFound"}
+
+
+def storage_error_code(exc: HttpResponseError) -> str:
+    """The storage service's ``x-ms-error-code`` (azure-storage sets ``error_code`` on its
+    errors, as a ``StorageErrorCode`` or a plain string; azure-core's type does not declare it)."""
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code) or "")
+
+
+@dataclass(frozen=True)
+class BlobReceipt:
+    """What a receipt blob's metadata says about its blob version."""
+
+    completed: bool
+    failed_tries: int = 0
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> BlobReceipt:
+        """Read the metadata as the real host does: complete unless ``Incomplete`` is there (so
+        an empty receipt written by an older devhost, without metadata, counts as done)."""
+        keys = {k.lower(): v for k, v in metadata.items()}  # metadata names ignore case
+        try:
+            tries = int(keys.get(RECEIPT_FAILED_TRIES.lower(), "0"))
+        except ValueError:
+            tries = 0
+        return cls(RECEIPT_INCOMPLETE.lower() not in keys, max(0, tries))
+
+    def to_metadata(self, metadata: Mapping[str, str]) -> dict[str, str]:
+        """``metadata`` with this receipt's keys set (other keys are kept)."""
+        mine = {RECEIPT_INCOMPLETE.lower(), RECEIPT_FAILED_TRIES.lower()}
+        result = {k: v for k, v in metadata.items() if k.lower() not in mine}
+        if not self.completed:
+            result[RECEIPT_INCOMPLETE] = RECEIPT_INCOMPLETE
+        if self.failed_tries:
+            result[RECEIPT_FAILED_TRIES] = str(self.failed_tries)
+        return result
 
 
 @dataclass
@@ -1018,23 +1083,66 @@ class BlobEntry:
 
 
 class BlobRunner:
-    """Blob triggers against Azurite, invoked once per blob version as the host does.
+    """Blob triggers against Azurite, each blob version run once by one of any number of devhost
+    processes sharing the storage account, as the app's instances share it when it scales out.
 
     There is no Event Grid locally, so new blobs are found by listing the container (every
     ``DEVHOST_BLOB_POLL_SECONDS``, default 1); the host's webhook for Event Grid-sourced blob
     triggers, ``POST /runtime/webhooks/blobs?functionName=Host.Functions.<name>`` with
-    BlobCreated events, is served too. A blob receipt (``azure-webjobs-hosts/blobreceipts/...``,
-    keyed by ETag) marks a version done, so a restart does not run it again; a failed version is
-    tried up to ``maxDequeueCount`` times, then reported on ``webjobs-blobtrigger-poison``. The
-    function gets an ``azure.storage.blob.BlobClient``, as the SDK-type binding gives it.
+    BlobCreated events, is served too. The function gets an ``azure.storage.blob.BlobClient``, as
+    the SDK-type binding gives it.
+
+    Each version has a receipt blob, ``azure-webjobs-hosts/blobreceipts/<function>/<container>/
+    <name>/<etag>``, handled as the real host's ``BlobTriggerExecutor`` and
+    ``BlobReceiptManager`` handle theirs (azure-sdk-for-net, Microsoft.Azure.WebJobs.Extensions.
+    Storage.Blobs/src/Listeners/):
+
+    1. a receipt without the ``Incomplete`` metadata key is complete: the version is done and
+       never looked at again by this process (counted in ``blobReceiptsFound``);
+    2. otherwise the receipt is created if missing, empty, with ``Incomplete`` metadata and
+       If-None-Match: * (when another process wins that race, the lease below decides);
+    3. a lease on the receipt is taken (``DEVHOST_BLOB_LEASE_SECONDS``, default 30 as the real
+       host's). If another process holds it, the version is skipped for now (counted in
+       ``blobLeasedElsewhere``): that process has it, and if it dies its lease expires and a
+       later scan, here or elsewhere, takes the version over;
+    4. under the lease the receipt is read again: completed meanwhile means done (1.);
+    5. the function runs; meanwhile the lease is renewed every third of its duration;
+    6. success: ``Incomplete`` is removed (If-Match the lease); failure: the failed try count is
+       written in the receipt's ``DevhostFailedTries`` metadata, and at ``maxDequeueCount``
+       tries (host.json ``extensions.queues``, default 5) the version is reported on
+       ``webjobs-blobtrigger-poison`` (the real host's message shape) and its receipt completed;
+    7. the lease is released, and the next scan of any process retries a failed version.
+
+    On stop, scanning ends and the versions in progress finish these steps (see :meth:`stop`).
+
+    Where devhost differs from the real host, and why: the real host holds the lease only while
+    it puts a message for the version on its internal queue (``azure-webjobs-blobtrigger-
+    <hostId>``) and completes the receipt right then; the function runs from that queue, whose
+    visibility timeout keeps other instances off it and whose service-side ``DequeueCount``
+    counts failures across instances towards ``maxDequeueCount`` (then the poison queue).
+    devhost runs the function straight from the scan, so the renewed lease stands for the
+    message's visibility and the receipt's ``DevhostFailedTries`` for its dequeue count: the
+    count holds across processes as the real one does, and a crash mid-invocation leaves an
+    incomplete receipt whose lease expires, as a real message reappears. The tries are also kept
+    in memory, so that a count this process could not write (storage trouble, a lost lease)
+    still counts here. Receipt paths are devhost's own (the real host's is
+    ``<hostId>/<functionId>/<etag>/<container>/<name>``), kept so that older receipts still
+    count. A renewal that fails leaves the lease to expire: another process may then run the
+    version too (at least once, as with the real host's queue).
     """
 
     def __init__(self, host: Host) -> None:
         self.host = host
         self.entries: list[BlobEntry] = []
         self.poll = float(host.env.get("DEVHOST_BLOB_POLL_SECONDS", "1"))
+        raw = host.env.get("DEVHOST_BLOB_LEASE_SECONDS", "").strip() or str(DEFAULT_BLOB_LEASE)
+        low, high = BLOB_LEASE_BOUNDS
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise DevhostError(f"DEVHOST_BLOB_LEASE_SECONDS must be a whole number {low} to {high}")
+        self.lease = int(raw)
         self._tries: dict[tuple[str, str, str], int] = {}
         self._running: set[tuple[str, str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def add(self, spec: FunctionSpec) -> None:
         path = resolve_setting_names(str(spec.trigger.get("path", "")), self.host.env)
@@ -1058,11 +1166,20 @@ class BlobRunner:
             entry.task = asyncio.create_task(self._scan(entry))
 
     async def stop(self) -> None:
+        """Stop scanning, then let the versions in progress finish, their leases renewed, and
+        record them in their receipts. Cancelling them instead would not stop their functions
+        (a worker thread runs to its end; the interpreter waits for it at exit) but would leave
+        their receipts incomplete and leased, so another process would run them again once the
+        lease expired. The real host's drain mode (on scale-in) does the same: its listeners
+        stop and the executions in progress are let finish."""
         for entry in self.entries:
             if entry.task is not None:
                 entry.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await entry.task
+        if self._tasks:
+            log.info("waiting for %d blob version(s) in progress", len(self._tasks))
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def listing(self) -> list[str]:
         return [
@@ -1072,7 +1189,7 @@ class BlobRunner:
             for entry in self.entries
         ]
 
-    def _receipt(self, entry: BlobEntry, name: str, etag: str) -> Any:
+    def _receipt(self, entry: BlobEntry, name: str, etag: str) -> BlobClient:
         path = f"blobreceipts/{entry.spec.name}/{entry.container}/{name}/{etag.strip(chr(34))}"
         return entry.service.get_blob_client(RECEIPTS_CONTAINER, path)
 
@@ -1096,32 +1213,188 @@ class BlobRunner:
             return
         self._running.add(key)
         task = asyncio.create_task(self._process(entry, name, etag))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _: self._running.discard(key))
+
+    def _done(self, entry: BlobEntry, key: tuple[str, str, str], found: bool) -> None:
+        """Never look at this version again; ``found``: another run (or process) did it."""
+        self._tries[key] = -1
+        if found:
+            self.host.activity.blob_receipts_found[entry.container] += 1
 
     async def _process(self, entry: BlobEntry, name: str, etag: str) -> None:
         loop = asyncio.get_running_loop()
         key = (entry.spec.name, name, etag)
         receipt = self._receipt(entry, name, etag)
-        if await loop.run_in_executor(None, receipt.exists):
-            self._tries[key] = -1  # done in an earlier run
-            self.host.activity.blob_receipts_found[entry.container] += 1
-            return
-        client = entry.service.get_blob_client(entry.container, name)
         try:
-            await self.host.invoke(
-                entry.spec,
-                {str(entry.spec.trigger["name"]): client},
-                reason=f"New blob detected: {entry.container}/{name}",
-            )
-        except InvocationFailed:
-            tries = self._tries.get(key, 0) + 1
-            self._tries[key] = tries
-            if tries >= self.host.config.queue_max_dequeue_count:
-                self._tries[key] = -1
-                await loop.run_in_executor(None, self._poison, entry, name, etag)
+            found = await loop.run_in_executor(None, self._read, receipt)
+            if found is not None and found.completed:
+                self._done(entry, key, found=True)
+                return
+            if found is None:
+                await loop.run_in_executor(None, self._create, entry, receipt)
+            lease, elsewhere = await loop.run_in_executor(None, self._acquire, receipt)
+        except Exception as exc:  # storage unreachable: the next scan tries again
+            log.warning("blob %s/%s: receipt not read: %s", entry.container, name, exc)
             return
-        self._tries[key] = -1
-        await loop.run_in_executor(None, lambda: receipt.upload_blob(b"", overwrite=True))
+        if lease is None:
+            if elsewhere:
+                self.host.activity.blob_leased_elsewhere[entry.container] += 1
+            return
+        renewing = asyncio.create_task(self._renew(entry, name, lease))
+        try:
+            await self._run_leased(entry, name, etag, receipt, lease)
+        except Exception as exc:  # storage trouble around the invocation
+            log.warning(
+                "blob %s/%s: receipt not updated: %s (a later scan looks at it again)",
+                entry.container,
+                name,
+                exc,
+            )
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            await loop.run_in_executor(None, self._release, entry, name, lease)
+
+    async def _run_leased(
+        self, entry: BlobEntry, name: str, etag: str, receipt: BlobClient, lease: BlobLeaseClient
+    ) -> None:
+        """Steps 4 to 6 of the class docstring, holding the receipt's lease."""
+        loop = asyncio.get_running_loop()
+        key = (entry.spec.name, name, etag)
+        state = await loop.run_in_executor(None, self._read, receipt)
+        if state is None:  # deleted under our lease (by hand, to force a rerun): next scan
+            return
+        if state.completed:  # another process finished it between our read and our lease
+            self._done(entry, key, found=True)
+            return
+        limit = self.host.config.queue_max_dequeue_count
+        tries = max(state.failed_tries, self._tries.get(key, 0))
+        if tries < limit:
+            client = entry.service.get_blob_client(entry.container, name)
+            try:
+                await self.host.invoke(
+                    entry.spec,
+                    {str(entry.spec.trigger["name"]): client},
+                    reason=f"New blob detected: {entry.container}/{name}",
+                )
+            except InvocationFailed:
+                tries += 1
+                self._tries[key] = tries
+            else:
+                self._done(entry, key, found=False)
+                await loop.run_in_executor(
+                    None, self._mark, entry, name, receipt, lease, BlobReceipt(True, tries)
+                )
+                return
+        if tries < limit:
+            await loop.run_in_executor(
+                None, self._mark, entry, name, receipt, lease, BlobReceipt(False, tries)
+            )
+            return
+        # Reported before the receipt is completed: a crash in between reports it twice
+        # rather than never.
+        await loop.run_in_executor(None, self._poison, entry, name, etag)
+        self._done(entry, key, found=False)
+        await loop.run_in_executor(
+            None, self._mark, entry, name, receipt, lease, BlobReceipt(True, tries)
+        )
+
+    @staticmethod
+    def _read(receipt: BlobClient) -> BlobReceipt | None:
+        """The receipt's state; None when there is no receipt."""
+        try:
+            properties = receipt.get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return BlobReceipt.from_metadata(properties.metadata or {})
+
+    @staticmethod
+    def _create(entry: BlobEntry, receipt: BlobClient) -> None:
+        """Create an incomplete receipt unless there is one (the real host's TryCreateAsync)."""
+        metadata = BlobReceipt(completed=False).to_metadata({})
+        for attempt in range(2):
+            try:
+                receipt.upload_blob(
+                    b"", metadata=metadata, match_condition=MatchConditions.IfMissing
+                )
+                return
+            except ResourceNotFoundError:  # the receipts container was deleted: make it again
+                if attempt:
+                    raise
+                with contextlib.suppress(ResourceExistsError):
+                    entry.service.get_container_client(RECEIPTS_CONTAINER).create_container()
+            except HttpResponseError as exc:
+                # 409 BlobAlreadyExists, or 412 LeaseIdMissing (it exists and is leased): another
+                # process made it first; whoever gets the lease runs the version.
+                if exc.status_code in (409, 412):
+                    return
+                raise
+
+    def _acquire(self, receipt: BlobClient) -> tuple[BlobLeaseClient | None, bool]:
+        """The lease, or (None, whether another holder has it) when it cannot be had now."""
+        try:
+            return receipt.acquire_lease(lease_duration=self.lease), False
+        except HttpResponseError as exc:
+            code = storage_error_code(exc)
+            if code in _NOT_LEASED:
+                return None, code == "LeaseAlreadyPresent"
+            raise
+
+    async def _renew(self, entry: BlobEntry, name: str, lease: BlobLeaseClient) -> None:
+        """Renew every third of the lease, so that one failed renewal still leaves two more
+        before it expires. Ends when cancelled, or when the lease is lost for good."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                await loop.run_in_executor(None, lease.renew)
+            except HttpResponseError as exc:
+                log.warning(
+                    "blob %s/%s: the receipt's lease was not renewed: %s",
+                    entry.container,
+                    name,
+                    storage_error_code(exc) or exc.status_code,
+                )
+                if exc.status_code in (404, 409):  # gone or taken: another process may run it
+                    return
+            except Exception as exc:  # storage unreachable: try again before it expires
+                log.warning(
+                    "blob %s/%s: the receipt's lease was not renewed: %s",
+                    entry.container,
+                    name,
+                    exc,
+                )
+
+    @staticmethod
+    def _mark(
+        entry: BlobEntry, name: str, receipt: BlobClient, lease: BlobLeaseClient, state: BlobReceipt
+    ) -> None:
+        """Write ``state`` into the receipt's metadata, under the lease (the real host's
+        MarkCompletedAsync: read the metadata, change its key, set it with the lease id)."""
+        current = receipt.get_blob_properties().metadata or {}
+        try:
+            receipt.set_blob_metadata(state.to_metadata(current), lease=lease)
+        except HttpResponseError as exc:
+            # 404: the receipt was deleted; 412: the lease expired and may be another's now.
+            # As the real host does, nothing is written then: the version may run again.
+            if exc.status_code not in (404, 412):
+                raise
+            log.warning(
+                "blob %s/%s: receipt not updated (%s); the version may run again",
+                entry.container,
+                name,
+                storage_error_code(exc) or exc.status_code,
+            )
+
+    @staticmethod
+    def _release(entry: BlobEntry, name: str, lease: BlobLeaseClient) -> None:
+        try:
+            lease.release()
+        except Exception as exc:  # it expires by itself; a lost one is another's to release
+            log.warning("blob %s/%s: receipt lease not released: %s", entry.container, name, exc)
 
     def _poison(self, entry: BlobEntry, name: str, etag: str) -> None:
         queue = QueueClient.from_connection_string(
