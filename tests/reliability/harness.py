@@ -9,8 +9,14 @@ a deadline passes) and returns a :class:`Ledger`: per dataset, the rows sent, st
 lettered, duplicated (and whether each duplicate is explained by a batch whose answer the
 emulator lost, or by a crash) and lost.
 
-Used by ``test_fault_accounting.py`` (in ``make test``) and by ``python -m
-tests.reliability.soak`` (``make soak``).
+A rig may run several devhost processes (:func:`rig_with`), as the instances of a scaled-out
+app: the same settings, one rows queue, one emulator (optionally with ``--time-scale``). Then
+HTTP goes to the hosts in turn (synchronous requests too: :attr:`LoadPlan.http_mode`), a
+backlog can wait on the queue before they start, datasets can be left for the bundle to create
+(every host meets each one at once), and the ledger counts the datasets of each name.
+
+Used by ``test_fault_accounting.py``, ``test_outage.py``, ``test_scale_out.py`` (in ``make
+test``) and by ``python -m tests.reliability.soak`` (``make soak``).
 """
 
 from __future__ import annotations
@@ -778,9 +784,7 @@ class Sender:
     def backlog(self) -> None:
         """Put the plan's backlog on the rows queue (the first dataset's, ids after its other
         rows), as messages that piled up while no instance ran."""
-        ids = self.plan.backlog_ids
-        size = self.plan.backlog_rows_per_message
-        chunks = [range(n, min(n + size, ids.stop)) for n in range(ids.start, ids.stop, size)]
+        chunks = self._chunks(self.plan.backlog_ids, self.plan.backlog_rows_per_message)
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda chunk: self._queue(chunk, "backlog"), chunks))
 
