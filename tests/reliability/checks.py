@@ -78,3 +78,48 @@ def check_long_outage(ledger: Ledger, output: list[str], tries: int) -> Counter[
     assert max(int(attempt) for _, attempt in failed) == tries
     assert len(last) == ledger.poisoned
     return Counter(attempt for _, attempt in failed)
+
+
+def check_scale_out(ledger: Ledger, crashes: int = 0, carry_on_within: float | None = None) -> None:
+    """Scale-out (several hosts on one queue and one emulator): no sender was answered a
+    failure (a 5xx other than 503, or an answer that does not account for the request's rows);
+    every row accounted for (:func:`check_accounting`); exactly one dataset per name (the
+    bundle created each once, however many hosts met it missing); no 429 the client could have
+    avoided (the emulator's ``throttled_*`` counters: a quota of the dataset, counted over
+    every host); every duplicate explained by a lost answer or by a re-send after an answer
+    that said some rows were sent. With ``crashes`` hosts SIGKILLed and left down: a row is
+    stored at most once plus once per crash and lost answer, and after each kill the other
+    hosts carried on, within ``carry_on_within`` seconds when given.
+
+    Every property is checked and all that fail are reported together, so that one run shows
+    the whole picture (the baseline before issue 16's fixes fails several)."""
+    problems: list[str] = []
+    for d in ledger.datasets:
+        if d.http_failures:
+            problems.append(f"{d.name}: senders were answered failures: {d.http_failures[:3]}")
+    try:
+        check_accounting(ledger)
+    except AssertionError as error:
+        problems.append(f"accounting: {error}")
+    for d in ledger.datasets:
+        if d.datasets_named != 1:
+            problems.append(f"{d.name}: {d.datasets_named} datasets of this name, not 1")
+        if d.avoidable_429s:
+            problems.append(f"{d.name}: {d.avoidable_429s} 429s the client could have avoided")
+        if crashes == 0 and d.duplicates > d.explained_by_lost_answers + d.resent_rows:
+            problems.append(
+                f"{d.name}: {d.duplicates} duplicates, only {d.explained_by_lost_answers} after "
+                f"lost answers and {d.resent_rows} re-sent after a partial answer"
+            )
+        allowed = 1 + crashes + d.injected.get("injected_accept_then_fail", 0)
+        if crashes and d.max_copies > allowed:
+            problems.append(f"{d.name}: a row stored {d.max_copies} times (at most {allowed})")
+    if ledger.crashes != crashes:
+        problems.append(f"{ledger.crashes} crashes, not {crashes}")
+    for seconds in ledger.carried_on:
+        if seconds is None or (carry_on_within is not None and seconds > carry_on_within):
+            problems.append(
+                f"after a kill the other hosts carried on after {seconds} s "
+                f"(bound {carry_on_within} s)"
+            )
+    assert not problems, "scale-out:\n  " + "\n  ".join(problems)

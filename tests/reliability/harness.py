@@ -9,8 +9,14 @@ a deadline passes) and returns a :class:`Ledger`: per dataset, the rows sent, st
 lettered, duplicated (and whether each duplicate is explained by a batch whose answer the
 emulator lost, or by a crash) and lost.
 
-Used by ``test_fault_accounting.py`` (in ``make test``) and by ``python -m
-tests.reliability.soak`` (``make soak``).
+A rig may run several devhost processes (:func:`rig_with`), as the instances of a scaled-out
+app: the same settings, one rows queue, one emulator (optionally with ``--time-scale``). Then
+HTTP goes to the hosts in turn (synchronous requests too: :attr:`LoadPlan.http_mode`), a
+backlog can wait on the queue before they start, datasets can be left for the bundle to create
+(every host meets each one at once), and the ledger counts the datasets of each name.
+
+Used by ``test_fault_accounting.py``, ``test_outage.py``, ``test_scale_out.py`` (in ``make
+test``) and by ``python -m tests.reliability.soak`` (``make soak``).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +107,16 @@ CRASH_BACKGROUND = (FaultPhase("latency", {"latency_ms": 300, "latency_rate": 0.
 class LoadPlan:
     """How many rows go where. Ids ``0..rows_per_dataset-1`` in each dataset; contiguous ranges
     go to HTTP, the queue and blobs; every ``bad_every``-th row is invalid by design (an amount
-    that is not a number) and must be dead-lettered, never stored."""
+    that is not a number) and must be dead-lettered, never stored.
+
+    HTTP requests use queue mode (``?mode=queue``: a 202 once queued) or, with ``http_mode``
+    ``"sync"``, the synchronous default (the rows are delivered before the answer). A
+    ``backlog`` of messages for the first dataset (ids after its other rows) is put on the
+    queue before the load, and before the hosts start when none is running. With
+    ``bundle_creates`` the datasets do not exist beforehand: their definitions are in
+    DATASETS_DIR and the bundle creates them on first use. ``senders`` requests and messages
+    are sent at once at most; with ``one_dataset_first`` the first dataset's all come before
+    the others' (all senders on one dataset, then on several)."""
 
     datasets: int = 5
     rows: int = 100_000
@@ -111,10 +126,22 @@ class LoadPlan:
     queue_rows_per_message: int = 50
     blob_files_per_dataset: int = 2
     bad_every: int = 250
+    http_mode: str = "queue"
+    backlog_messages: int = 0
+    backlog_rows_per_message: int = 5
+    bundle_creates: bool = False
+    senders: int = 8
+    one_dataset_first: bool = False
 
     @property
     def rows_per_dataset(self) -> int:
         return self.rows // self.datasets
+
+    @property
+    def backlog_ids(self) -> range:
+        """The backlog's ids (in the first dataset), after that dataset's other rows."""
+        start = self.rows_per_dataset
+        return range(start, start + self.backlog_messages * self.backlog_rows_per_message)
 
     def split(self) -> dict[str, range]:
         """The ids each path carries (the same in every dataset)."""
@@ -164,7 +191,12 @@ def free_port() -> int:
 
 @dataclass
 class Rig:
-    """The emulator, Azurite and devhost for one scenario, each restartable."""
+    """The emulator, Azurite and N devhost processes for one scenario, each restartable.
+
+    Every host gets the same settings and environment (the same Azurite queue and containers,
+    the same emulator), as the instances of one scaled-out function app do; each listens on
+    its own fixed port, so senders keep their URLs across restarts. Most scenarios run one
+    host (index 0); :attr:`host`, :attr:`host_port` and :attr:`host_base` are that one."""
 
     workdir: Path
     azurite: Azurite
@@ -173,24 +205,56 @@ class Rig:
     env: dict[str, str]
     settings: Path
     emulator_port: int
-    host_port: int
-    host: Devhost | None = None
+    host_ports: list[int]
+    #: Extra arguments the emulator runs with (e.g. ``--time-scale 60``), kept for a restart.
+    emulator_args: tuple[str, ...] = ()
+    #: The running devhost of each index, None while it is stopped or killed.
+    hosts: list[Devhost | None] = field(default_factory=list)
     crashes: int = 0
     #: For each crash, the invocations it cut short, by function.
     crash_hits: list[dict[str, int]] = field(default_factory=list)
     emulator_outages: int = 0
-    log: list[str] = field(default_factory=list)
+    #: What each host printed in its earlier runs (before a restart, a crash or a stop).
+    logs: list[list[str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _turn: int = 0
+    _rows_queue: QueueClient | None = None
+
+    def __post_init__(self) -> None:
+        self.hosts = self.hosts or [None] * len(self.host_ports)
+        self.logs = self.logs or [[] for _ in self.host_ports]
 
     @classmethod
     def start(cls, workdir: Path, azurite: Azurite | None = None, **settings: str) -> Rig:
         """Start an emulator (state in a SQLite file, so it survives a restart) and, unless one
-        is given, Azurite; devhost starts with :meth:`start_host`."""
+        is given, Azurite, for one devhost; it starts with :meth:`start_host`."""
+        return cls.launch(workdir, azurite, settings=settings)
+
+    @classmethod
+    def launch(
+        cls,
+        workdir: Path,
+        azurite: Azurite | None = None,
+        *,
+        hosts: int = 1,
+        time_scale: float | None = None,
+        emulator_args: Sequence[str] = (),
+        settings: Mapping[str, str] | None = None,
+    ) -> Rig:
+        """:meth:`start` for ``hosts`` devhost processes (they start with :meth:`start_hosts`),
+        the emulator run with ``emulator_args`` and, when ``time_scale`` is given,
+        ``--time-scale`` (its quota windows that much shorter), the app told the same with
+        ``POWERBI_QUOTA_TIME_SCALE``."""
         workdir.mkdir(parents=True, exist_ok=True)
+        arguments = tuple(emulator_args)
+        values = dict(settings or {})
+        if time_scale is not None:
+            arguments += ("--time-scale", f"{time_scale:g}")
+            values.setdefault("POWERBI_QUOTA_TIME_SCALE", f"{time_scale:g}")
         port = free_port()
-        emulator = _emulator(workdir, port)
+        emulator = _emulator(workdir, port, arguments)
         try:
-            return cls._around(workdir, emulator, port, azurite, settings)
+            return cls._around(workdir, emulator, port, azurite, values, hosts, arguments)
         except BaseException:
             emulator.stop()  # nothing left running when the set-up fails
             raise
@@ -203,15 +267,22 @@ class Rig:
         port: int,
         azurite: Azurite | None,
         settings: dict[str, str],
+        hosts: int,
+        emulator_args: tuple[str, ...],
     ) -> Rig:
         azurite = azurite or start_azurite()
         suffix = uuid.uuid4().hex[:8]
         env = app_environment(emulator, azurite, f"rows{suffix}")
+        definitions = workdir / "datasets"
+        definitions.mkdir(exist_ok=True)
         env.update(
             INGEST_CONTAINER=f"ingest{suffix}",
             CHECKPOINT_CONTAINER=f"checkpoints{suffix}",
             DEADLETTER_CONTAINER=f"dl{suffix}",
             CLAIMCHECK_CONTAINER=f"claims{suffix}",
+            # Empty unless a scenario defines its datasets there (:meth:`define`): then the
+            # bundle creates them on first use.
+            DATASETS_DIR=str(definitions),
             DEVHOST_BLOB_POLL_SECONDS="0.3",
             # A crashed host's messages come back after this lease, not after 10 minutes; it is
             # longer than an invocation can take (QUEUE_TIME_BUDGET_SECONDS + linger).
@@ -229,56 +300,112 @@ class Rig:
         QueueClient.from_connection_string(
             azurite.connection_string, env["ROWS_QUEUE"]
         ).create_queue()
-        return cls(workdir, azurite, emulator, Api(emulator), env, settings_file, port, free_port())
+        ports = [free_port() for _ in range(hosts)]
+        return cls(
+            workdir,
+            azurite,
+            emulator,
+            Api(emulator),
+            env,
+            settings_file,
+            port,
+            ports,
+            emulator_args,
+        )
+
+    def define(self, name: str) -> None:
+        """Write dataset ``name``'s definition (the scenario's one table) into DATASETS_DIR, so
+        that the bundle creates the dataset on first use. Before the hosts start: each reads
+        the definitions once."""
+        body = {"name": name, "tables": [{"name": TABLE, "columns": COLUMNS}]}
+        (Path(self.env["DATASETS_DIR"]) / f"{name}.json").write_text(json.dumps(body))
 
     # -- processes
 
-    def start_host(self) -> Devhost:
-        """Start devhost on its fixed port (senders keep their URL across restarts)."""
-        host = start_devhost(self.env, self.settings, "--port", str(self.host_port))
+    @property
+    def host(self) -> Devhost | None:
+        """Host 0, the only one of a single-host rig."""
+        return self.hosts[0]
+
+    @property
+    def host_port(self) -> int:
+        return self.host_ports[0]
+
+    def start_host(self, index: int = 0) -> Devhost:
+        """Start devhost ``index`` on its fixed port (senders keep their URL across restarts)."""
+        host = start_devhost(self.env, self.settings, "--port", str(self.host_ports[index]))
         with self._lock:
-            if self.host is not None:
-                self.log.extend(self.host.output)
-            self.host = host
+            self._archive(index)
+            self.hosts[index] = host
         return host
 
-    def crash_host(self) -> dict[str, int]:
-        """SIGKILL devhost: no clean-up, no answer to what it was doing. Returns the
-        invocations that were running, by function."""
-        assert self.host is not None
-        seen = _activity(self)  # what the host had started and finished, just before
-        os.kill(self.host.process.pid, signal.SIGKILL)
-        self.host.process.wait()
+    def start_hosts(self, count: int | None = None) -> None:
+        """Start hosts ``0..count-1`` (all by default) that are not running, together, as a
+        scaled-out app's instances come up."""
+        wanted = [i for i in range(count or len(self.hosts)) if self.hosts[i] is None]
+        with ThreadPoolExecutor(max(1, len(wanted))) as pool:
+            list(pool.map(self.start_host, wanted))
+
+    def stop_host(self, index: int = 0) -> None:
+        """Stop devhost ``index`` cleanly (SIGTERM)."""
+        host = self.hosts[index]
+        if host is not None:
+            host.stop()
+            with self._lock:
+                self._archive(index)
+
+    def stop_hosts(self) -> None:
+        for index in self.running():
+            self.stop_host(index)
+
+    def running(self) -> list[int]:
+        """The indices of the hosts that are up (started and neither stopped nor killed)."""
+        return [i for i, host in enumerate(self.hosts) if host is not None]
+
+    def _archive(self, index: int) -> None:
+        """Keep what host ``index`` printed and mark it down (caller holds the lock)."""
+        host = self.hosts[index]
+        if host is not None:
+            self.logs[index].extend(host.output)
+        self.hosts[index] = None
+
+    def crash_host(self, index: int = 0) -> dict[str, int]:
+        """SIGKILL devhost ``index``: no clean-up, no answer to what it was doing. Returns the
+        invocations that were running, by function. The host stays down until
+        :meth:`start_host`."""
+        host = self.hosts[index]
+        assert host is not None
+        seen = _activity(self, index)  # what the host had started and finished, just before
+        os.kill(host.process.pid, signal.SIGKILL)
+        host.process.wait()
         if seen is not None:  # the output reader has caught up with that much of the log
             until = time.monotonic() + 10
-            while time.monotonic() < until and not self._log_reached(seen):
+            while time.monotonic() < until and not _log_reached(host, seen):
                 time.sleep(0.01)
-        hit = self.in_flight()
-        self.crashes += 1
-        self.crash_hits.append(dict(hit))
+        hit = _in_flight(host)
+        with self._lock:
+            self._archive(index)
+            self.crashes += 1
+            self.crash_hits.append(dict(hit))
         return dict(hit)
 
-    def _log_reached(self, seen: dict[str, Any]) -> bool:
-        """Whether the host's output read so far holds at least the Executing and Executed
-        lines of the invocations ``seen`` counted (each is logged before it is counted)."""
-        assert self.host is not None
-        lines = list(self.host.output)
-        executing = sum(1 for line in lines if _EXECUTING.search(line))
-        executed = sum(1 for line in lines if _EXECUTED.search(line))
-        return executing >= sum(seen["started"].values()) and executed >= sum(
-            seen["finished"].values()
-        )
+    def in_flight(self, index: int = 0) -> Counter[str]:
+        """Invocations devhost ``index`` has started and not finished, by function (from its
+        log); none while it is down."""
+        host = self.hosts[index]
+        return _in_flight(host) if host is not None else Counter()
 
-    def in_flight(self) -> Counter[str]:
-        """Invocations devhost has started and not finished, by function (from its log)."""
-        assert self.host is not None
-        running: dict[str, str] = {}
-        for line in list(self.host.output):
-            if match := _EXECUTING.search(line):
-                running[match.group(2)] = match.group(1)
-            elif match := _EXECUTED.search(line):
-                running.pop(match.group(1), None)
-        return Counter(running.values())
+    def next_base(self) -> str:
+        """A host's URL for the next request: the running hosts in turn (round robin), as a
+        load balancer spreads requests over instances; host 0's when none is up (the sender
+        retries)."""
+        with self._lock:
+            running = self.running() or [0]
+            self._turn += 1
+            return self.base_of(running[self._turn % len(running)])
+
+    def base_of(self, index: int) -> str:
+        return f"http://127.0.0.1:{self.host_ports[index]}"
 
     def stop_emulator(self) -> None:
         """Kill the emulator: Power BI is down, connections are refused."""
@@ -287,20 +414,23 @@ class Rig:
         self.emulator_outages += 1
 
     def restart_emulator(self) -> None:
-        """Bring the emulator back on the same port with the same database."""
-        self.emulator = _emulator(self.workdir, self.emulator_port)
+        """Bring the emulator back on the same port with the same database and arguments."""
+        self.emulator = _emulator(self.workdir, self.emulator_port, self.emulator_args)
         self.api.emulator = self.emulator
 
     def output(self) -> list[str]:
-        """Everything devhost printed, over every start."""
-        return self.log + (list(self.host.output) if self.host is not None else [])
+        """Everything the hosts printed, over every start, host after host."""
+        lines: list[str] = []
+        for index, host in enumerate(self.hosts):
+            lines += self.logs[index] + (list(host.output) if host is not None else [])
+        return lines
 
     def stop(self, own_azurite: bool) -> None:
-        if self.host is not None:
-            self.host.stop()
-            self.log.extend(self.host.output)
-        # Kept for a post-mortem: what devhost and the emulator said.
-        (self.workdir / "devhost.log").write_text("\n".join(self.log) + "\n")
+        self.stop_hosts()
+        # Kept for a post-mortem: what each devhost and the emulator said.
+        for index, lines in enumerate(self.logs):
+            name = "devhost.log" if index == 0 else f"devhost-{index}.log"
+            (self.workdir / name).write_text("\n".join(lines) + "\n")
         (self.workdir / "emulator.log").write_text("\n".join(self.emulator.output) + "\n")
         self.emulator.stop()
         if own_azurite:
@@ -310,17 +440,24 @@ class Rig:
 
     @property
     def host_base(self) -> str:
-        return f"http://127.0.0.1:{self.host_port}"
+        return self.base_of(0)
 
     def queue(self, name: str | None = None) -> QueueClient:
-        return QueueClient.from_connection_string(
-            self.azurite.connection_string, name or self.env["ROWS_QUEUE"]
-        )
+        """A client of a queue (the rows queue by default); the rows queue's is made once and
+        shared by every sender thread (one connection pool, not one per message)."""
+        if name is not None:
+            return QueueClient.from_connection_string(self.azurite.connection_string, name)
+        with self._lock:
+            if self._rows_queue is None:
+                self._rows_queue = QueueClient.from_connection_string(
+                    self.azurite.connection_string, self.env["ROWS_QUEUE"]
+                )
+            return self._rows_queue
 
     def waiting(self, name: str | None = None) -> int:
         """Messages in a queue (0 when it does not exist)."""
         try:
-            return int(self.queue(name).get_queue_properties().approximate_message_count)
+            return int(self.queue(name).get_queue_properties().approximate_message_count or 0)
         except Exception:
             return 0
 
@@ -334,23 +471,83 @@ class Rig:
         """``python -m shared replay poison``, as an operator would run it."""
         return replay_poison(self.settings, self.env, timeout=300)
 
+    def datasets(self, names: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """The emulator's state of every dataset of each name (``GET /_emulator/state``),
+        smallest id first: one per name, unless the bundle created a name twice."""
+        state = self.api.session.get(f"{self.emulator.base}/_emulator/state", timeout=60).json()
+        found: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for dataset in state["datasets"]:
+            if dataset["name"] in found:
+                found[dataset["name"]].append(dataset)
+        for copies in found.values():
+            copies.sort(key=lambda d: str(d["id"]))
+        return found
+
 
 _EXECUTING = re.compile(r"Executing 'Functions\.(\w+)' .*Id=([0-9a-f-]+)\)")
 _EXECUTED = re.compile(r"Executed 'Functions\.\w+' \(\w+, Id=([0-9a-f-]+)")
+_SUCCEEDED = re.compile(r"Executed 'Functions\.\w+' \(Succeeded, ")
 
 
-def _emulator(workdir: Path, port: int) -> EmulatorProcess:
+def _in_flight(host: Devhost) -> Counter[str]:
+    running: dict[str, str] = {}
+    for line in list(host.output):
+        if match := _EXECUTING.search(line):
+            running[match.group(2)] = match.group(1)
+        elif match := _EXECUTED.search(line):
+            running.pop(match.group(1), None)
+    return Counter(running.values())
+
+
+def _log_reached(host: Devhost, seen: dict[str, Any]) -> bool:
+    """Whether the host's output read so far holds at least the Executing and Executed lines of
+    the invocations ``seen`` counted (each is logged before it is counted)."""
+    lines = list(host.output)
+    executing = sum(1 for line in lines if _EXECUTING.search(line))
+    executed = sum(1 for line in lines if _EXECUTED.search(line))
+    started: dict[str, int] = seen["started"]
+    finished: dict[str, int] = seen["finished"]
+    return executing >= sum(started.values()) and executed >= sum(finished.values())
+
+
+def _emulator(workdir: Path, port: int, arguments: Sequence[str] = ()) -> EmulatorProcess:
     return start_emulator(
-        "--port", str(port), "--db", str(workdir / "emulator.sqlite"), tmp=workdir
+        "--port", str(port), "--db", str(workdir / "emulator.sqlite"), *arguments, tmp=workdir
     )
 
 
 @contextlib.contextmanager
 def rig(workdir: Path, azurite: Azurite | None = None, **settings: str) -> Iterator[Rig]:
     """A started rig (devhost included), stopped afterwards whatever happens."""
-    setup = Rig.start(workdir, azurite, **settings)
+    with rig_with(workdir, azurite, settings=settings) as setup:
+        yield setup
+
+
+@contextlib.contextmanager
+def rig_with(
+    workdir: Path,
+    azurite: Azurite | None = None,
+    *,
+    hosts: int = 1,
+    start: bool = True,
+    time_scale: float | None = None,
+    emulator_args: Sequence[str] = (),
+    settings: Mapping[str, str] | None = None,
+) -> Iterator[Rig]:
+    """:func:`rig` with ``hosts`` devhost processes (all started, unless ``start`` is False:
+    then :func:`run_scenario` starts them once a backlog is queued) and the emulator's
+    arguments (:meth:`Rig.launch`), stopped afterwards whatever happens."""
+    setup = Rig.launch(
+        workdir,
+        azurite,
+        hosts=hosts,
+        time_scale=time_scale,
+        emulator_args=emulator_args,
+        settings=settings,
+    )
     try:
-        setup.start_host()
+        if start:
+            setup.start_hosts()
         yield setup
     finally:
         setup.stop(own_azurite=azurite is None)
@@ -381,8 +578,22 @@ class DatasetLedger:
     bad_stored: int = 0
     injected: dict[str, int] = field(default_factory=dict)
     avoidable_429s: int = 0
+    #: The avoidable 429s by the limit the emulator counted them against (``throttled_*``).
+    throttled: dict[str, int] = field(default_factory=dict)
     posts: int = 0
     max_copies: int = 0
+    #: Datasets of this name in the emulator at the end (1 unless it was created twice); rows,
+    #: counters and POSTs above are summed over all of them.
+    datasets_named: int = 1
+    #: Synchronous HTTP: requests answered 429/503 (and retried after Retry-After), the rows
+    #: those answers said were already sent or maybe sent (so the retry sends them again),
+    #: rows of requests whose connection broke (a host killed under them), and answers that
+    #: are a failure of the bundle (a 5xx other than 503, or a 2xx/4xx that does not account
+    #: for the request's rows).
+    http_retried: int = 0
+    resent_rows: int = 0
+    http_cut_rows: int = 0
+    http_failures: list[str] = field(default_factory=list)
 
     @property
     def sent_total(self) -> int:
@@ -406,6 +617,11 @@ class Ledger:
     poisoned: int
     replayed: int
     seed: int
+    #: devhost processes the scenario ran (at most at once).
+    hosts: int = 1
+    #: For each host killed and not restarted: seconds until a surviving host next finished an
+    #: invocation successfully (None: nothing was left for them to do).
+    carried_on: list[float | None] = field(default_factory=list)
 
     def total(self, name: str) -> int:
         return sum(int(getattr(d, name)) for d in self.datasets)
@@ -427,9 +643,12 @@ class Ledger:
             "| dataset | sent (http/queue/blob) | stored | distinct | dead-lettered | duplicates "
             "| of which after accept-then-fail | lost |\n|---|---|---|---|---|---|---|---|"
         )
+        extra = sorted({p for d in self.datasets for p in d.sent} - set(PATHS))
+        if extra:  # e.g. a backlog queued before the hosts started
+            head = head.replace("(http/queue/blob)", "(" + "/".join((*PATHS, *extra)) + ")", 1)
         lines = [head]
         for d in self.datasets:
-            paths = "/".join(f"{d.sent.get(p, 0):,}" for p in PATHS)
+            paths = "/".join(f"{d.sent.get(p, 0):,}" for p in (*PATHS, *extra))
             lines.append(
                 f"| {d.name} | {d.sent_total:,} ({paths}) | {d.stored:,} | {d.distinct:,} | "
                 f"{d.dead_lettered:,} | {d.duplicates:,} | {d.explained_by_lost_answers:,} | "
@@ -452,6 +671,22 @@ class Ledger:
             f"{self.total('avoidable_429s')}. POSTs accepted: {self.total('posts'):,}. "
             f"Seed {self.seed}; {self.seconds:.0f} s."
         )
+        if self.hosts > 1 or any(d.datasets_named != 1 for d in self.datasets):
+            named = ", ".join(f"{d.name} {d.datasets_named}" for d in self.datasets)
+            throttled: Counter[str] = Counter()
+            for d in self.datasets:
+                throttled.update(d.throttled)
+            limits = ", ".join(f"{k} {v:,}" for k, v in sorted(throttled.items())) or "none"
+            carried = ", ".join("-" if s is None else f"{s:.1f} s" for s in self.carried_on)
+            lines.append(
+                f"Hosts: {self.hosts}. Datasets per name: {named}. Avoidable 429s by limit: "
+                f"{limits}. Synchronous HTTP: "
+                f"{self.total('http_retried'):,} answers 429/503 (retried; "
+                f"{self.total('resent_rows'):,} rows re-sent after a partial delivery), "
+                f"{self.total('http_cut_rows'):,} rows in requests cut by a crash, "
+                f"{sum(len(d.http_failures) for d in self.datasets)} failures."
+                + (f" Survivors carried on after a kill within: {carried}." if carried else "")
+            )
         return "\n".join(lines)
 
     def cut_short(self) -> Counter[str]:
@@ -479,6 +714,8 @@ class Ledger:
             "replayed": self.replayed,
             "seed": self.seed,
             "injected": dict(self.injected),
+            "hosts": self.hosts,
+            "carried_on": self.carried_on,
         }
 
 
@@ -495,6 +732,31 @@ class Sender:
     sent: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     bad: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Synchronous HTTP, as in :class:`DatasetLedger`.
+    http_retried: int = 0
+    resent_rows: int = 0
+    http_cut_rows: int = 0
+    http_failures: list[str] = field(default_factory=list)
+    #: Leading HTTP requests taken by :meth:`opening` (not among :meth:`jobs`).
+    opened: int = 0
+
+    def _chunks(self, ids: range, size: int) -> list[range]:
+        return [range(n, min(n + size, ids.stop)) for n in range(ids.start, ids.stop, size)]
+
+    def opening(self, bases: Sequence[str]) -> list[tuple[range, str]]:
+        """Take the dataset's first HTTP requests out of :meth:`jobs`, one for each host of
+        ``bases``, to be sent to it with :meth:`http`."""
+        chunks = self._chunks(self.plan.split()["http"], self.plan.http_rows_per_request)
+        chosen = list(zip(chunks, bases, strict=False))
+        self.opened = len(chosen)
+        return chosen
+
+    def http(self, ids: range, base: str | None = None) -> None:
+        """Send ``ids`` by HTTP in the plan's mode, first to ``base`` when given."""
+        if self.plan.http_mode == "sync":
+            self._http_sync(ids, base)
+        else:
+            self._http(ids, base)
 
     def jobs(self) -> list[Callable[[], None]]:
         """Every send as a callable, to be shuffled together with the other datasets'."""
@@ -504,9 +766,11 @@ class Sender:
             ("http", split["http"], self.plan.http_rows_per_request),
             ("queue", split["queue"], self.plan.queue_rows_per_message),
         ):
-            for start in range(ids.start, ids.stop, size):
-                chunk = range(start, min(start + size, ids.stop))
-                send = self._http if path == "http" else self._queue
+            chunks = self._chunks(ids, size)
+            if path == "http":
+                chunks = chunks[self.opened :]
+            for chunk in chunks:
+                send = self.http if path == "http" else self._queue
                 jobs.append(lambda chunk=chunk, send=send: send(chunk))  # type: ignore[misc]
         blob_ids = split["blob"]
         if not blob_ids:
@@ -517,6 +781,13 @@ class Sender:
             jobs.append(lambda chunk=chunk, k=k: self._blob(chunk, k))  # type: ignore[misc]
         return jobs
 
+    def backlog(self) -> None:
+        """Put the plan's backlog on the rows queue (the first dataset's, ids after its other
+        rows), as messages that piled up while no instance ran."""
+        chunks = self._chunks(self.plan.backlog_ids, self.plan.backlog_rows_per_message)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda chunk: self._queue(chunk, "backlog"), chunks))
+
     def rows(self, ids: range, path: str) -> list[dict[str, Any]]:
         return [row(n, path, self.plan.is_bad(n)) for n in ids]
 
@@ -525,8 +796,9 @@ class Sender:
             self.sent[path].update(ids)
             self.bad.update(n for n in ids if self.plan.is_bad(n))
 
-    def _http(self, ids: range) -> None:
-        """POST an envelope in queue mode; a real sender retries until it gets its 202."""
+    def _http(self, ids: range, base: str | None = None) -> None:
+        """POST an envelope in queue mode; a real sender retries until it gets its 202. The
+        first try goes to ``base`` when given, every other to the next host in turn."""
         body = {"dataset": self.name, "table": TABLE, "rows": self.rows(ids, "http")}
         session = requests.Session()
         session.trust_env = False
@@ -534,7 +806,7 @@ class Sender:
         while True:
             try:
                 answer = session.post(
-                    f"{self.rig.host_base}/api/rows?mode=queue", json=body, timeout=30
+                    f"{base or self.rig.next_base()}/api/rows?mode=queue", json=body, timeout=30
                 )
                 if answer.status_code == 202:
                     self._accepted("http", ids)
@@ -542,15 +814,59 @@ class Sender:
                 assert answer.status_code in (429, 500, 502, 503, 504), answer.text
             except requests.RequestException:
                 pass  # the host is down (a crash): wait and send again
+            base = None
             if time.monotonic() > deadline:
                 raise AssertionError(f"HTTP send of {self.name} {ids} never got its 202")
             time.sleep(0.5)
 
-    def _queue(self, ids: range) -> None:
-        body = {"dataset": self.name, "table": TABLE, "rows": self.rows(ids, "queue")}
+    def _http_sync(self, ids: range, base: str | None = None) -> None:
+        """POST an envelope synchronously (the rows are delivered before the answer), as a
+        real sender does: a 200 (or a 400 when every row was refused) accounts for every row,
+        refused ones dead-lettered (shared/sources/webhook.py); a 429 or 503 says the rows
+        could not all be delivered yet, and the sender sends the request again after its
+        Retry-After; a broken connection (the host killed under it) is sent again to another
+        host. Anything else is a failure of the bundle, recorded and not retried. The first
+        try goes to ``base`` when given, every other to the next host in turn."""
+        body = {"dataset": self.name, "table": TABLE, "rows": self.rows(ids, "http")}
+        bad = sum(1 for n in ids if self.plan.is_bad(n))
+        session = requests.Session()
+        session.trust_env = False
+        deadline = time.monotonic() + 300
+        while True:
+            pause = 0.5  # before sending again to another host, after a broken connection
+            try:
+                # The read timeout is past HTTP_TIME_BUDGET_SECONDS' default (200 s).
+                url = f"{base or self.rig.next_base()}/api/rows"
+                answer = session.post(url, json=body, timeout=300)
+            except requests.RequestException:
+                with self.lock:
+                    self.http_cut_rows += len(ids)  # some may be stored: a re-send may copy them
+            else:
+                result = _json_of(answer)
+                if answer.status_code in (429, 503):
+                    pause = float(answer.headers.get("Retry-After", "1"))
+                    with self.lock:
+                        self.http_retried += 1
+                        self.resent_rows += int(result.get("sent", 0)) + int(
+                            result.get("unconfirmed", 0)
+                        )
+                elif _accounts_for(answer.status_code, result, len(ids), bad):
+                    self._accepted("http", ids)
+                    return
+                else:
+                    with self.lock:
+                        self.http_failures.append(f"{answer.status_code}: {answer.text[:300]}")
+                    return
+            base = None
+            if time.monotonic() > deadline:
+                raise AssertionError(f"HTTP send of {self.name} {ids} was never answered 200")
+            time.sleep(pause)  # the answer's Retry-After: the protocol's wait, not a guess
+
+    def _queue(self, ids: range, path: str = "queue") -> None:
+        body = {"dataset": self.name, "table": TABLE, "rows": self.rows(ids, path)}
         message = base64.b64encode(json.dumps(body).encode()).decode()
         self.rig.queue().send_message(message)
-        self._accepted("queue", ids)
+        self._accepted(path, ids)
 
     def _blob(self, ids: range, k: int) -> None:
         rows = self.rows(ids, "blob")
@@ -563,6 +879,29 @@ class Sender:
         self._accepted("blob", ids)
 
 
+def _json_of(answer: requests.Response) -> dict[str, Any]:
+    try:
+        body = answer.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _accounts_for(status: int, result: dict[str, Any], rows: int, bad: int) -> bool:
+    """Whether a synchronous answer says every row of the request is done: received, the
+    invalid ones refused (and so dead-lettered), the rest sent, none left unsent. A 200, or a
+    400 when every row was refused."""
+    if status not in (200, 400):
+        return False
+    done = (
+        result.get("received") == rows
+        and result.get("rejected") == bad
+        and result.get("sent") == rows - bad
+        and result.get("unsent") == 0
+    )
+    return bool(done) and (status == 200) == (rows > bad)
+
+
 def run_scenario(
     setup: Rig,
     plan: LoadPlan,
@@ -572,9 +911,11 @@ def run_scenario(
     duration: float = 30.0,
     crashes: int = 0,
     crash_window: float = 20.0,
+    crash_restart: bool = True,
     outage_at: float | None = None,
     outage_seconds: float = 10.0,
     outage_until: Callable[[Rig], bool] | None = None,
+    hosts: int | None = None,
     timeout: float = 300.0,
     seed: int | None = None,
     progress: Callable[[str], None] = lambda _: None,
@@ -582,23 +923,52 @@ def run_scenario(
     """Send ``plan`` through all three paths, spread over ``duration`` seconds, while faults
     (and crashes, and an emulator outage of at least ``outage_seconds`` and until
     ``outage_until`` holds) happen; wait until every row is stored or
-    dead-lettered (or ``timeout``), replay anything poisoned, and account."""
+    dead-lettered (or ``timeout``), replay anything poisoned, and account.
+
+    The datasets are created first, or (``plan.bundle_creates``) defined for the bundle to
+    create. When no host of the rig is running, ``hosts`` of them (all by default) start
+    after the plan's backlog is queued. Each crash SIGKILLs a running host (chosen at random
+    when there are several) and restarts it, or with ``crash_restart=False`` leaves it down
+    and measures how soon the others carry on (:attr:`Ledger.carried_on`)."""
     seed = random.randrange(1 << 30) if seed is None else seed
     chance = random.Random(seed)
     started = time.monotonic()
     prefix = f"Rel-{uuid.uuid4().hex[:6]}"
     names = [f"{prefix}-{i}" for i in range(plan.datasets)]
-    ids = {
-        name: setup.api.create_dataset(
-            [{"name": TABLE, "columns": COLUMNS}], WORKSPACE_ID, name=name
-        )
-        for name in names
-    }
+    for name in names:
+        if plan.bundle_creates:
+            setup.define(name)
+        else:
+            setup.api.create_dataset([{"name": TABLE, "columns": COLUMNS}], WORKSPACE_ID, name=name)
     senders = [Sender(setup, plan, name) for name in names]
-    jobs = [job for sender in senders for job in sender.jobs()]
-    chance.shuffle(jobs)
+    if plan.backlog_messages:
+        senders[0].backlog()
+        progress(f"{plan.backlog_messages:,} messages queued for {names[0]} beforehand")
+    if not setup.running():
+        setup.start_hosts(hosts)
+        progress(f"{len(setup.running())} hosts up at {time.monotonic() - started:.1f} s")
+    most_hosts = len(setup.running())
+    openings: list[list[Callable[[], None]]] = []
+    if plan.bundle_creates and most_hosts > 1:
+        # Every host meets every dataset at once, before the rest of the load: for one dataset
+        # after another, its first requests, one to each host, all sent together when all are
+        # ready, as when a burst of a new dataset's first requests is spread over the
+        # instances. They race to create it.
+        bases = [setup.base_of(i) for i in setup.running()]
+        for sender in senders:
+            if firsts := sender.opening(bases):
+                openings.append(_together(sender, firsts))
+    # The sends in random order: all of them, or the first dataset's and then the others'.
+    groups = [senders[:1], senders[1:]] if plan.one_dataset_first else [senders]
+    jobs = []
+    for group in groups:
+        some = [job for sender in group for job in sender.jobs()]
+        chance.shuffle(some)
+        jobs += some
     stop = threading.Event()
     phase_counts: Counter[str] = Counter()
+    carried_on: list[float | None] = []
+    uses_blobs = bool(plan.split()["blob"])
 
     def faults() -> None:
         k = 0
@@ -617,16 +987,27 @@ def run_scenario(
         for k, at in enumerate(times):
             if stop.wait(max(0.0, begin + at - time.monotonic())):
                 return
+            up = setup.running()
+            if not up:
+                return
+            index = chance.choice(up) if len(setup.hosts) > 1 else up[0]
             # The first crashes wait (a little) for a blob and queue messages to be in flight.
-            wanted = ("ingest_blob", "ingest_queue") if k < 2 else ()
+            wanted = (("ingest_blob",) if uses_blobs else ()) + ("ingest_queue",)
+            wanted = wanted if k < 2 else ()
             until = time.monotonic() + 15
-            while time.monotonic() < until and not all(setup.in_flight()[f] for f in wanted):
+            while time.monotonic() < until and not all(setup.in_flight(index)[f] for f in wanted):
                 if stop.wait(0.05):
                     return
-            hit = setup.crash_host()
-            progress(f"SIGKILL devhost at {time.monotonic() - started:.1f} s, cutting {hit}")
-            stop.wait(chance.uniform(0.2, 1.5))
-            setup.start_host()
+            hit = setup.crash_host(index)
+            progress(
+                f"SIGKILL devhost {index} at {time.monotonic() - started:.1f} s, cutting {hit}"
+            )
+            if crash_restart:
+                stop.wait(chance.uniform(0.2, 1.5))
+                setup.start_host(index)
+            else:
+                carried_on.append(_carry_on(setup, stop))
+                progress(f"the other hosts carried on after {carried_on[-1]} s")
 
     def outage() -> None:
         assert outage_at is not None
@@ -651,20 +1032,28 @@ def run_scenario(
     for thread in background:
         thread.start()
     try:
-        with ThreadPoolExecutor(8) as pool:
+        for opening in openings:
+            with ThreadPoolExecutor(len(opening)) as pool:
+                for future in [pool.submit(job) for job in opening]:
+                    future.result()
+        if openings:
+            progress(f"each host met each dataset at once at {time.monotonic() - started:.1f} s")
+        with ThreadPoolExecutor(plan.senders) as pool:
             futures = []
             for k, job in enumerate(jobs):  # spread evenly over the load's duration
                 stop.wait(max(0.0, started + k * duration / len(jobs) - time.monotonic()))
                 futures.append(pool.submit(job))
             for future in futures:
                 future.result()
-        progress(f"all {plan.rows:,} rows handed over in {time.monotonic() - started:.1f} s")
+        total = plan.rows_per_dataset * plan.datasets + len(plan.backlog_ids)
+        progress(f"all {total:,} rows handed over in {time.monotonic() - started:.1f} s")
         if crashes:
             # Every planned crash happens before the rig settles: a load that drained early
             # must not end the scenario with crashes not made (bounded: each crash waits at
-            # most 15 s for work in flight, then 1.5 s for the restart).
-            crashing.join(timeout=crash_window + crashes * 20)
-        _wait_until_settled(setup, senders, ids, started + timeout, progress)
+            # most 15 s for work in flight, then 1.5 s for the restart, or at most
+            # CARRY_ON_LIMIT for the others to carry on).
+            crashing.join(timeout=crash_window + crashes * (20 + CARRY_ON_LIMIT))
+        _wait_until_settled(setup, senders, started + timeout, progress)
     finally:
         stop.set()
         for thread in background:
@@ -675,31 +1064,80 @@ def run_scenario(
     if setup.poisoned():
         progress(f"{setup.poisoned()} poisoned messages: replaying")
         replayed = int(setup.replay_poison().get("messagesReplayed", 0))
-        _wait_until_settled(setup, senders, ids, time.monotonic() + 120, progress)
+        _wait_until_settled(setup, senders, time.monotonic() + 120, progress)
     poisoned = replayed + setup.poisoned()  # what replay found, and anything left behind
-    return _account(
-        setup, senders, ids, time.monotonic() - started, phase_counts, poisoned, replayed, seed
+    ledger = _account(
+        setup, senders, time.monotonic() - started, phase_counts, poisoned, replayed, seed
     )
+    ledger.hosts = most_hosts
+    ledger.carried_on = carried_on
+    return ledger
+
+
+def _together(sender: Sender, firsts: list[tuple[range, str]]) -> list[Callable[[], None]]:
+    """Sends of ``firsts`` (ids, host) that wait for each other and go at once."""
+    ready = threading.Barrier(len(firsts))
+
+    def send(ids: range, base: str) -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):  # then it goes anyway
+            ready.wait(timeout=60)
+        sender.http(ids, base)
+
+    return [lambda ids=ids, base=base: send(ids, base) for ids, base in firsts]  # type: ignore[misc]
+
+
+#: How long :func:`_carry_on` watches the surviving hosts before it gives up (None).
+CARRY_ON_LIMIT = 120.0
+
+
+def _carry_on(setup: Rig, stop: threading.Event) -> float | None:
+    """Seconds from now (a host just killed) until a surviving host finishes an invocation
+    successfully, read from their logs; None if none did within :data:`CARRY_ON_LIMIT` or
+    before the scenario ended (nothing was left to do)."""
+    survivors = setup.running()
+    killed_at = time.monotonic()
+
+    def succeeded() -> int:
+        found = 0
+        for index in survivors:
+            host = setup.hosts[index]
+            lines = list(host.output) if host is not None else []
+            found += sum(1 for line in lines if _SUCCEEDED.search(line))
+        return found
+
+    before = succeeded()
+    while time.monotonic() - killed_at < CARRY_ON_LIMIT:
+        if succeeded() > before:
+            return round(time.monotonic() - killed_at, 2)
+        if stop.wait(0.05):
+            return None
+    return None
+
+
+def _rows_in(copies: list[dict[str, Any]]) -> int:
+    """Rows in the scenario's table, over every dataset of one name."""
+    return sum(int(t["rows"]) for d in copies for t in d["tables"] if t["name"] == TABLE)
 
 
 def _wait_until_settled(
     setup: Rig,
     senders: list[Sender],
-    ids: dict[str, str],
     deadline: float,
     progress: Callable[[str], None],
 ) -> None:
-    """Until every sent row is stored or dead-lettered, the queues are empty and the host is
-    quiet (:func:`_quiet`), so that a late re-send would still be counted."""
+    """Until every sent row is stored or dead-lettered, the queues are empty and the hosts
+    are quiet (:func:`_quiet`), so that a late re-send would still be counted."""
+    names = [s.name for s in senders]
     expected_good = {s.name: sum(map(len, s.sent.values())) - len(s.bad) for s in senders}
     last = 0.0
     previous, changed = -1, time.monotonic()
     while time.monotonic() < deadline:
         try:
-            counts = {name: int(setup.api.state(ids[name])["tables"][0]["rows"]) for name in ids}
+            found = setup.datasets(names)
         except requests.RequestException:
             time.sleep(1)
             continue
+        counts = {name: _rows_in(copies) for name, copies in found.items()}
         stored = sum(counts.values())
         if stored != previous:
             previous, changed = stored, time.monotonic()
@@ -707,9 +1145,9 @@ def _wait_until_settled(
         if time.monotonic() - last > 10:
             progress(f"{stored:,} rows stored; {waiting:,} messages waiting")
             last = time.monotonic()
-        settled = all(counts[n] >= expected_good[n] for n in ids) and waiting == 0
-        if settled and _complete(setup, senders, ids) and _quiet(setup, ids, counts, deadline):
-            progress("every row accounted for; the host has scanned and polled again, idle")
+        settled = all(counts[n] >= expected_good[n] for n in names) and waiting == 0
+        if settled and _complete(setup, senders, found) and _quiet(setup, names, counts, deadline):
+            progress("every row accounted for; the hosts have scanned and polled again, idle")
             return
         if waiting == 0 and time.monotonic() - changed > 8 and setup.poisoned():
             return  # what is left is in a poison queue, for replay
@@ -717,54 +1155,65 @@ def _wait_until_settled(
     progress("deadline reached before every row was accounted for")
 
 
-def _activity(setup: Rig) -> dict[str, Any] | None:
-    """devhost's activity counters (``/admin/devhost/activity``); None while it is down."""
+def _activity(setup: Rig, index: int = 0) -> dict[str, Any] | None:
+    """devhost ``index``'s activity counters (``/admin/devhost/activity``); None while it is
+    down."""
     session = requests.Session()
     session.trust_env = False
     try:
         answer: dict[str, Any] = session.get(
-            f"{setup.host_base}/admin/devhost/activity", timeout=10
+            f"{setup.base_of(index)}/admin/devhost/activity", timeout=10
         ).json()
     except (requests.RequestException, ValueError):
         return None
     return answer
 
 
-def _quiet(setup: Rig, ids: dict[str, str], counts: dict[str, int], deadline: float) -> bool:
-    """Whether nothing can still add a row, shown by the host doing the work that would start
-    one and starting none (instead of waiting a while and hoping).
+def _quiet(setup: Rig, names: list[str], counts: dict[str, int], deadline: float) -> bool:
+    """Whether nothing can still add a row, shown by every running host doing the work that
+    would start one and starting none (instead of waiting a while and hoping).
 
     A row can only still come from an invocation that is running, a queue message (visible or
-    leased: the queue's count includes both), a blob version without a receipt, or a POST the
-    emulator has not finished. So: nothing running; then the host lists the ingest container
-    twice more and polls the rows queue twice more (at least one full look that began after
-    this point), and in that time starts no invocation, the queue stays empty, the emulator has
-    no POST pending and no table's row count moved. False (and the caller looks again) when
-    anything moved or the host restarted meanwhile."""
+    leased: the queue's count includes both, so a killed host's leased messages count), a blob
+    version without a receipt, or a POST the emulator has not finished. So: nothing running
+    on any host; then each host lists the ingest container twice more and polls the rows queue
+    twice more (at least one full look that began after this point), and in that time none
+    starts an invocation, the queue stays empty, the emulator has no POST pending and no
+    table's row count moved. False (and the caller looks again) when anything moved, or a
+    host restarted, went down or came up meanwhile."""
     container, queue = setup.env["INGEST_CONTAINER"], setup.env["ROWS_QUEUE"]
-    before = _activity(setup)
-    if before is None or before["running"]:
-        return False
+    up = setup.running()
+    if not up:
+        return False  # nothing polls: a message could still be waiting for its lease to end
+    before: dict[int, dict[str, Any]] = {}
+    for index in up:
+        found = _activity(setup, index)
+        if found is None or found["running"]:
+            return False
+        before[index] = found
 
-    def looked_again(now: dict[str, Any]) -> bool:
-        scans = int(now["blobScans"].get(container, 0)) - int(before["blobScans"].get(container, 0))
-        polls = int(now["queuePolls"].get(queue, 0)) - int(before["queuePolls"].get(queue, 0))
+    def looked_again(index: int, now: dict[str, Any]) -> bool:
+        then = before[index]
+        scans = int(now["blobScans"].get(container, 0)) - int(then["blobScans"].get(container, 0))
+        polls = int(now["queuePolls"].get(queue, 0)) - int(then["queuePolls"].get(queue, 0))
         return scans >= 2 and polls >= 2
 
-    after = before
-    while not looked_again(after):
+    after = dict(before)
+    while not all(looked_again(index, after[index]) for index in up):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
-        found = _activity(setup)
-        if found is None or found["pid"] != before["pid"]:
-            return False
-        after = found
-    if after["started"] != before["started"] or after["running"] or setup.waiting():
+        for index in up:
+            found = _activity(setup, index)
+            if found is None or found["pid"] != before[index]["pid"]:
+                return False
+            after[index] = found
+    if setup.running() != up or setup.waiting():
         return False
-    for name, dataset_id in ids.items():
-        state = setup.api.state(dataset_id)
-        if state["usage"]["pending"] or int(state["tables"][0]["rows"]) != counts[name]:
+    if any(after[i]["started"] != before[i]["started"] or after[i]["running"] for i in up):
+        return False
+    for name, copies in setup.datasets(names).items():
+        if any(d["usage"]["pending"] for d in copies) or _rows_in(copies) != counts[name]:
             return False
     return True
 
@@ -775,10 +1224,15 @@ def _dataset_of(letter: dict[str, Any]) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _complete(setup: Rig, senders: list[Sender], ids: dict[str, str]) -> bool:
+def _stored_ids(setup: Rig, copies: list[dict[str, Any]]) -> list[int]:
+    """The ids stored in every dataset of one name, dataset after dataset."""
+    return [int(r["n"]) for d in copies for r in setup.api.stored_rows(d["id"], TABLE)]
+
+
+def _complete(setup: Rig, senders: list[Sender], found: dict[str, list[dict[str, Any]]]) -> bool:
     letters = setup.dead_letters()
     for sender in senders:
-        stored = {int(r["n"]) for r in setup.api.stored_rows(ids[sender.name], TABLE)}
+        stored = set(_stored_ids(setup, found[sender.name]))
         dead = _dead_ids(letters, sender.name)
         if not set().union(*sender.sent.values()) <= stored | dead:
             return False
@@ -797,7 +1251,6 @@ def _dead_ids(letters: list[dict[str, Any]], name: str) -> set[int]:
 def _account(
     setup: Rig,
     senders: list[Sender],
-    ids: dict[str, str],
     seconds: float,
     phases: Counter[str],
     poisoned: int,
@@ -805,47 +1258,62 @@ def _account(
     seed: int,
 ) -> Ledger:
     letters = setup.dead_letters()
+    found = setup.datasets([s.name for s in senders])
     ledgers = []
     for sender in senders:
-        dataset_id = ids[sender.name]
-        rows = setup.api.stored_rows(dataset_id, TABLE)
-        state = setup.api.state(dataset_id)
-        counters = state["counters"]
+        copies = found[sender.name]
+        counters: Counter[str] = Counter()
+        stored_ids: list[int] = []
+        in_lost: Counter[int] = Counter()
+        for dataset in copies:
+            counters.update(dataset["counters"])
+            mine = [int(r["n"]) for r in setup.api.stored_rows(dataset["id"], TABLE)]
+            # A duplicate is explained by a lost answer when one of its copies lies in a batch
+            # the emulator stored and then dropped the connection on: the client could not
+            # know. Offsets are per dataset.
+            lost_positions = {
+                p
+                for batch in dataset.get("answersLost", [])
+                for p in range(batch["offset"], batch["offset"] + batch["count"])
+            }
+            in_lost.update(n for position, n in enumerate(mine) if position in lost_positions)
+            stored_ids += mine
         sent = set().union(*sender.sent.values())
-        stored_ids = [int(r["n"]) for r in rows]
-        copies = Counter(stored_ids)
+        copies_of = Counter(stored_ids)
         dead = _dead_ids(letters, sender.name)
-        # A duplicate is explained by a lost answer when one of its copies lies in a batch the
-        # emulator stored and then dropped the connection on: the client could not know.
-        lost_positions = {
-            p
-            for batch in state.get("answersLost", [])
-            for p in range(batch["offset"], batch["offset"] + batch["count"])
-        }
-        in_lost: Counter[int] = Counter(
-            n for position, n in enumerate(stored_ids) if position in lost_positions
-        )
-        explained = sum(min(c - 1, in_lost[n]) for n, c in copies.items() if c > 1)
+        explained = sum(min(c - 1, in_lost[n]) for n, c in copies_of.items() if c > 1)
         ledgers.append(
             DatasetLedger(
                 name=sender.name,
-                dataset_id=dataset_id,
-                sent={p: len(sender.sent[p]) for p in PATHS},
+                dataset_id=",".join(str(d["id"]) for d in copies),
+                sent={
+                    p: len(sender.sent[p]) for p in (*PATHS, *sorted(set(sender.sent) - set(PATHS)))
+                },
                 bad=len(sender.bad),
                 stored=len(stored_ids),
-                distinct=len(copies),
+                distinct=len(copies_of),
                 dead_lettered=len(dead),
                 dead_letter_lines=sum(1 for x in letters if _dataset_of(x) == sender.name),
-                duplicates=len(stored_ids) - len(copies),
+                duplicates=len(stored_ids) - len(copies_of),
                 explained_by_lost_answers=explained,
-                lost=len(sent - set(copies) - dead),
-                phantom=len((set(copies) | dead) - sent),
+                lost=len(sent - set(copies_of) - dead),
+                phantom=len((set(copies_of) | dead) - sent),
                 good_dead_lettered=len(dead - sender.bad),
-                bad_stored=len(set(copies) & sender.bad),
+                bad_stored=len(set(copies_of) & sender.bad),
                 injected={k: v for k, v in counters.items() if k.startswith("injected_")},
                 avoidable_429s=sum(v for k, v in counters.items() if k.startswith("throttled_")),
+                throttled={
+                    k.removeprefix("throttled_"): v
+                    for k, v in counters.items()
+                    if k.startswith("throttled_")
+                },
                 posts=int(counters.get("posts_accepted", 0)),
-                max_copies=max(copies.values(), default=0),
+                max_copies=max(copies_of.values(), default=0),
+                datasets_named=len(copies),
+                http_retried=sender.http_retried,
+                resent_rows=sender.resent_rows,
+                http_cut_rows=sender.http_cut_rows,
+                http_failures=list(sender.http_failures),
             )
         )
     return Ledger(
