@@ -872,6 +872,7 @@ class QueueRunner:
     - fetches ``batchSize`` messages at a time and runs them concurrently, fetching more when
       the ones in flight drop to ``newBatchThreshold``;
     - decodes base64 unless ``messageEncoding`` is ``none``, and passes ``dequeue_count``;
+    - keeps a message invisible while its invocation runs (renewed at half the lease);
     - deletes a message when its invocation succeeds; when it fails, makes it visible again
       after ``visibilityTimeout``, or, once it has been dequeued ``maxDequeueCount`` times,
       moves it to ``<queue>-poison``.
@@ -979,6 +980,8 @@ class QueueRunner:
             expiration_time=message.expires_on,
             time_next_visible=message.next_visible_on,
         )
+        done = asyncio.Event()
+        renewal = asyncio.create_task(self._keep_leased(entry, message, done))
         try:
             await self.host.invoke(
                 entry.spec,
@@ -986,12 +989,42 @@ class QueueRunner:
                 reason=f"New queue message detected on '{entry.queue}'",
             )
         except InvocationFailed:
+            done.set()
+            await renewal
             await self._failed(entry, message)
             return
+        done.set()
+        await renewal  # a renewal under way finishes first: its pop receipt is the valid one
         try:
             await loop.run_in_executor(None, entry.client.delete_message, message)
         except Exception as exc:  # the lease ran out: the message will run again
             log.warning("queue %s: could not delete message %s: %s", entry.queue, message.id, exc)
+
+    async def _keep_leased(self, entry: QueueEntry, message: Any, done: asyncio.Event) -> None:
+        """Extend the message's invisibility while its invocation runs, as the host does
+        (its queue processor renews the visibility timeout at half its length), so that a
+        long invocation, or one of many fetched at once, is not handed to another instance
+        meanwhile. The new pop receipt replaces the old one for the delete or release."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self.lease / 2)
+            if done.is_set():
+                return
+            try:
+                renewed = await loop.run_in_executor(
+                    None,
+                    lambda: entry.client.update_message(
+                        message, visibility_timeout=int(self.lease)
+                    ),
+                )
+            except Exception as exc:  # gone or taken over: the invocation's outcome decides
+                log.warning(
+                    "queue %s: could not renew message %s: %s", entry.queue, message.id, exc
+                )
+                return
+            message.pop_receipt = renewed.pop_receipt
+            message.next_visible_on = renewed.next_visible_on
 
     async def _failed(self, entry: QueueEntry, message: Any) -> None:
         loop = asyncio.get_running_loop()

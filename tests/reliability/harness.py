@@ -287,6 +287,8 @@ class Rig:
             # A crashed host's messages come back after this lease, not after 10 minutes; it is
             # longer than an invocation can take (QUEUE_TIME_BUDGET_SECONDS + linger).
             DEVHOST_QUEUE_LEASE_SECONDS="20",
+            # A crashed host's blob receipt lease lapses after 15 s (the shortest allowed).
+            DEVHOST_BLOB_LEASE_SECONDS="15",
             QUEUE_TIME_BUDGET_SECONDS="10",
             BLOB_TIME_BUDGET_SECONDS="15",
             AzureFunctionsJobHost__extensions__queues__visibilityTimeout="00:00:01",
