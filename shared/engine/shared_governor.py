@@ -102,8 +102,10 @@ class PaceRecord:
     def to_plain(self) -> dict[str, Any]:
         """The record as properties of a storage entity (strings of JSON and numbers)."""
         return {
-            "Posts": json.dumps([round(t, 3) for t in self.posts]),
-            "Rows": json.dumps([[round(t, 3), n] for t, n in self.rows]),
+            # Full precision (JSON keeps a float exactly): a stamp rounded down would end a
+            # window early, and a release must find its claim's stamp again.
+            "Posts": json.dumps(self.posts),
+            "Rows": json.dumps([[t, n] for t, n in self.rows]),
             "Claims": json.dumps(
                 {
                     k: [round(c.start, 3), c.rows, round(c.expires, 3)]
@@ -415,7 +417,7 @@ class SharedGovernor(Governor):
                     f"dataset {dataset}: its quota frees up in {wait:.1f} s, after the deadline",
                     retry_after=wait,
                 )
-            start = round(now + wait, 3)  # as stored: the release finds it again
+            start = now + wait
             record.claims[claim_id] = Claim(start, rows, start + self.claim_ttl)
             bisect.insort(record.posts, start)
             record.add_rows(start, rows, width)
