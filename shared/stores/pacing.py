@@ -27,12 +27,15 @@ if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
 ROW_KEY = "pace"
-#: Storage calls made while a POST waits for its slot: fail fast to the local share rather
-#: than hold a caller (one retry; seconds to connect and to read).
+#: Storage calls made while a POST waits for its slot: an account that cannot be reached
+#: (refused, unresolvable: fast) falls back to the local share at once; a slow answer is
+#: waited for a while, because a process on its local share beside others on the ledger may
+#: exceed the quota they share (one retry; seconds to connect and to read: a 5 s read
+#: timeout fell back under a loaded test machine's Azurite and met a "pending" 429).
 CLIENT_OPTIONS: Mapping[str, Any] = {
     "retry_total": 1,
     "connection_timeout": 3,
-    "read_timeout": 5,
+    "read_timeout": 15,
 }
 
 
