@@ -84,32 +84,52 @@ def _options_key(options: Mapping[str, Any]) -> Hashable:
     )
 
 
+def _client(
+    kind: str,
+    connection: str,
+    env: Mapping[str, str],
+    from_string: Callable[[str], _T],
+    from_uri: Callable[[str, ManagedIdentityCredential], _T],
+    key: Hashable,
+) -> _T:
+    """The ``kind`` (blob, queue, table) client of the connection ``connection``: from its
+    connection string, else from ``X__<kind>ServiceUri`` (or ``X__serviceUri``) with the
+    managed identity (``X__clientId``: user-assigned), built once per ``key``."""
+    value = env.get(connection, "").strip()
+    uri = env.get(f"{connection}__{kind}ServiceUri") or env.get(f"{connection}__serviceUri")
+    if value:
+
+        def build() -> _T:
+            try:
+                return from_string(value)
+            except ValueError as exc:
+                raise ConfigError(connection, "is not a valid storage connection string") from exc
+
+        return _once((kind, value, key), build)
+    if uri:
+        client_id = env.get(f"{connection}__clientId")
+        return _once(
+            (kind, uri, client_id, key), lambda: from_uri(uri, managed_identity(client_id))
+        )
+    raise ConfigError(
+        connection,
+        f"is not set: give a storage connection string, or {connection}__{kind}ServiceUri to "
+        "use the managed identity",
+    )
+
+
 def blob_service(connection: str, env: Mapping[str, str], **options: Any) -> BlobServiceClient:
     """The blob service client for the connection ``connection`` (``options`` go to the SDK
     client, e.g. ``retry_total=0`` for a quick probe; each set of options has its client)."""
     from azure.storage.blob import BlobServiceClient
 
-    value = env.get(connection, "").strip()
-    uri = env.get(f"{connection}__blobServiceUri") or env.get(f"{connection}__serviceUri")
-    if value:
-
-        def from_string() -> BlobServiceClient:
-            try:
-                return BlobServiceClient.from_connection_string(value, **options)
-            except ValueError as exc:
-                raise ConfigError(connection, "is not a valid storage connection string") from exc
-
-        return _once(("blob", value, _options_key(options)), from_string)
-    if uri:
-        client_id = env.get(f"{connection}__clientId")
-        return _once(
-            ("blob", uri, client_id, _options_key(options)),
-            lambda: BlobServiceClient(uri, credential=managed_identity(client_id), **options),
-        )
-    raise ConfigError(
+    return _client(
+        "blob",
         connection,
-        f"is not set: give a storage connection string, or {connection}__blobServiceUri to "
-        "use the managed identity",
+        env,
+        lambda text: BlobServiceClient.from_connection_string(text, **options),
+        lambda uri, credential: BlobServiceClient(uri, credential=credential, **options),
+        _options_key(options),
     )
 
 
@@ -120,27 +140,13 @@ def queue_client(
     written as they are, without an encoding policy)."""
     from azure.storage.queue import QueueClient
 
-    value = env.get(connection, "").strip()
-    uri = env.get(f"{connection}__queueServiceUri") or env.get(f"{connection}__serviceUri")
-    if value:
-
-        def from_string() -> QueueClient:
-            try:
-                return QueueClient.from_connection_string(value, queue, **options)
-            except ValueError as exc:
-                raise ConfigError(connection, "is not a valid storage connection string") from exc
-
-        return _once(("queue", value, queue, _options_key(options)), from_string)
-    if uri:
-        client_id = env.get(f"{connection}__clientId")
-        return _once(
-            ("queue", uri, queue, client_id, _options_key(options)),
-            lambda: QueueClient(uri, queue, credential=managed_identity(client_id), **options),
-        )
-    raise ConfigError(
+    return _client(
+        "queue",
         connection,
-        f"is not set: give a storage connection string, or {connection}__queueServiceUri to "
-        "use the managed identity",
+        env,
+        lambda text: QueueClient.from_connection_string(text, queue, **options),
+        lambda uri, credential: QueueClient(uri, queue, credential=credential, **options),
+        (queue, _options_key(options)),
     )
 
 
@@ -148,29 +154,14 @@ def table_client(
     connection: str, table: str, env: Mapping[str, str], **options: Any
 ) -> TableClient:
     """The client for table ``table`` of the connection ``connection`` (Table storage: the
-    shared pacing ledger). ``X__tableServiceUri`` (or ``X__serviceUri``) selects an
-    identity-based connection, as for blobs and queues."""
+    shared pacing ledger)."""
     from azure.data.tables import TableClient
 
-    value = env.get(connection, "").strip()
-    uri = env.get(f"{connection}__tableServiceUri") or env.get(f"{connection}__serviceUri")
-    if value:
-
-        def from_string() -> TableClient:
-            try:
-                return TableClient.from_connection_string(value, table, **options)
-            except ValueError as exc:
-                raise ConfigError(connection, "is not a valid storage connection string") from exc
-
-        return _once(("table", value, table, _options_key(options)), from_string)
-    if uri:
-        client_id = env.get(f"{connection}__clientId")
-        return _once(
-            ("table", uri, table, client_id, _options_key(options)),
-            lambda: TableClient(uri, table, credential=managed_identity(client_id), **options),
-        )
-    raise ConfigError(
+    return _client(
+        "table",
         connection,
-        f"is not set: give a storage connection string, or {connection}__tableServiceUri to "
-        "use the managed identity",
+        env,
+        lambda text: TableClient.from_connection_string(text, table, **options),
+        lambda uri, credential: TableClient(uri, table, credential=credential, **options),
+        (table, _options_key(options)),
     )
