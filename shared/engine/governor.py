@@ -70,6 +70,23 @@ class Quotas:
         return limits.HOUR / self.time_scale
 
 
+def pause_too_long(dataset: str, paused: float, max_pause: float) -> TransientError:
+    """The refusal of a slot while the service's pause has longer to run than is waited."""
+    return TransientError(
+        f"dataset {dataset}: Power BI asked to wait {paused:.0f} s, longer than "
+        f"{max_pause:.0f} s (POWERBI_MAX_RETRY_AFTER_SECONDS)",
+        retry_after=paused,
+    )
+
+
+def frees_up_too_late(dataset: str, wait: float) -> TransientError:
+    """The refusal of a slot that frees up only after the caller's deadline."""
+    return TransientError(
+        f"dataset {dataset}: its quota frees up in {wait:.1f} s, after the deadline",
+        retry_after=wait,
+    )
+
+
 def looks_large(pause: float, rows_in_hour: int, quotas: Quotas) -> bool:
     """Whether a service pause of ``pause`` seconds means a large table: longer than the
     minute window explains (5% margin for the service's rounding), so an hourly limit, and
@@ -169,11 +186,7 @@ class Governor:
                     break
                 paused = pace.paused_until - now
                 if max_pause is not None and paused > max_pause:
-                    raise TransientError(
-                        f"dataset {dataset}: Power BI asked to wait {paused:.0f} s, longer than "
-                        f"{max_pause:.0f} s (POWERBI_MAX_RETRY_AFTER_SECONDS)",
-                        retry_after=paused,
-                    )
+                    raise pause_too_long(dataset, paused, max_pause)
                 if wait <= 0:
                     # Only the pending limit is in the way: wait for a slot to be released.
                     if deadline is not None and deadline.left() <= 0:
@@ -184,10 +197,7 @@ class Governor:
                     self._freed.wait(None if deadline is None else deadline.left())
                     continue
             if deadline is not None and not deadline.allows(wait):
-                raise TransientError(
-                    f"dataset {dataset}: its quota frees up in {wait:.1f} s, after the deadline",
-                    retry_after=wait,
-                )
+                raise frees_up_too_late(dataset, wait)
             self.waited += wait
             self._sleep(wait)
         ok = False

@@ -53,7 +53,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from shared import limits
-from shared.engine.governor import Governor, Quotas, _DatasetPace, looks_large
+from shared.engine.governor import (
+    Governor,
+    Quotas,
+    _DatasetPace,
+    frees_up_too_late,
+    looks_large,
+    pause_too_long,
+)
 from shared.engine.retry import Deadline
 from shared.errors import LedgerConflict, LedgerUnavailable, TransientError
 
@@ -403,20 +410,13 @@ class SharedGovernor(Governor):
         def change(record: PaceRecord, now: float) -> tuple[str, float] | _Wait:
             paused = record.paused_until - now
             if max_pause is not None and paused > max_pause:
-                raise TransientError(
-                    f"dataset {dataset}: Power BI asked to wait {paused:.0f} s, longer than "
-                    f"{max_pause:.0f} s (POWERBI_MAX_RETRY_AFTER_SECONDS)",
-                    retry_after=paused,
-                )
+                raise pause_too_long(dataset, paused, max_pause)
             if record.live_claims(now) >= q.max_pending:
                 # Five POSTs pending or about to start: look again when one may have ended.
                 raise _NoWrite(_Wait(self.poll))
             wait = self._wait_needed(record.pace(now), rows, now)
             if deadline is not None and not deadline.allows(wait):
-                raise TransientError(
-                    f"dataset {dataset}: its quota frees up in {wait:.1f} s, after the deadline",
-                    retry_after=wait,
-                )
+                raise frees_up_too_late(dataset, wait)
             start = now + wait
             record.claims[claim_id] = Claim(start, rows, start + self.claim_ttl)
             bisect.insort(record.posts, start)
