@@ -398,7 +398,9 @@ class SharedGovernor(Governor):
             yield self._clock() - started
             ok = True
         finally:
-            self._finish(dataset, claim_id, table if ok else None)
+            # The POST ended now, not when the release is written: the window must not carry
+            # the ledger's own latency (at --time-scale 60, 20 ms a POST cost 3% of the hour).
+            self._finish(dataset, claim_id, table if ok else None, self._wall())
 
     def _claim(
         self, dataset: str, rows: int, deadline: Deadline | None, max_pause: float | None
@@ -435,7 +437,7 @@ class SharedGovernor(Governor):
             self.waited += outcome.seconds
             self._sleep(outcome.seconds)
 
-    def _finish(self, dataset: str, claim_id: str, table: str | None) -> None:
+    def _finish(self, dataset: str, claim_id: str, table: str | None, ended: float) -> None:
         """The POST ended: it is no longer pending, and counts from its end (see
         :meth:`Governor._restamp`); a successful one counts its rows for its table."""
         width = self.quotas.hour / _BUCKETS_PER_HOUR
@@ -444,12 +446,13 @@ class SharedGovernor(Governor):
             claim = record.claims.pop(claim_id, None)
             if claim is None:
                 return  # expired and pruned meanwhile: its stamps age out as they are
+            end = max(ended, claim.start)
             index = bisect.bisect_left(record.posts, claim.start)
             if index < len(record.posts) and record.posts[index] == claim.start:
                 del record.posts[index]
-                bisect.insort(record.posts, max(now, claim.start))
+                bisect.insort(record.posts, end)
             record.remove_rows(claim.start, claim.rows, width)
-            record.add_rows(max(now, claim.start), claim.rows, width)
+            record.add_rows(end, claim.rows, width)
             if table is not None:
                 sent = record.table_rows.get(table, 0) + claim.rows
                 record.table_rows[table] = sent
