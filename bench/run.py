@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         attempt(
             "3",
-            f"Quotas: {plan.quota_rows:,} rows at time scale 60, then the queue path",
+            f"Quotas: {plan.quota_rows:,} rows at time scale 60, then the queue path; "
+            "1 process, then 3",
             lambda: quota.run(files["csv"], plan.engine_rows, plan.quota_rows, plan.queue_messages),
         )
 
