@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import coldstart, data, engine, groupcommit, latency, machine, memory, quota
+from bench import coldstart, data, engine, groupcommit, latency, machine, memory, quota, tables
 from bench.report import Figure, summarise_profile, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,10 +40,11 @@ class Plan:
     http_requests: int
     import_repetitions: int
     group_seconds: float  # figure 6: how long the senders send, in each of its two runs
+    tables_seconds: float  # figure 7: how long the 50 tables are fed, in each of its five runs
 
 
-FULL = Plan(1_000_000, 3, 100_000, 100_000, True, 1_500_000, 2_000, 300, 7, 60.0)
-QUICK = Plan(100_000, 3, 50_000, 20_000, False, 1_100_000, 2_000, 100, 3, 20.0)
+FULL = Plan(1_000_000, 3, 100_000, 100_000, True, 1_500_000, 2_000, 300, 7, 60.0, 60.0)
+QUICK = Plan(100_000, 3, 50_000, 20_000, False, 1_100_000, 2_000, 100, 3, 20.0, 10.0)
 
 
 def say(message: str) -> None:
@@ -58,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["1", "2", "3", "4", "5", "6"],
+        choices=["1", "2", "3", "4", "5", "6", "7"],
         help="run only this figure (repeatable); the default is every figure",
     )
     args = parser.parse_args(argv)
-    wanted = set(args.only or ["1", "2", "3", "4", "5", "6"])
+    wanted = set(args.only or ["1", "2", "3", "4", "5", "6", "7"])
     plan = QUICK if args.quick else FULL
     results: Path = args.results
     results.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         attempt(
             "3",
-            f"Quotas: {plan.quota_rows:,} rows at time scale 60, then the queue path",
+            f"Quotas: {plan.quota_rows:,} rows at time scale 60, then the queue path; "
+            "1 process, then 3",
             lambda: quota.run(files["csv"], plan.engine_rows, plan.quota_rows, plan.queue_messages),
         )
 
@@ -151,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Group commit: {groupcommit.SENDERS} senders of one-row requests, "
         f"{plan.group_seconds:.0f} s with and without, real quota time",
         lambda: [groupcommit.run(plan.group_seconds)],
+    )
+    attempt(
+        "7",
+        f"Scale-out: 50 tables x {tables.PER_SECOND} one-row messages/s, "
+        f"{plan.tables_seconds:.0f} s x 5 runs, real quota time",
+        lambda: tables.run(plan.tables_seconds),
     )
     duration = time.perf_counter() - began
     host["load_at_end"] = machine.load()
