@@ -307,12 +307,20 @@ def load(
     stored = 0
     emulator_posts = 0
     throttled = 0
+    by_limit: Counter[str] = Counter()
     for dataset_id in ids.values():
         state = api.state(dataset_id)
         stored += sum(int(t["rows"]) for t in state["tables"])
         counters: dict[str, int] = state["counters"]
         emulator_posts += counters.get("posts_accepted", 0)
         throttled += quota._throttled(counters)
+        by_limit.update(
+            {
+                k.removeprefix("throttled_"): v
+                for k, v in counters.items()
+                if k.startswith("throttled_")
+            }
+        )
     shared = [o["ledger"] for o in outcomes if o["ledger"] is not None]
     return {
         "label": label,
@@ -330,6 +338,7 @@ def load(
         "posts_counted": len(posts),
         "posts_emulator": emulator_posts,
         "throttled_429": throttled,
+        "throttled_by_limit": dict(by_limit),
         "posts_per_second_per_table_max": round(max(rates.values()), 3),
         "posts_per_second_per_table_median": round(median(list(rates.values())), 3),
         "posts_in_busiest_second_of_a_table": busiest_second,
@@ -391,7 +400,13 @@ def _figure(number: str, name: str, run: dict[str, Any], latency: bool = True) -
         name,
         f"max {run['posts_per_second_per_table_max']:g} POSTs/s per table; delay p50 "
         f"{run['delay_p50_s']:g} / p99 {run['delay_p99_s']:g} / max {run['delay_max_s']:g} s"
-        f"{trend}; {run['throttled_429']} 429s{lost}",
+        f"{trend}; {run['throttled_429']} 429s"
+        + (
+            f" ({', '.join(f'{k} {v}' for k, v in run['throttled_by_limit'].items())})"
+            if run["throttled_429"]
+            else ""
+        )
+        + lost,
         f"<= {POSTS_TARGET:g} POST/s per table, p99 <= {P99_TARGET:g} s, 0 429s"
         if latency
         else f"<= {POSTS_TARGET:g} POST/s per table, 0 429s (p99 shown)",
