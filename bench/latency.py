@@ -78,6 +78,9 @@ def _settings(emulator: EmulatorProcess, api: Api, datasets: Path) -> dict[str, 
         "HTTP_MODE": "sync",
         "WEBHOOK_SECRET": "",
         "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        # One process and no storage running: pacing alone, as documented for that case
+        # (shared pacing would find no table and fall back to a quarter of each quota).
+        "PACING": "local",
     }
 
 
