@@ -16,9 +16,12 @@ POST stamped at ``T``, its rows, and a pending entry with an expiry) with If-Mat
 sleeps until ``T`` locally. Later callers see the claim and take the slot after it, so callers
 on different instances queue up without polling the ledger. When the POST ends the caller
 writes again: the pending entry goes and the POST is re-stamped at its end (as the local
-governor does, see :meth:`Governor._restamp`). Cost per Add Rows: two conditional writes; a
+governor does, see :meth:`Governor._restamp`). Two POSTs a minute are kept in hand
+(:data:`LATE_MARGIN`): a claim written after its start is sent later than stamped. Cost per Add
+Rows: two conditional writes; a
 write that finds the record changed costs one read and one write more (the record is cached
-with its ETag, so an uncontended caller reads nothing). ``bench`` figure 7 measures it.
+with its ETag, so an uncontended caller reads nothing). ``bench`` figures 3i-3j and 7f-7g
+measure it.
 
 Crash bound: a pending entry carries an expiry, ``claim_ttl`` seconds after its start (the
 Power BI request timeout plus a margin). A process that dies holding claims keeps at most
