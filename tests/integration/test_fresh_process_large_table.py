@@ -16,17 +16,16 @@ import json
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient
 
 from tests.azurite import Azurite
 from tests.emulator.conftest import WORKSPACE_ID, Api, EmulatorProcess, start_emulator
+from tests.integration.senders import SyncSenders
 from tests.integration.test_devhost import app_environment, start_devhost
 
 pytestmark = pytest.mark.integration
@@ -101,26 +100,11 @@ def test_a_fresh_process_meeting_a_full_large_table_waits_for_the_hour(
         body = {"dataset": name, "table": "T", "rows": [{"n": k * 10 + i} for i in range(10)]}
         queue.send_message(base64.b64encode(json.dumps(body).encode()).decode())
     host = start_devhost(env, settings)
-    statuses: Counter[int] = Counter()
-    lock = threading.Lock()
+    http = SyncSenders()
 
     def sender(k: int) -> None:
-        """A synchronous sender that retries after Retry-After, as a well-behaved one does."""
-        session = requests.Session()
-        session.trust_env = False
         rows = [{"n": 1000 + k * 10 + i, "label": "http"} for i in range(5)]
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline:
-            answer = session.post(
-                f"{host.base}/api/rows",
-                json={"dataset": name, "table": "T", "rows": rows},
-                timeout=60,
-            )
-            with lock:
-                statuses[answer.status_code] += 1
-            if answer.status_code == 200:
-                return
-            time.sleep(min(5.0, float(answer.headers.get("Retry-After", "1"))))
+        http.send(f"{host.base}/api/rows", {"dataset": name, "table": "T", "rows": rows})
 
     try:
         senders = [threading.Thread(target=sender, args=(k,)) for k in range(3)]
@@ -140,7 +124,7 @@ def test_a_fresh_process_meeting_a_full_large_table_waits_for_the_hour(
     counters = api.state(dataset_id)["counters"]
     handed_back = [line for line in output if "dequeue count not spent" in line]
     print(
-        f"\nfresh process, full large table: HTTP answers {dict(statuses)}, "
+        f"\nfresh process, full large table: HTTP answers {dict(http.statuses)}, "
         f"{len(handed_back)} hand-backs, {counters.get('posts_accepted')} POSTs accepted, "
         f"429s {sum(v for k, v in counters.items() if k.startswith('throttled_'))}"
     )
@@ -148,8 +132,8 @@ def test_a_fresh_process_meeting_a_full_large_table_waits_for_the_hour(
         [k * 10 + i for k in range(5) for i in range(10)]
         + [1000 + k * 10 + i for k in range(3) for i in range(5)]
     ), "every row once"
-    assert not any(status >= 500 for status in statuses), statuses
-    assert statuses[429] > 0  # the senders were told to wait, and when
+    assert not any(status >= 500 for status in http.statuses), http.statuses
+    assert http.statuses[429] > 0  # the senders were told to wait, and when
     assert int(poison.get_queue_properties().approximate_message_count) == 0
     assert not any("MaxDequeueCount" in line for line in output)
     assert handed_back, "the queue messages waited out the pause in the queue"

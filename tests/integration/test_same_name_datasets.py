@@ -13,11 +13,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import requests
 from azure.storage.queue import QueueClient
 
 from tests.azurite import Azurite, dead_letter_lines
 from tests.emulator.conftest import WORKSPACE_ID, Api, EmulatorProcess
+from tests.integration.senders import SyncSenders
 from tests.integration.test_devhost import app_environment, start_devhost
 
 pytestmark = pytest.mark.integration
@@ -48,24 +48,11 @@ def test_three_processes_deliver_to_the_smallest_id_of_two_same_name_datasets(
         body = {"dataset": name, "table": "T", "rows": [{"n": k * 10 + i} for i in range(10)]}
         queue.send_message(base64.b64encode(json.dumps(body).encode()).decode())
     hosts = [start_devhost(env, settings) for _ in range(3)]
-    statuses: Counter[int] = Counter()
-    lock = threading.Lock()
+    http = SyncSenders()
 
     def sender(k: int) -> None:
-        session = requests.Session()
-        session.trust_env = False
         rows = [{"n": 1000 + k * 10 + i, "label": "http"} for i in range(10)]
-        for _ in range(20):
-            answer = session.post(
-                f"{hosts[k % 3].base}/api/rows",
-                json={"dataset": name, "table": "T", "rows": rows},
-                timeout=60,
-            )
-            with lock:
-                statuses[answer.status_code] += 1
-            if answer.status_code == 200:
-                return
-            time.sleep(float(answer.headers.get("Retry-After", "1")))
+        http.send(f"{hosts[k % 3].base}/api/rows", {"dataset": name, "table": "T", "rows": rows})
 
     try:
         threads = [threading.Thread(target=sender, args=(k,)) for k in range(9)]
@@ -87,7 +74,7 @@ def test_three_processes_deliver_to_the_smallest_id_of_two_same_name_datasets(
             host.stop()
     assert sorted(stored) == sorted(expected), "every row once, all in the smallest id"
     assert api.stored_rows(ids[1], "T") == []
-    assert statuses == Counter({200: 9}), statuses
+    assert http.statuses == Counter({200: 9}), http.statuses
     assert dead_letter_lines(azurite.connection_string, env["DEADLETTER_CONTAINER"]) == []
     warned = [any(f"2 datasets are named {name!r}" in line for line in out) for out in outputs]
     assert sum(warned) >= 2, "the processes that looked the name up said so"
