@@ -72,9 +72,14 @@ class Quotas:
         return limits.HOUR / self.time_scale
 
 
+class SlotRefused(TransientError):
+    """A slot refused because a wait the service or the quotas ask for ends after the caller
+    can wait: a pause to wait out, not a failure (a queue message is handed back for it)."""
+
+
 def pause_too_long(dataset: str, paused: float, max_pause: float) -> TransientError:
     """The refusal of a slot while the service's pause has longer to run than is waited."""
-    return TransientError(
+    return SlotRefused(
         f"dataset {dataset}: Power BI asked to wait {paused:.0f} s, longer than "
         f"{max_pause:.0f} s (POWERBI_MAX_RETRY_AFTER_SECONDS)",
         retry_after=paused,
@@ -83,7 +88,7 @@ def pause_too_long(dataset: str, paused: float, max_pause: float) -> TransientEr
 
 def frees_up_too_late(dataset: str, wait: float) -> TransientError:
     """The refusal of a slot that frees up only after the caller's deadline."""
-    return TransientError(
+    return SlotRefused(
         f"dataset {dataset}: its quota frees up in {wait:.1f} s, after the deadline",
         retry_after=wait,
     )

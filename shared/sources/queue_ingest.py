@@ -39,9 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 from shared.contracts import PushResult, Target
 from shared.engine.coalesce import Coalescer
+from shared.engine.governor import SlotRefused
 from shared.engine.ingest import PushIncomplete
 from shared.engine.profile import ProfileError, TableProfile
-from shared.engine.retry import Deadline
+from shared.engine.retry import REFUSED_STATUSES, Deadline
 from shared.errors import NotFoundError, PermanentError, TransientError, ValidationError
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.envelope import envelope, rows_of
@@ -206,7 +207,8 @@ class QueueIngest:
         True once it is there, False when this message is not to be handed back (the caller
         raises ``error``: the host redelivers).
 
-        The rule: Power BI asked for a pause (``retry_after``) longer than the host's
+        The rule: Power BI asked for a pause (``retry_after`` on a 429 or 503, or the
+        governor's refusal of a slot for Power BI's pause or quotas) longer than the host's
         redelivery delay (``visibilityTimeout``), so a redelivery would come back before the
         pause is over and spend a try for nothing. What is left of the time budget is not
         part of the rule: the retry layer and the governor raise a ``retry_after`` only when
@@ -229,6 +231,14 @@ class QueueIngest:
         """
         pause = error.retry_after
         if self._rows_queue is None or pause is None or pause <= self.redelivery_delay:
+            return False
+        cause = error.result.cause if isinstance(error, PushIncomplete) else error
+        if not (
+            isinstance(cause, SlotRefused)
+            or (cause is not None and cause.status in REFUSED_STATUSES)
+        ):
+            # A wait nobody asked for as a pause (an identity endpoint's 2 s back-off while it
+            # is down, say) is a failure: redelivered, and poisoned after the last try.
             return False
         delay = min(MAX_VISIBILITY_SECONDS, max(1, math.ceil(pause)))
         rows_queue = self._rows_queue
