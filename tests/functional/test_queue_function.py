@@ -19,6 +19,7 @@ from azure.storage.queue import QueueMessage as QueueMessageItem
 
 from functions.queue import ingest_queue
 from shared import runtime
+from shared.engine.governor import pause_too_long
 from shared.engine.ingest import PushIncomplete
 from shared.errors import TransientError
 from shared.sources.claimcheck import ClaimCheckStore
@@ -407,3 +408,26 @@ def test_a_long_pause_on_a_lookup_before_the_push_hands_the_message_back(
     assert outcome is None and refused.refused == 1
     assert waiting(rows_queue) == 1 and list(rows_queue.peek_messages()) == []
     assert "handed back: Power BI asked to wait 3540 s" in caplog.text
+
+
+def test_only_a_pause_asked_for_is_handed_back(
+    rows_queue: QueueClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait longer than the redelivery delay that nobody asked for as a pause (the identity
+    endpoint's 2 s back-off while it is down, status None) is not handed back: the message is
+    redelivered and poisoned after its last try (the long-outage test met 3,629 hand-backs and
+    duplicated rows before this rule). Power BI's 429 with Retry-After, and the governor's
+    refusal of a slot, are."""
+    monkeypatch.setenv("AzureFunctionsJobHost__extensions__queues__visibilityTimeout", "00:00:01")
+    runtime.reset()
+    handler = runtime.get_queue_ingest()
+    body = json.dumps({"dataset": "D", "table": "T", "rows": []}).encode()
+
+    def hand_back(error: TransientError) -> bool:
+        return asyncio.run(handler._hand_back(body, "a message", error))
+
+    assert not hand_back(TransientError("identity endpoint unreachable", retry_after=2.0))
+    assert waiting(rows_queue) == 0
+    assert hand_back(TransientError("throttled", retry_after=2.0, status=429))
+    assert hand_back(pause_too_long("ds", 40.0, 5.0))
+    assert waiting(rows_queue) == 2
