@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup lint test emulator run bench soak clean
+.PHONY: setup lint test emulator run bench soak package clean
 
 # Re-created whenever a requirements file changes.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -53,6 +53,13 @@ SOAK_MINUTES ?= 10
 soak: setup
 	$(BIN)/python -m tests.reliability.soak --minutes $(SOAK_MINUTES)
 
+# The deployable zip (tools/package.py): the app files .funcignore lets through at the root and the
+# requirements.txt dependencies as CPython 3.11 manylinux x86_64 wheels in
+# .python_packages/lib/site-packages, for a deployment with remote build off. Prints size and file
+# count. `make package PACKAGE_ARGS="--out /tmp/app.zip"` writes elsewhere.
+package: setup
+	$(BIN)/python -m tools.package $(PACKAGE_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

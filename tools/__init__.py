@@ -1,0 +1,1 @@
+"""Build and release tools for the repository; never deployed (listed in ``.funcignore``)."""
