@@ -104,6 +104,8 @@ def push_across_a_revocation(emulator: EmulatorProcess, tokens: TokenProvider) -
         PowerBIClient(emulator.base, tokens, retry=FAST),
         definitions={name: definition(name)},
         retry=FAST,
+        # A workspace: Power BI refuses service principals on My workspace (issue 17).
+        default_workspace=WORKSPACE_ID,
     )
     target = Target(name, "Product")
     first = ingestor.push(target, [product(i) for i in range(5)])
