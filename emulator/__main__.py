@@ -15,7 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from emulator.access import Member, TenantSetting, parse_member
 from emulator.app import EmulatorConfig, create_app
+from emulator.errors import ApiError
 from emulator.faults import FaultConfigError, FaultPlan
 from emulator.identity import ClientApp, IdentityConfig
 from emulator.live import blob_endpoint
@@ -89,6 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token-lifetime", type=int, default=None, help="seconds (default 3600)")
     parser.add_argument("--faults", default=None, help="initial fault plan as JSON")
     parser.add_argument(
+        "--service-principals",
+        choices=("on", "off"),
+        default=None,
+        help="the tenant setting 'Service principals can use Fabric APIs' at start (default: "
+        "the --config file's, else the stored one, else on)",
+    )
+    parser.add_argument(
         "--deadletter-container",
         default="deadletter",
         help="the app's dead-letter container, shown on the dashboard when "
@@ -133,6 +142,15 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
     workspaces: list[tuple[str, str | None]] = [
         (w["name"], w.get("id")) for w in file.get("workspaces", [])
     ]
+    members: dict[str, list[Member]] = {
+        w["name"]: _config_members(w["name"], w["members"])
+        for w in file.get("workspaces", [])
+        if "members" in w
+    }
+    tenant = _config_tenant(file["tenant"]) if "tenant" in file else None
+    if args.service_principals is not None:
+        allowed = tenant.allowed_principals if tenant is not None else None
+        tenant = TenantSetting(args.service_principals == "on", allowed)
     for spec in args.workspace:
         name, _, workspace_id = spec.partition("=")
         workspaces.append((name, workspace_id or None))
@@ -145,7 +163,29 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         workspaces=workspaces,
         faults=faults,
         deadletters=(connection, args.deadletter_container) if connection else None,
+        members=members,
+        tenant=tenant,
     )
+
+
+def _config_members(workspace: str, value: Any) -> list[Member]:
+    """A workspace's ``members`` from the config file (same form as the admin API's)."""
+    if not isinstance(value, list):
+        raise ValueError(f"workspace {workspace!r}: 'members' must be a list")
+    try:
+        return [
+            parse_member(m, f"member {i} of workspace {workspace!r}") for i, m in enumerate(value)
+        ]
+    except ApiError as exc:
+        raise ValueError(exc.details[0]["message"] if exc.details else exc.message) from None
+
+
+def _config_tenant(value: Any) -> TenantSetting:
+    """The config file's ``tenant`` (same form as ``PUT /_emulator/tenant``)."""
+    try:
+        return TenantSetting.from_json(value)
+    except ApiError as exc:
+        raise ValueError(exc.details[0]["message"] if exc.details else exc.message) from None
 
 
 async def serve(args: argparse.Namespace, config: EmulatorConfig) -> None:
@@ -163,6 +203,8 @@ async def serve(args: argparse.Namespace, config: EmulatorConfig) -> None:
         f"  Managed identity endpoint: {base}/msi/token "
         f"(IDENTITY_ENDPOINT; IDENTITY_HEADER={identity.identity_header})",
         f"  Admin:      {base}/_emulator/state",
+        f"  Tenant:     {base}/_emulator/tenant (service principals: "
+        f"{_tenant_summary(app['emulator'].tenant)})",
         f"  Dashboard:  {base}/",
     ]
     if config.deadletters is not None:
@@ -193,6 +235,14 @@ async def serve(args: argparse.Namespace, config: EmulatorConfig) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def _tenant_summary(tenant: TenantSetting) -> str:
+    if not tenant.service_principals_enabled:
+        return "off"
+    if tenant.allowed_principals is None:
+        return "on"
+    return f"on for {len(tenant.allowed_principals)} principal(s)"
 
 
 def _tls_port(args: argparse.Namespace, port: int) -> int:

@@ -8,12 +8,17 @@ Routes (``{p}`` is ``/v1.0/myorg`` or ``/v1.0/myorg/groups/{groupId}``):
 ``GET {p}/datasets/{id}/tables``      Get Tables
 ``PUT {p}/datasets/{id}/tables/{t}``  Put Table (updates a table; never creates one)
 ``POST/DELETE .../tables/{t}/rows``   Post Rows / Delete Rows (all rows)
-``GET /v1.0/myorg/groups``            Get Groups (``$filter``, ``$top``, ``$skip``)
+``GET /v1.0/myorg/groups``            Get Groups (``$filter``, ``$top``, ``$skip``): the caller's
+``GET/POST/PUT .../groups/{g}/users``  Get Group Users / Add Group User / Update Group User
+``DELETE .../groups/{g}/users/{u}``    Delete User In Group
 ``GET /msi/token``                    App Service managed-identity endpoint
 ``/{tenant}/v2.0/.well-known/...``    OpenID discovery; ``/{tenant}/oauth2/v2.0/token``
 ``/_emulator/...``                    emulator-only admin and read API (not in Power BI)
 ``GET /``                             the live dashboard (``emulator/dashboard.py``)
 ====================================  ===================================================
+
+Who may call what (the tenant setting, workspace roles, My workspace for service principals) is
+``emulator/access.py``; the refusals' forms and their sources are in ``emulator/errors.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from emulator import limits
+from emulator import access, limits
+from emulator.access import DEFAULT_USER, MANAGE, READ, WRITE, Member, TenantSetting
 from emulator.clock import ScaledClock
 from emulator.dashboard import DashboardApi
 from emulator.definitions import parse_dataset, parse_retention, parse_table
@@ -41,6 +47,7 @@ from emulator.errors import (
     bad_request,
     dataset_not_found,
     group_not_found,
+    not_authorized,
     not_push,
     table_not_found,
 )
@@ -78,6 +85,11 @@ class EmulatorConfig:
     #: (connection string, container) of the app's dead letters, for the dashboard to show;
     #: None: the dashboard says it is not connected.
     deadletters: tuple[str, str] | None = None
+    #: Members of configured workspaces, by workspace name; a workspace not named here gets
+    #: the default members (:meth:`Emulator.default_members`) unless it already has a list.
+    members: dict[str, list[Member]] = field(default_factory=dict)
+    #: The tenant setting at start; None: the stored one (enabled for everyone by default).
+    tenant: TenantSetting | None = None
 
 
 class Emulator:
@@ -97,8 +109,16 @@ class Emulator:
         #: explain. Positions are as stored; FIFO trimming shifts them.
         self.answers_lost: dict[str, list[dict[str, Any]]] = {}
         self.auth_failures: Counter[str] = Counter()
+        if config.tenant is not None:
+            self.store.set_tenant(config.tenant)
+        self.tenant = self.store.tenant()
         for name, workspace_id in config.workspaces:
-            self.store.add_workspace(name, workspace_id)
+            added = self.store.add_workspace(name, workspace_id)
+            if name in config.members:
+                self.store.set_members(added, config.members[name])
+        for workspace in self.store.workspaces:
+            if workspace not in self.store.members:  # new, or from a --db file made before
+                self.store.set_members(workspace, self.default_members())
         #: Datasets whose Post Rows carried a sequence number already logged (once each).
         self.sequence_numbers_seen: set[str] = set()
         #: What the live dashboard watches (emulator/live.py).
@@ -115,26 +135,72 @@ class Emulator:
         self.counters.setdefault(dataset_id, Counter())[key] += amount
         self.feed.changed()
 
+    def default_members(self) -> list[Member]:
+        """The emulator's own identities, so that ``make run`` and tests work as before: the
+        admin token's default user as Admin; the system-assigned and user-assigned managed
+        identities and the registered client apps as Member (enough to push, and to grant
+        roles up to Member)."""
+        identity = self.config.identity
+        members = [
+            Member(DEFAULT_USER, "User", "Admin", "Emulator user"),
+            Member(
+                identity.system_principal_id,
+                "App",
+                "Member",
+                "System-assigned managed identity",
+            ),
+        ]
+        members += [
+            Member(principal, "App", "Member", f"User-assigned managed identity {client_id}")
+            for client_id, principal in identity.user_assigned.items()
+        ]
+        members += [
+            Member(f"sp-{client_id}", "App", "Member", f"App registration {client_id}")
+            for client_id in identity.clients
+        ]
+        unique: dict[str, Member] = {}
+        for member in members:
+            unique.setdefault(member.identifier.lower(), member)
+        return list(unique.values())
+
+    def set_tenant(self, tenant: TenantSetting) -> None:
+        self.tenant = tenant
+        self.store.set_tenant(tenant)
+        self.feed.changed()
+
     # -- lookups ------------------------------------------------------------------------
 
-    def workspace(self, request: web.Request) -> str:
+    def workspace(
+        self, request: web.Request, needed: str = READ, action: str = "This operation"
+    ) -> str:
+        """The request's workspace key, after the caller's right to do ``action`` there is
+        checked: a service principal may not use My workspace; in a workspace the caller needs
+        the role ``needed`` (``access.READ``, ``WRITE`` or ``MANAGE``)."""
+        claims: dict[str, Any] = request.get("claims", {})
         group_id = request.match_info.get("groupId")
         if group_id is None:
+            access.check_my_workspace(claims)
             return MY_WORKSPACE
         if group_id.lower() not in self.store.workspaces:
             raise group_not_found(group_id)
-        return group_id.lower()
+        workspace = group_id.lower()
+        access.require(self.store.members.get(workspace, {}), claims, needed, workspace, action)
+        return workspace
 
-    def dataset(self, request: web.Request) -> Dataset:
-        workspace = self.workspace(request)
+    def dataset(
+        self, request: web.Request, needed: str = READ, action: str = "This operation"
+    ) -> Dataset:
+        workspace = self.workspace(request, needed, action)
         dataset_id = request.match_info["datasetId"]
         dataset = self.store.datasets.get(dataset_id.lower())
         if dataset is None or dataset.workspace != workspace:
             raise dataset_not_found(dataset_id)
         return dataset
 
-    def push_table(self, request: web.Request) -> tuple[Dataset, Table]:
-        dataset = self.dataset(request)
+    def push_table(
+        self, request: web.Request, needed: str = READ, action: str = "This operation"
+    ) -> tuple[Dataset, Table]:
+        dataset = self.dataset(request, needed, action)
         if not dataset.is_push:
             raise not_push(dataset.id)
         name = request.match_info["tableName"]
@@ -247,7 +313,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
     except ApiError as exc:
-        response = _json(exc.body(), exc.status)
+        if exc.raw == b"":
+            response = web.Response(status=exc.status)
+        else:
+            response = _json(exc.body() if exc.raw is None else exc.raw, exc.status)
         response.headers.update(exc.headers)
     except web.HTTPException as exc:
         code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status, exc.reason)
@@ -286,6 +355,12 @@ def auth_middleware(emulator: Emulator) -> Any:
                     exc.message,
                     headers={"WWW-Authenticate": f'Bearer realm="", error="{exc.code}"'},
                 ) from None
+            try:
+                access.check_tenant(emulator.tenant, request["claims"])
+            except ApiError as exc:
+                emulator.auth_failures[exc.code] += 1
+                await _drain(request, 4 * limits.MAX_BODY_BYTES)
+                raise
         return await handler(request)
 
     return middleware
@@ -349,6 +424,8 @@ class PushApi:
                 "type": "Workspace",
             }
             for gid, name in sorted(self.em.store.workspaces.items(), key=lambda kv: kv[1])
+            # Get Groups lists only the workspaces the caller has access to.
+            if access.role_of(self.em.store.members.get(gid, {}), request["claims"]) is not None
         ]
         groups = [g for g in groups if matches(g)]
         skip = _int_param(request, "$skip", 0)
@@ -357,7 +434,7 @@ class PushApi:
         return _odata(request, "groups", page, **{"@odata.count": len(page)})
 
     async def get_datasets(self, request: web.Request) -> web.Response:
-        workspace = self.em.workspace(request)
+        workspace = self.em.workspace(request, READ, "Get Datasets")
         base = _api_base(request)
         value = [
             d.to_api(base) for d in self.em.store.datasets.values() if d.workspace == workspace
@@ -365,7 +442,7 @@ class PushApi:
         return _odata(request, "datasets", value)
 
     async def post_dataset(self, request: web.Request) -> web.Response:
-        workspace = self.em.workspace(request)
+        workspace = self.em.workspace(request, WRITE, "Create Dataset")
         retention = parse_retention(request.query.get("defaultRetentionPolicy"))
         body = await _read_json(request)
         name, mode, tables = parse_dataset(body)
@@ -378,12 +455,12 @@ class PushApi:
         return _json(answer, 201)
 
     async def get_dataset(self, request: web.Request) -> web.Response:
-        dataset = self.em.dataset(request)
+        dataset = self.em.dataset(request, READ, "Get Dataset")
         body = dataset.to_api(_api_base(request))
         return _json({"@odata.context": f"{_api_base(request)}/$metadata#datasets/$entity", **body})
 
     async def delete_dataset(self, request: web.Request) -> web.Response:
-        dataset = self.em.dataset(request)
+        dataset = self.em.dataset(request, WRITE, "Delete Dataset")
         self.em.store.delete_dataset(dataset)
         self.em.quotas.forget(dataset.id)
         self.em.arrivals.forget(dataset.id)
@@ -392,13 +469,13 @@ class PushApi:
         return web.Response(status=200)
 
     async def get_tables(self, request: web.Request) -> web.Response:
-        dataset = self.em.dataset(request)
+        dataset = self.em.dataset(request, READ, "Get Tables")
         if not dataset.is_push:
             raise not_push(dataset.id)
         return _odata(request, "tables", [t.to_api() for t in dataset.tables.values()])
 
     async def put_table(self, request: web.Request) -> web.Response:
-        dataset, table = self.em.push_table(request)
+        dataset, table = self.em.push_table(request, WRITE, "Put Table")
         new = parse_table(await _read_json(request))
         if new.name != table.name:
             raise bad_request(
@@ -409,7 +486,7 @@ class PushApi:
         return _json(new.to_api())
 
     async def delete_rows(self, request: web.Request) -> web.Response:
-        dataset, table = self.em.push_table(request)
+        dataset, table = self.em.push_table(request, WRITE, "Delete Rows")
         self.em.store.delete_rows(dataset, table)
         self.em.arrivals.forget(dataset.id, table.name)
         lost = self.em.answers_lost.get(dataset.id, [])
@@ -418,7 +495,7 @@ class PushApi:
         return web.Response(status=200)
 
     async def post_rows(self, request: web.Request) -> web.StreamResponse:
-        dataset, table = self.em.push_table(request)
+        dataset, table = self.em.push_table(request, WRITE, "Post Rows")
         self.em.count(dataset.id, "requests")
         answer_headers = self._sequence_number(request, dataset)
         pending = self.em.quotas.begin(dataset.id)
@@ -466,6 +543,89 @@ class PushApi:
             return web.Response(status=200, headers=answer_headers)
         finally:
             self.em.quotas.end(dataset.id)
+
+    # -- Group users (workspace access) ---------------------------------------------------
+
+    async def get_group_users(self, request: web.Request) -> web.Response:
+        """Get Group Users: the access list, for any member of the workspace."""
+        workspace = self.em.workspace(request, READ, "Get Group Users")
+        members = self.em.store.members.get(workspace, {}).values()
+        return _odata(request, "groupUsers", [m.to_api() for m in members])
+
+    async def add_group_user(self, request: web.Request) -> web.Response:
+        """Add Group User: an Admin grants any role; a Member grants at most Member."""
+        workspace = self.em.workspace(request, MANAGE, "Add Group User")
+        role = self._caller_role(request, workspace)
+        member = access.parse_group_user(await _read_json(request, 1 << 20))
+        self._may_grant(role, member.access_right, workspace)
+        if member.identifier.lower() in self.em.store.members.get(workspace, {}):
+            raise ApiError(
+                400,
+                "AddingAlreadyExistsGroupUserNotSupportedError",
+                f"{member.identifier} is already a user of workspace {workspace}; change its "
+                "access right with Update Group User (PUT).",
+            )
+        self.em.store.put_member(workspace, member)
+        self.em.feed.changed()
+        log.info("workspace %s: %s added as %s", workspace, member.identifier, member.access_right)
+        return web.Response(status=200)
+
+    async def update_group_user(self, request: web.Request) -> web.Response:
+        """Update Group User: change an existing member's role (an Admin's only by an Admin)."""
+        workspace = self.em.workspace(request, MANAGE, "Update Group User")
+        role = self._caller_role(request, workspace)
+        member = access.parse_group_user(await _read_json(request, 1 << 20))
+        existing = self.em.store.members.get(workspace, {}).get(member.identifier.lower())
+        if existing is None:
+            raise ApiError(
+                404,
+                "PowerBIEntityNotFound",
+                f"{member.identifier} is not a user of workspace {workspace}; add it with Add "
+                "Group User (POST).",
+            )
+        self._may_grant(role, member.access_right, workspace)
+        if existing.access_right == "Admin" and role != "Admin":
+            raise not_authorized(
+                f"The caller is {role} of workspace {workspace}; only an Admin may change an "
+                "Admin's access right."
+            )
+        self.em.store.put_member(
+            workspace,
+            Member(
+                existing.identifier,
+                member.principal_type,
+                member.access_right,
+                member.display_name or existing.display_name,
+            ),
+        )
+        self.em.feed.changed()
+        return web.Response(status=200)
+
+    async def delete_group_user(self, request: web.Request) -> web.Response:
+        """Delete User In Group: Admin only ("Add/remove people, including other admins")."""
+        workspace = self.em.workspace(request, "Admin", "Delete User In Group")
+        user = request.match_info["user"]
+        if user.lower() not in self.em.store.members.get(workspace, {}):
+            raise ApiError(
+                404, "PowerBIEntityNotFound", f"{user} is not a user of workspace {workspace}."
+            )
+        self.em.store.remove_member(workspace, user)
+        self.em.feed.changed()
+        return web.Response(status=200)
+
+    def _caller_role(self, request: web.Request, workspace: str) -> str:
+        role = access.role_of(self.em.store.members.get(workspace, {}), request["claims"])
+        assert role is not None  # workspace() has checked membership
+        return role
+
+    @staticmethod
+    def _may_grant(role: str, right: str, workspace: str) -> None:
+        """A Member adds "members or others with lower permissions"; only an Admin grants
+        Admin ("Roles in workspaces" table)."""
+        if access.rank(right) > access.rank(role):
+            raise not_authorized(
+                f"The caller is {role} of workspace {workspace}; granting {right} needs Admin."
+            )
 
     def _sequence_number(self, request: web.Request, dataset: Dataset) -> dict[str, str]:
         """Note a sequence-number header (not emulated: see SEQUENCE_NUMBER_HEADER); return the
@@ -674,15 +834,59 @@ class AdminApi:
         return _json({"status": "ok", "timeScale": self.em.clock.scale, "db": self.em.store.path})
 
     async def add_workspace(self, request: web.Request) -> web.Response:
+        """Create a workspace; ``members`` (optional) is its access list, else the defaults."""
         body = await _read_json(request, 1 << 20)
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            raise bad_request('Send {"name": "...", "id": "<optional uuid>"}.')
+            raise bad_request(
+                'Send {"name": "...", "id": "<optional uuid>", "members": [<optional>]}.'
+            )
+        members = _members(body["members"]) if "members" in body else None
         try:
             workspace_id = self.em.store.add_workspace(body["name"], body.get("id"))
         except (ValueError, TypeError, AttributeError):
             raise bad_request("'id' must be a UUID.", "id") from None
+        if members is not None:
+            self.em.store.set_members(workspace_id, members)
+        elif workspace_id not in self.em.store.members:
+            self.em.store.set_members(workspace_id, self.em.default_members())
         self.em.feed.changed()
-        return _json({"id": workspace_id, "name": body["name"]}, 201)
+        listed = self.em.store.members[workspace_id].values()
+        return _json(
+            {"id": workspace_id, "name": body["name"], "members": [m.to_api() for m in listed]},
+            201,
+        )
+
+    def _known_workspace(self, request: web.Request) -> str:
+        workspace = request.match_info["workspaceId"].lower()
+        if workspace not in self.em.store.workspaces:
+            raise group_not_found(request.match_info["workspaceId"])
+        return workspace
+
+    async def get_members(self, request: web.Request) -> web.Response:
+        workspace = self._known_workspace(request)
+        members = self.em.store.members.get(workspace, {}).values()
+        return _json({"value": [m.to_api() for m in members]})
+
+    async def put_members(self, request: web.Request) -> web.Response:
+        """Replace a workspace's access list (no Power BI rules: this is the emulator's own)."""
+        workspace = self._known_workspace(request)
+        body = await _read_json(request, 1 << 20)
+        if not isinstance(body, dict) or "value" not in body:
+            raise bad_request(
+                'Send {"value": [{"identifier", "principalType", "groupUserAccessRight"}, ...]}.',
+                "value",
+            )
+        self.em.store.set_members(workspace, _members(body["value"]))
+        self.em.feed.changed()
+        return await self.get_members(request)
+
+    async def get_tenant(self, request: web.Request) -> web.Response:
+        return _json(self.em.tenant.to_json())
+
+    async def put_tenant(self, request: web.Request) -> web.Response:
+        self.em.set_tenant(TenantSetting.from_json(await _read_json(request, 1 << 20)))
+        log.info("tenant setting: %s", self.em.tenant.to_json())
+        return _json(self.em.tenant.to_json())
 
     async def token(self, request: web.Request) -> web.Response:
         body = await _read_json(request, 1 << 20) if request.can_read_body else {}
@@ -691,11 +895,16 @@ class AdminApi:
         lifetime = body.get("lifetime", self.em.config.identity.token_lifetime)
         if not isinstance(lifetime, int):
             raise bad_request("'lifetime' must be whole seconds.", "lifetime")
+        identity_type = body.get("identityType", "user")
+        if identity_type not in ("user", "app"):
+            raise bad_request("'identityType' must be 'user' or 'app'.", "identityType")
+        subject = str(body.get("subject", DEFAULT_USER))
         token, expires_on = self.em.tokens.issue(
             audience=str(body.get("audience", POWERBI_RESOURCE)),
-            subject=str(body.get("subject", "emulator-user")),
-            app_id="emulator-admin",
-            identity_type="user",
+            subject=subject,
+            # An app token's appid is the app itself; a user's names the client it signed in with.
+            app_id=subject if identity_type == "app" else "emulator-admin",
+            identity_type=identity_type,
             lifetime=lifetime,
         )
         return _json({"access_token": token, "expires_on": expires_on})
@@ -752,7 +961,15 @@ class AdminApi:
     async def state(self, request: web.Request) -> web.Response:
         return _json(
             {
-                "workspaces": [{"id": k, "name": v} for k, v in self.em.store.workspaces.items()],
+                "workspaces": [
+                    {
+                        "id": k,
+                        "name": v,
+                        "members": [m.to_api() for m in self.em.store.members.get(k, {}).values()],
+                    }
+                    for k, v in self.em.store.workspaces.items()
+                ],
+                "tenant": self.em.tenant.to_json(),
                 "datasets": [self._dataset_state(d) for d in self.em.store.datasets.values()],
                 "authFailures": dict(self.em.auth_failures),
                 "faults": self.em.faults.to_json(),
@@ -789,6 +1006,16 @@ class AdminApi:
         self.em.faults = FaultPlan()
         self.em.feed.changed()
         return _json({"status": "reset"})
+
+
+def _members(value: Any) -> list[Member]:
+    """An admin-API member list; a 400 naming the bad entry or field."""
+    if not isinstance(value, list):
+        raise bad_request("'members' must be a list.", "members")
+    members = [access.parse_member(m, f"members[{i}]") for i, m in enumerate(value)]
+    if len({m.identifier.lower() for m in members}) != len(members):
+        raise bad_request("An identifier is listed twice.", "members")
+    return members
 
 
 _SLASHES = re.compile(r"/{2,}")
@@ -837,6 +1064,11 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
         app.router.add_post(rows, push.post_rows)
         app.router.add_delete(rows, push.delete_rows)
     app.router.add_get("/v1.0/myorg/groups", push.get_groups)
+    users = "/v1.0/myorg/groups/{groupId}/users"
+    app.router.add_get(users, push.get_group_users)
+    app.router.add_post(users, push.add_group_user)
+    app.router.add_put(users, push.update_group_user)
+    app.router.add_delete(users + "/{user}", push.delete_group_user)
     # Last: a push-API path with an empty segment (``myorg//datasets``, ``groups/{id}//...``,
     # a trailing ``/``) matches none of the routes above; it is served as the path without them.
     app.router.add_route("*", "/v1.0/{path:/.*|.*//.*|.*/}", _without_empty_segments)
@@ -847,6 +1079,10 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     app.router.add_post("/{tenant}/oauth2/v2.0/token", tokens.token)
     app.router.add_get("/_emulator/health", admin.health)
     app.router.add_post("/_emulator/workspaces", admin.add_workspace)
+    app.router.add_get("/_emulator/workspaces/{workspaceId}/users", admin.get_members)
+    app.router.add_put("/_emulator/workspaces/{workspaceId}/users", admin.put_members)
+    app.router.add_get("/_emulator/tenant", admin.get_tenant)
+    app.router.add_put("/_emulator/tenant", admin.put_tenant)
     app.router.add_post("/_emulator/token", admin.token)
     app.router.add_post("/_emulator/tokens/revoke", admin.revoke_tokens)
     app.router.add_get("/_emulator/faults", admin.get_faults)

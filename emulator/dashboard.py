@@ -367,6 +367,41 @@ def render_dead_letters(summary: DeadLetterSummary | None) -> str:
     return "".join(parts)
 
 
+def render_access(emulator: Emulator) -> str:
+    """The tenant setting for service principals, and each workspace's members and roles."""
+    tenant = emulator.tenant
+    if not tenant.service_principals_enabled:
+        setting = '<strong class="hot">off</strong>: every service principal is refused (401)'
+    elif tenant.allowed_principals is None:
+        setting = "<strong>on</strong> for every service principal"
+    else:
+        allowed = ", ".join(f"<code>{escape(a)}</code>" for a in tenant.allowed_principals)
+        setting = f"<strong>on</strong> only for {allowed or 'nobody'}"
+    parts = [
+        f'<p class="meta" id="tenant-setting">Service principals can use Fabric APIs: {setting}</p>'
+    ]
+    for workspace_id, name in sorted(emulator.store.workspaces.items(), key=lambda kv: kv[1]):
+        members = list(emulator.store.members.get(workspace_id, {}).values())
+        parts.append(
+            f'<h3 class="workspace">{escape(name)}</h3>'
+            f'<p class="meta"><code>{escape(workspace_id)}</code></p>'
+        )
+        if not members:
+            parts.append('<p class="empty">No members: nobody may use it.</p>')
+            continue
+        items = "".join(
+            f"<li><span>{escape(m.display_name or m.identifier)}"
+            f"{f' <code>{escape(m.identifier)}</code>' if m.display_name else ''}</span> "
+            f'<span class="count">{escape(m.principal_type)} · '
+            f'<strong class="role">{escape(m.access_right)}</strong></span></li>'
+            for m in members
+        )
+        parts.append(
+            f'<ul class="targets members" data-workspace="{escape(workspace_id)}">{items}</ul>'
+        )
+    return "".join(parts)
+
+
 # -- the page and its routes ------------------------------------------------------------------
 
 
@@ -400,6 +435,7 @@ def payload(emulator: Emulator, dataset_id: str | None, table_name: str | None) 
             "datasets": render_datasets(emulator, selection),
             "table": render_table(emulator, selection),
             "deadletters": render_dead_letters(summary),
+            "access": render_access(emulator),
         },
     }
 
@@ -438,6 +474,10 @@ def render_page(emulator: Emulator, dataset_id: str | None, table_name: str | No
 <section class="deadletters" aria-labelledby="deadletters-heading">
 <h2 id="deadletters-heading">Dead letters</h2>
 <div data-region="deadletters">{regions["deadletters"]}</div>
+</section>
+<section class="access" aria-labelledby="access-heading">
+<h2 id="access-heading">Workspaces and access</h2>
+<div data-region="access">{regions["access"]}</div>
 </section>
 </main>
 </body>

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from emulator.access import Member, TenantSetting
+
 MY_WORKSPACE = ""  # workspace key of "My workspace"
 
 _SCHEMA = """
@@ -30,6 +32,11 @@ CREATE TABLE IF NOT EXISTS rows (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, tbl TEXT NOT NULL,
     received REAL NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS rows_by_table ON rows (dataset, tbl, seq);
+CREATE TABLE IF NOT EXISTS members (
+    workspace TEXT NOT NULL, identifier TEXT NOT NULL, principal_type TEXT NOT NULL,
+    access_right TEXT NOT NULL, display_name TEXT, position INTEGER NOT NULL,
+    PRIMARY KEY (workspace, identifier));
+CREATE TABLE IF NOT EXISTS member_lists (workspace TEXT PRIMARY KEY);
 """
 
 
@@ -113,6 +120,10 @@ class Store:
         self._db.executescript(_SCHEMA)
         self.workspaces: dict[str, str] = dict(self._db.execute("SELECT id, name FROM workspaces"))
         self.datasets: dict[str, Dataset] = {}
+        #: Per workspace, its members by lower-cased identifier (object id), in the order added.
+        #: A workspace absent here never had a list set (an older --db file): the emulator gives
+        #: it the default members at start.
+        self.members: dict[str, dict[str, Member]] = {}
         self._load()
 
     def _load(self) -> None:
@@ -131,6 +142,14 @@ class Store:
                 "SELECT COUNT(*) FROM rows WHERE dataset = ? AND tbl = ?", (dataset_id, table.name)
             ).fetchone()
             self.datasets[dataset_id].tables[table.name] = table
+        for (workspace,) in self._db.execute("SELECT workspace FROM member_lists"):
+            self.members[workspace] = {}
+        for workspace, identifier, principal_type, right, display in self._db.execute(
+            "SELECT workspace, identifier, principal_type, access_right, display_name "
+            "FROM members ORDER BY workspace, position"
+        ):
+            member = Member(identifier, principal_type, right, display)
+            self.members.setdefault(workspace, {})[identifier.lower()] = member
 
     # -- meta -----------------------------------------------------------------------------
 
@@ -152,6 +171,54 @@ class Store:
         )
         self.workspaces[workspace_id] = name
         return workspace_id
+
+    # -- members and the tenant setting ---------------------------------------------------
+
+    def set_members(self, workspace: str, members: list[Member]) -> None:
+        """Replace a workspace's access list (an empty list: nobody may use it)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM members WHERE workspace = ?", (workspace,))
+            self._db.execute(
+                "INSERT OR IGNORE INTO member_lists (workspace) VALUES (?)", (workspace,)
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        workspace,
+                        m.identifier,
+                        m.principal_type,
+                        m.access_right,
+                        m.display_name,
+                        position,
+                    )
+                    for position, m in enumerate(members)
+                ],
+            )
+        self.members[workspace] = {m.identifier.lower(): m for m in members}
+
+    def put_member(self, workspace: str, member: Member) -> None:
+        """Add a member, or change an existing one's role (keeping its place)."""
+        members = dict(self.members.get(workspace, {}))
+        members[member.identifier.lower()] = member
+        self.set_members(workspace, list(members.values()))
+
+    def remove_member(self, workspace: str, identifier: str) -> None:
+        members = dict(self.members.get(workspace, {}))
+        members.pop(identifier.lower(), None)
+        self.set_members(workspace, list(members.values()))
+
+    def tenant(self) -> TenantSetting:
+        """The stored tenant setting (the default one if none was stored)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'tenant'").fetchone()
+        return TenantSetting.from_json(json.loads(row[0])) if row else TenantSetting()
+
+    def set_tenant(self, tenant: TenantSetting) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('tenant', ?)",
+            (json.dumps(tenant.to_json()).encode(),),
+        )
 
     # -- datasets and tables --------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from tests.emulator.conftest import (
     POWERBI_RESOURCE,
     TENANT,
     USER_ASSIGNED_ID,
+    WORKSPACE_ID,
     EmulatorProcess,
 )
 
@@ -62,11 +63,14 @@ def trusting_session(emulator: EmulatorProcess) -> requests.Session:
 
 
 def get_datasets(emulator: EmulatorProcess, authorization: str | None) -> requests.Response:
-    """GET My workspace's datasets with the given Authorization header (or none)."""
+    """GET the test workspace's datasets with the given Authorization header (or none). (A
+    workspace, not My workspace: Power BI refuses service principals there, issue 17.)"""
     headers = {"Authorization": authorization} if authorization is not None else {}
     with requests.Session() as session:
         session.trust_env = False
-        return session.get(f"{emulator.api}/datasets", headers=headers, timeout=30)
+        return session.get(
+            f"{emulator.api}/groups/{WORKSPACE_ID}/datasets", headers=headers, timeout=30
+        )
 
 
 def assert_api_accepts(emulator: EmulatorProcess, token: str) -> None:

@@ -246,7 +246,9 @@ def test_stream_sends_the_new_count_and_rows_after_post_rows(
     stream = EventStream(emulator.base, dataset=dataset_id, table="T")
     try:
         first = stream.next()
-        assert first is not None and set(first["regions"]) == {"datasets", "table", "deadletters"}
+        assert first is not None
+        assert set(first["regions"]) == {"datasets", "table", "deadletters", "access"}
+        assert "System-assigned managed identity" in first["regions"]["access"]
         assert first["selected"]["table"] == "T" and first["selected"]["pinned"] is True
         assert selected_rows(stream) == 0
 

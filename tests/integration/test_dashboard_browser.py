@@ -236,6 +236,80 @@ def test_dashboard_fits_a_phone(stack: Stack, browser: Any) -> None:
     assert not console.errors, "\n".join(console.messages)
 
 
+def test_dashboard_shows_members_roles_and_the_tenant_setting(stack: Stack, browser: Any) -> None:
+    """Issue 17: the access panel lists each workspace's members and roles and the tenant
+    setting, and follows a grant (the real Add Group User call) and the switch going off
+    without a reload."""
+    from playwright.sync_api import expect
+
+    base = stack.emulator.base
+    name = f"Access {uuid.uuid4().hex[:6]}"
+    created = stack.http.post(
+        f"{base}/_emulator/workspaces",
+        json={
+            "name": name,
+            "members": [
+                {
+                    "identifier": "emulator-user",
+                    "principalType": "User",
+                    "groupUserAccessRight": "Admin",
+                    "displayName": "Emulator user",
+                }
+            ],
+        },
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    workspace = created.json()["id"]
+    console = Console()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    console.watch(page)
+    try:
+        # GIVEN the dashboard showing the new workspace with its one Admin
+        page.goto(f"{base}/")
+        expect(page.locator("#live-status")).to_have_text(LIVE, timeout=WAIT_MS)
+        members = page.locator(f"ul.members[data-workspace='{workspace}'] li")
+        expect(members).to_have_count(1)
+        expect(members.first).to_contain_text("Emulator user")
+        expect(members.first).to_contain_text("User · Admin")
+        expect(page.locator("#tenant-setting")).to_contain_text("on for every service principal")
+        # the default workspace lists the system-assigned managed identity as Member
+        expect(page.locator("[data-region=access]")).to_contain_text(
+            "System-assigned managed identity"
+        )
+
+        # WHEN the Admin grants an app Contributor with Add Group User, and the switch goes off
+        granted = stack.api.request(
+            "POST",
+            f"{stack.emulator.api}/groups/{workspace}/users",
+            json={
+                "identifier": "00000000-0000-0000-0000-0000000051a1",
+                "principalType": "App",
+                "groupUserAccessRight": "Contributor",
+            },
+        )
+        assert granted.status_code == 200, granted.text
+        off = stack.http.put(
+            f"{base}/_emulator/tenant", json={"servicePrincipalsEnabled": False}, timeout=30
+        )
+        assert off.status_code == 200, off.text
+
+        # THEN the page shows both, without a reload
+        expect(members).to_have_count(2, timeout=WAIT_MS)
+        expect(members.nth(1)).to_contain_text("App · Contributor")
+        expect(page.locator("#tenant-setting")).to_contain_text("off", timeout=WAIT_MS)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-access.png"), full_page=True)
+    finally:
+        restored = stack.http.put(
+            f"{base}/_emulator/tenant", json={"servicePrincipalsEnabled": True}, timeout=30
+        )
+        assert restored.status_code == 200, restored.text
+        context.close()
+    assert not console.dialogs, console.dialogs
+    assert not console.errors, "\n".join(console.messages)
+
+
 def test_dead_letter_panel_counts_what_waits_and_never_shows_the_key(
     stack: Stack, azurite: Azurite
 ) -> None:

@@ -105,12 +105,13 @@ def test_managed_identity_tokens_are_accepted(
     monkeypatch.setenv("IDENTITY_HEADER", IDENTITY_HEADER)
     for name in ("MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT", "IDENTITY_SERVER_THUMBPRINT"):
         monkeypatch.delenv(name, raising=False)
-    dataset = api.create_dataset(seed_definition()["tables"])
+    # In a workspace: Power BI refuses service principals on My workspace (issue 17).
+    dataset = api.create_dataset(seed_definition()["tables"], group=WORKSPACE_ID)
     for client_id in (None, USER_ASSIGNED_ID):
         provider = ManagedIdentityTokenProvider(SCOPE, client_id)
         client = PowerBIClient(emulator.base, provider)
         (batch,) = pack(product_rows(3))
-        client.post_rows(dataset, "Product", batch.body)
+        client.post_rows(dataset, "Product", batch.body, WORKSPACE_ID)
         assert provider.token() == provider.token(), "the token is cached, not fetched twice"
     assert len(api.stored_rows(dataset, "Product")) == 6
 

@@ -23,7 +23,7 @@ from shared.destinations.powerbi import PowerBIClient
 from shared.engine.ingest import Ingestor
 from shared.stores.deadletter import BlobDeadLetterStore
 from tests.azurite import Azurite
-from tests.emulator.conftest import IDENTITY_HEADER, REPO, Api
+from tests.emulator.conftest import IDENTITY_HEADER, REPO, WORKSPACE_ID, Api
 
 COLUMNS = [{"name": "n", "dataType": "Int64"}]
 
@@ -63,6 +63,8 @@ def replay_environment(api: Api, azurite: Azurite, queue: str) -> dict[str, str]
         IDENTITY_HEADER=IDENTITY_HEADER,
         AzureWebJobsStorage=azurite.connection_string,
         ROWS_QUEUE=queue,
+        # A workspace: Power BI refuses a managed identity on My workspace (issue 17).
+        POWERBI_WORKSPACE_ID=WORKSPACE_ID,
     )
     return env
 
@@ -88,7 +90,9 @@ def test_poison_messages_are_replayed_by_the_command(
     """`python -m shared replay poison` pushes each poison message's rows and deletes it."""
     queue = f"rows{uuid.uuid4().hex[:8]}"
     name = f"Poisoned-{uuid.uuid4().hex[:6]}"
-    dataset_id = api.create_dataset([{"name": "T", "columns": COLUMNS}], name=name)
+    dataset_id = api.create_dataset(
+        [{"name": "T", "columns": COLUMNS}], name=name, group=WORKSPACE_ID
+    )
     poison = QueueClient.from_connection_string(azurite.connection_string, f"{queue}-poison")
     poison.create_queue()
     for start in (0, 10):
@@ -107,7 +111,9 @@ def test_a_blob_the_trigger_gave_up_on_is_resumed_by_replay(
     from its checkpoint by `replay poison`; another function's poison message, and one of a
     function of the same name on another container, are left alone."""
     name = f"BlobPoison-{uuid.uuid4().hex[:6]}"
-    dataset_id = api.create_dataset([{"name": "T", "columns": COLUMNS}], name=name)
+    dataset_id = api.create_dataset(
+        [{"name": "T", "columns": COLUMNS}], name=name, group=WORKSPACE_ID
+    )
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
     container = f"ingest{uuid.uuid4().hex[:8]}"
     service.create_container(container)

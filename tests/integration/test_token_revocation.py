@@ -32,6 +32,7 @@ from tests.emulator.conftest import (
     IDENTITY_HEADER,
     POWERBI_RESOURCE,
     TENANT,
+    WORKSPACE_ID,
     EmulatorProcess,
     start_emulator,
 )
@@ -82,11 +83,14 @@ def stored_ids(emulator: EmulatorProcess, dataset_id: str) -> list[int]:
 
 
 def api_status(emulator: EmulatorProcess, token: str) -> tuple[int, str | None]:
-    """What the Power BI API answers to a Get Datasets call carrying ``token``: the status and
-    the error code, if any."""
+    """What the Power BI API answers to a Get Datasets call carrying ``token`` (in the test
+    workspace: Power BI refuses service principals on My workspace): the status and the error
+    code, if any."""
     with _session() as session:
         response = session.get(
-            f"{emulator.api}/datasets", headers={"Authorization": f"Bearer {token}"}, timeout=30
+            f"{emulator.api}/groups/{WORKSPACE_ID}/datasets",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
         )
     error = response.json().get("error") if not response.ok else None
     return response.status_code, error["code"] if error else None
@@ -100,6 +104,8 @@ def push_across_a_revocation(emulator: EmulatorProcess, tokens: TokenProvider) -
         PowerBIClient(emulator.base, tokens, retry=FAST),
         definitions={name: definition(name)},
         retry=FAST,
+        # A workspace: Power BI refuses service principals on My workspace (issue 17).
+        default_workspace=WORKSPACE_ID,
     )
     target = Target(name, "Product")
     first = ingestor.push(target, [product(i) for i in range(5)])
