@@ -114,6 +114,9 @@ TENANT_SWITCH = "ServicePrincipalIsNotAllowedByTenantAdminSwitch"
 #: The error code of a caller that is not a member of the workspace, or whose role (Viewer)
 #: may not do what it asked ("Wrong group ID / Unauthorized group", embedded-troubleshoot.md).
 NOT_AUTHORIZED = "PowerBINotAuthorizedException"
+#: ``X-PowerBI-Error-Info`` reported beside it for "valid token, no workspace access"
+#: (a public client's table measured on the live API; emulator/errors.py cites it).
+GROUP_NOT_ACCESSIBLE = "GroupNotAccessible"
 #: The ``Message`` of Power BI's refusal of an app identity (service principal, managed
 #: identity) on My workspace paths: "My Workspace isn't supported when using service
 #: principal" (embed-service-principal.md); reference §6.1 has it verbatim.
@@ -149,7 +152,7 @@ def refusal_cause(status: int | None, code: str | None, message: str, url: str =
         return "tenant_switch"
     if APP_NOT_ALLOWED.casefold() in folded:
         return "tenant_switch" if "/groups/" in url else "my_workspace_app"
-    if (code or "").casefold() == NOT_AUTHORIZED.casefold():
+    if (code or "").casefold() in (NOT_AUTHORIZED.casefold(), GROUP_NOT_ACCESSIBLE.casefold()):
         return "not_authorized"
     return None
 

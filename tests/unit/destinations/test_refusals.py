@@ -96,3 +96,10 @@ def test_other_statuses_are_not_refusals() -> None:
     error = translate(response(400, **{"X-PowerBI-Error-Info": "SomethingElse"}), "x")
     assert isinstance(error, ValidationError) and error.code == "SomethingElse"
     assert refusal_cause(400, error.code, str(error)) is None
+
+
+def test_group_not_accessible_alone_is_not_a_member() -> None:
+    """The header's "no workspace access" with an empty body is recognised too."""
+    error = translate(response(401, **{"X-PowerBI-Error-Info": "GroupNotAccessible"}), "x")
+    assert refusal_cause(error.status, error.code, str(error)) == "not_authorized"
+    assert "python -m shared grant" in str(error)
