@@ -38,6 +38,7 @@ from shared.destinations.powerbi import (
     TENANT_SETTING_FIX,
     PowerBIClient,
     refusal_cause,
+    without_hint,
 )
 from shared.engine.retry import RetryPolicy
 from shared.engine.schema import DatasetDefinition, canonical_type, load_definitions
@@ -302,7 +303,7 @@ class Doctor:
             fix = "check the identity's token (tenant, resource) and the tenant setting"
         else:
             fix = "try again later; if it persists, see Power BI's answer above"
-        return Check(key, FAIL, what, cause=str(error), fix=fix)
+        return Check(key, FAIL, what, cause=without_hint(error), fix=fix)
 
     def _grant_fix(self, workspace: str | None, role: str | None = None) -> str:
         identity = self.identity

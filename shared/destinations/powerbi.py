@@ -187,35 +187,46 @@ def _error_body(response: requests.Response) -> tuple[str | None, str, list[str]
     return code, str(message)[:300], details
 
 
+#: The hints :func:`translate` appends to a 401/403, by :func:`refusal_cause` (None: a 401 or
+#: 403 of no known cause, by status).
+_HINTS: dict[str | int, str] = {
+    "token_expired": " (the token had expired; it is dropped, and a fresh one is fetched next)",
+    "tenant_switch": (
+        " (the tenant setting keeps this service principal or managed identity out of the "
+        f"Power BI APIs: {TENANT_SETTING_FIX}; 'python -m shared doctor' checks it)"
+    ),
+    "my_workspace_app": (
+        " (a service principal or managed identity cannot use My workspace: set "
+        "POWERBI_WORKSPACE_ID or POWERBI_WORKSPACE_NAME to a workspace it is a Contributor, "
+        "Member or Admin of)"
+    ),
+    "not_authorized": (
+        " (is the identity a member of the workspace, with a role that may write: "
+        "Contributor, Member or Admin, not Viewer? A workspace Admin adds it with "
+        "'python -m shared grant --workspace <id> --principal <object id>'; "
+        "'python -m shared doctor' shows both)"
+    ),
+    401: (
+        " (is 'Service principals can use Fabric APIs' enabled for this identity in the "
+        "tenant settings?)"
+    ),
+    403: " (is the identity a Member or Contributor of the workspace?)",
+}
+
+
 def _auth_hint(status: int, code: str | None, message: str = "", url: str = "") -> str:
     """The likely cause of a 401/403 and its fix, appended to the error's message."""
     cause = refusal_cause(status, code, message, url)
-    if cause == "token_expired":
-        return " (the token had expired; it is dropped, and a fresh one is fetched next)"
-    if cause == "tenant_switch":
-        return (
-            " (the tenant setting keeps this service principal or managed identity out of the "
-            f"Power BI APIs: {TENANT_SETTING_FIX}; 'python -m shared doctor' checks it)"
-        )
-    if cause == "my_workspace_app":
-        return (
-            " (a service principal or managed identity cannot use My workspace: set "
-            "POWERBI_WORKSPACE_ID or POWERBI_WORKSPACE_NAME to a workspace it is a Contributor, "
-            "Member or Admin of)"
-        )
-    if cause == "not_authorized":
-        return (
-            " (is the identity a member of the workspace, with a role that may write: "
-            "Contributor, Member or Admin, not Viewer? A workspace Admin adds it with "
-            "'python -m shared grant --workspace <id> --principal <object id>'; "
-            "'python -m shared doctor' shows both)"
-        )
-    if status == 401:
-        return (
-            " (is 'Service principals can use Fabric APIs' enabled for this identity in the "
-            "tenant settings?)"
-        )
-    return " (is the identity a Member or Contributor of the workspace?)"
+    return _HINTS[cause if cause is not None else (401 if status == 401 else 403)]
+
+
+def without_hint(error: PushError) -> str:
+    """The error's text without the cause-and-fix hint :func:`translate` added (for a report
+    that prints the fix on its own line)."""
+    text = str(error)
+    for hint in _HINTS.values():
+        text = text.replace(hint, "")
+    return text
 
 
 class PowerBIClient:
