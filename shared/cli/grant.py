@@ -49,7 +49,12 @@ def add_parser(commands: Any) -> None:
     grant = commands.add_parser(
         "grant",
         help="as a workspace Admin, make the app's identity a member of a workspace",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Run as a workspace Admin (your own sign-in, not the app's): adds the "
+        "app's managed identity or service principal to the workspace, or raises its role. "
+        "Never lowers a role without --force.",
+        epilog="The token: POWERBI_OPERATOR_TOKEN when set (az account get-access-token "
+        "--resource https://analysis.windows.net/powerbi/api --query accessToken -o tsv), else "
+        "the Azure CLI's sign-in (az login). Exit 0 done, 1 refused by Power BI, 2 usage.",
     )
     grant.add_argument("--workspace", required=True, help="the workspace's id or name")
     grant.add_argument(
