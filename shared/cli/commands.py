@@ -1,7 +1,9 @@
 """Command line for operators: ``python -m shared COMMAND ...`` (see ``--help``).
 
 The seed's steps and a few chores, through the same settings, auth and engine as the functions:
-``groups``, ``datasets``, ``provision FILE``, ``push FILE``, ``infer FILE``, ``delete-rows``.
+``groups``, ``datasets``, ``provision FILE``, ``push FILE``, ``infer FILE``, ``delete-rows``,
+``doctor`` (what stops a push: :mod:`shared.cli.doctor`) and ``grant`` (the workspace role, as
+its Admin: :mod:`shared.cli.grant`).
 Settings come from the environment, completed by the ``Values`` of ``local.settings.json`` when
 it exists, as the Functions host completes them.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from shared import limits
-from shared.cli import infer
+from shared.cli import doctor, grant, infer
 from shared.cli.replay import BLOB_POISON_QUEUE, replay_dead_letters, replay_poison
 from shared.contracts import PushResult, Target
 from shared.destinations.powerbi import PowerBIClient
@@ -86,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
         help="write <dataset>.json and <dataset>.profile.json here (DATASETS_DIR), adding the "
         "table to an existing definition; without it, print them",
     )
+    check = commands.add_parser(
+        "doctor",
+        help="check settings, identity, tenant setting, workspace role, datasets and storage",
+        description="With the app's own settings and identity: what would stop a push, each "
+        "failure with its cause and fix. Exit 0 only when every check passes.",
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    grant.add_parser(commands)
     delete = commands.add_parser("delete-rows", help="delete every row of a table")
     delete.add_argument("--dataset", required=True)
     delete.add_argument("--table", required=True)
@@ -212,6 +222,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "infer":
         return _infer(args)  # reads a file only: no settings, no identity
+    if args.command == "doctor":
+        return doctor.run(
+            lambda: load_environment(Path(args.settings)), as_json=args.json, stream=sys.stdout
+        )
+    if args.command == "grant":
+        try:
+            env = load_environment(Path(args.settings))
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+        return grant.run(args, env)  # the operator's identity, not the app's
     try:
         env = load_environment(Path(args.settings))
         settings = Settings.from_env(env)

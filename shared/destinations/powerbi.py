@@ -85,7 +85,7 @@ def translate(
     if status >= 500 or status == 408:
         return TransientError(text, retry_after=retry_after, maybe_delivered=True, **kwargs)
     if status in (401, 403):
-        return AuthError(text + _auth_hint(status, code), **kwargs)
+        return AuthError(text + _auth_hint(status, code, message, response.url or ""), **kwargs)
     if status == 404:
         return NotFoundError(text, **kwargs)
     if status in (400, 413):
@@ -105,32 +105,128 @@ def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
     )
 
 
+#: The response header where Power BI often puts the cause of a refusal, with an empty body
+#: (Microsoft's PowerBI-CSharp SDK reads it: ``HttpOperationException`` messages carry it).
+ERROR_INFO_HEADER = "X-PowerBI-Error-Info"
+#: ``X-PowerBI-Error-Info`` when the tenant setting "Service principals can use Fabric APIs" is
+#: off for the calling app identity (or it is not in the security group the setting names).
+TENANT_SWITCH = "ServicePrincipalIsNotAllowedByTenantAdminSwitch"
+#: The error code of a caller that is not a member of the workspace, or whose role (Viewer)
+#: may not do what it asked ("Wrong group ID / Unauthorized group", embedded-troubleshoot.md).
+NOT_AUTHORIZED = "PowerBINotAuthorizedException"
+#: ``X-PowerBI-Error-Info`` reported beside it for "valid token, no workspace access"
+#: (a public client's table measured on the live API; emulator/errors.py cites it).
+GROUP_NOT_ACCESSIBLE = "GroupNotAccessible"
+#: The ``Message`` of Power BI's refusal of an app identity (service principal, managed
+#: identity) on My workspace paths: "My Workspace isn't supported when using service
+#: principal" (embed-service-principal.md); reference §6.1 has it verbatim.
+APP_NOT_ALLOWED = "API is not accessible for application"
+
+#: Where the tenant setting is, for the fixes printed (MicrosoftDocs/fabric-docs
+#: docs/admin/service-admin-portal-developer.md: the setting's old and new names).
+TENANT_SETTING_FIX = (
+    "a Fabric administrator opens the Fabric admin portal > Tenant settings > Developer "
+    "settings, enables 'Service principals can use Fabric APIs' (formerly 'Allow service "
+    "principals to use Power BI APIs'; where it is split, 'Service principals can call Fabric "
+    "public APIs'), applied to the whole organisation or to a security group that contains "
+    "this identity; the change can take up to 15 minutes to apply"
+)
+
+
+def refusal_cause(status: int | None, code: str | None, message: str, url: str = "") -> str | None:
+    """Which of the known identity refusals a 401/403 is, or None.
+
+    ``"token_expired"``; ``"tenant_switch"`` (the tenant setting keeps this app identity out);
+    ``"my_workspace_app"`` (an app identity on a My workspace path); ``"not_authorized"`` (not
+    a member of the workspace, or a role that may not do this). ``url`` is the request's, to
+    tell My workspace from a workspace when the answer is "API is not accessible for
+    application" (elsewhere a tenant setting refusal has been reported with that message,
+    reference §6.1).
+    """
+    if status not in (401, 403):
+        return None
+    folded = message.casefold()
+    if code == TOKEN_EXPIRED:
+        return "token_expired"
+    if (code or "").casefold() == TENANT_SWITCH.casefold() or TENANT_SWITCH.casefold() in folded:
+        return "tenant_switch"
+    if APP_NOT_ALLOWED.casefold() in folded:
+        return "tenant_switch" if "/groups/" in url else "my_workspace_app"
+    if (code or "").casefold() in (NOT_AUTHORIZED.casefold(), GROUP_NOT_ACCESSIBLE.casefold()):
+        return "not_authorized"
+    return None
+
+
 def _error_body(response: requests.Response) -> tuple[str | None, str, list[str]]:
+    """``(code, message, details)`` of an error answer. The code is the body's
+    ``error.code``, else the ``X-PowerBI-Error-Info`` header's value; the message is
+    ``error.message``, else a top-level ``message`` or ``Message`` (the My workspace refusal
+    has a capital M), else the body's text or the reason; the header is named in the details
+    when the body has a code of its own."""
+    info = (response.headers.get(ERROR_INFO_HEADER) or "").strip()[:200] or None
+    fallback = response.reason or "no details"
     try:
         body = response.json()
     except ValueError:
-        return None, (response.text[:300] or response.reason or "no details"), []
+        return info, (response.text[:300] or fallback), []
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        message = body.get("message") if isinstance(body, dict) else None
-        return None, str(message or response.reason or "no details")[:300], []
+        message = None
+        if isinstance(body, dict):
+            message = next((v for k, v in body.items() if k.casefold() == "message" and v), None)
+        return info, str(message or fallback)[:300], []
     details = [
         f"{d.get('target', '')}: {d.get('message', '')}".strip(": ")
         for d in error.get("details") or []
         if isinstance(d, dict)
     ]
-    return error.get("code"), str(error.get("message", ""))[:300], details
+    code = error.get("code") or info
+    if info and code != info:
+        details.insert(0, f"{ERROR_INFO_HEADER}: {info}")
+    message = error.get("message") or error.get("Message") or fallback
+    return code, str(message)[:300], details
 
 
-def _auth_hint(status: int, code: str | None) -> str:
-    if code == TOKEN_EXPIRED:
-        return " (the token had expired; it is dropped, and a fresh one is fetched next)"
-    if status == 401:
-        return (
-            " (is 'Service principals can use Fabric APIs' enabled for this identity in the "
-            "tenant settings?)"
-        )
-    return " (is the identity a Member or Contributor of the workspace?)"
+#: The hints :func:`translate` appends to a 401/403, by :func:`refusal_cause` (None: a 401 or
+#: 403 of no known cause, by status).
+_HINTS: dict[str | int, str] = {
+    "token_expired": " (the token had expired; it is dropped, and a fresh one is fetched next)",
+    "tenant_switch": (
+        " (the tenant setting keeps this service principal or managed identity out of the "
+        f"Power BI APIs: {TENANT_SETTING_FIX}; 'python -m shared doctor' checks it)"
+    ),
+    "my_workspace_app": (
+        " (a service principal or managed identity cannot use My workspace: set "
+        "POWERBI_WORKSPACE_ID or POWERBI_WORKSPACE_NAME to a workspace it is a Contributor, "
+        "Member or Admin of)"
+    ),
+    "not_authorized": (
+        " (is the identity a member of the workspace, with a role that may write: "
+        "Contributor, Member or Admin, not Viewer? A workspace Admin adds it with "
+        "'python -m shared grant --workspace <id> --principal <object id>'; "
+        "'python -m shared doctor' shows both)"
+    ),
+    401: (
+        " (is 'Service principals can use Fabric APIs' enabled for this identity in the "
+        "tenant settings?)"
+    ),
+    403: " (is the identity a Member or Contributor of the workspace?)",
+}
+
+
+def _auth_hint(status: int, code: str | None, message: str = "", url: str = "") -> str:
+    """The likely cause of a 401/403 and its fix, appended to the error's message."""
+    cause = refusal_cause(status, code, message, url)
+    return _HINTS[cause if cause is not None else (401 if status == 401 else 403)]
+
+
+def without_hint(error: PushError) -> str:
+    """The error's text without the cause-and-fix hint :func:`translate` added (for a report
+    that prints the fix on its own line)."""
+    text = str(error)
+    for hint in _HINTS.values():
+        text = text.replace(hint, "")
+    return text
 
 
 class PowerBIClient:
@@ -259,6 +355,62 @@ class PowerBIClient:
         body = self._call("GET", "/groups", "list workspaces", params=params, deadline=deadline)
         return list(body.get("value", []))
 
+    def get_group_users(
+        self, workspace: str, *, deadline: Deadline | None = None
+    ) -> list[dict[str, Any]]:
+        """The members of a workspace (Groups - Get Group Users): ``identifier`` (an object id,
+        or a user's UPN), ``principalType`` and ``groupUserAccessRight`` of each."""
+        body = self._call(
+            "GET",
+            "/users",
+            f"list the members of workspace {workspace}",
+            workspace=workspace,
+            deadline=deadline,
+        )
+        return list(body.get("value", [])) if body else []
+
+    def add_group_user(
+        self,
+        workspace: str,
+        identifier: str,
+        access_right: str,
+        principal_type: str = "App",
+        *,
+        deadline: Deadline | None = None,
+    ) -> None:
+        """Make ``identifier`` a member of a workspace (Groups - Add Group User). For an app
+        identity (service principal, managed identity) the identifier is its object id."""
+        self._call(
+            "POST",
+            "/users",
+            f"add {principal_type} {identifier} to workspace {workspace} as {access_right}",
+            workspace=workspace,
+            payload=_member(identifier, access_right, principal_type),
+            # Not re-sent after an ambiguous failure: a second add of a member is refused
+            # (400), which would hide that the first one worked.
+            idempotent=False,
+            deadline=deadline,
+        )
+
+    def update_group_user(
+        self,
+        workspace: str,
+        identifier: str,
+        access_right: str,
+        principal_type: str = "App",
+        *,
+        deadline: Deadline | None = None,
+    ) -> None:
+        """Change an existing member's role (Groups - Update Group User)."""
+        self._call(
+            "PUT",
+            "/users",
+            f"make {principal_type} {identifier} {access_right} of workspace {workspace}",
+            workspace=workspace,
+            payload=_member(identifier, access_right, principal_type),
+            deadline=deadline,
+        )
+
     def group_id(self, name: str, *, deadline: Deadline | None = None) -> str:
         """The id of the workspace called ``name``, looked up once and cached."""
         if name not in self._group_ids:
@@ -369,3 +521,12 @@ class PowerBIClient:
         """Delete every row of a table (the service has no per-row delete)."""
         path = f"/datasets/{quote(dataset_id, safe='')}/tables/{quote(table, safe='')}/rows"
         self._call("DELETE", path, f"delete rows of {table!r}", workspace=workspace)
+
+
+def _member(identifier: str, access_right: str, principal_type: str) -> dict[str, str]:
+    """The body of Add/Update Group User (``GroupUser`` in the REST reference)."""
+    return {
+        "identifier": identifier,
+        "principalType": principal_type,
+        "groupUserAccessRight": access_right,
+    }
