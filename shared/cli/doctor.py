@@ -41,7 +41,7 @@ from shared.destinations.powerbi import (
     without_hint,
 )
 from shared.engine.retry import RetryPolicy
-from shared.engine.schema import DatasetDefinition, canonical_type, load_definitions
+from shared.engine.schema import DatasetDefinition, load_definitions
 from shared.errors import AuthError, ConfigError, PushError, TransientError
 from shared.settings import Settings
 from shared.stores import storage
@@ -551,9 +551,10 @@ def _compare(
     tables: list[dict[str, Any]],
     copies: int,
 ) -> Check:
-    """A live dataset against its definition, by the engine's rule (Ingestor._widen): a column
-    only in the definition is added by Put Table on the next push; a column the definition
-    lacks or types otherwise, and a table it has that Power BI lacks, are drift."""
+    """A live dataset against its definition, by the engine's rule (TableSchema.drift, what
+    Ingestor._widen applies): a column only in the definition is added by Put Table on the next
+    push; a column the definition lacks or types otherwise, and a table it has that Power BI
+    lacks, are drift."""
     live = {str(t.get("name")): t for t in tables}
     drift: list[str] = []
     widen: list[str] = []
@@ -564,19 +565,9 @@ def _compare(
                 f"table {table_name} is not in the dataset (a push dataset cannot gain tables)"
             )
             continue
-        have = {
-            str(c.get("name")): canonical_type(c.get("dataType")) for c in table.get("columns", [])
-        }
-        want = {c.name: c.data_type for c in schema.columns}
-        for column, data_type in have.items():
-            if column not in want:
-                drift.append(f"{table_name}.{column} ({data_type}) is not in the definition")
-            elif want[column] != data_type:
-                drift.append(
-                    f"{table_name}.{column} is {data_type} in Power BI, {want[column]} in the "
-                    "definition"
-                )
-        widen += [f"{table_name}.{c}" for c in want if c not in have]
+        found = schema.drift(table.get("columns", []))
+        drift += found.conflicts
+        widen += [f"{table_name}.{c}" for c in found.added]
     note = f"; {copies} datasets share the name, the smallest id is used" if copies > 1 else ""
     if drift:
         return Check(
