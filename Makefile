@@ -2,6 +2,9 @@
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+# Infrastructure checks (checkov, pycep, actionlint) live apart: checkov's pinned dependencies
+# conflict with requirements-dev.txt (see requirements-iac.txt).
+IAC_VENV := .venv-iac
 
 .PHONY: setup lint test emulator run bench soak package clean
 
@@ -12,6 +15,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+$(IAC_VENV)/.installed: requirements-iac.txt
+	$(PYTHON) -m venv $(IAC_VENV)
+	$(IAC_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(IAC_VENV)/bin/python -m pip install --quiet -r requirements-iac.txt
+	touch $@
+
 # Azurite (the storage emulator) from npm; 3.35.0 is the last release that runs on Node 20.
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -19,7 +28,7 @@ node_modules/.installed: package.json package-lock.json
 
 # Also Debian's Chromium, which the dashboard's browser test drives with Playwright (Playwright's
 # own browser download is never used); installed only if missing, with sudo only when not root.
-setup: $(VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed $(IAC_VENV)/.installed node_modules/.installed
 	@[ -x /usr/bin/chromium ] || { \
 	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && \
@@ -61,5 +70,5 @@ package: setup
 	$(BIN)/python -m tools.package $(PACKAGE_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist
+	rm -rf $(VENV) $(IAC_VENV) .pytest_cache .mypy_cache .ruff_cache dist
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
