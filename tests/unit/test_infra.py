@@ -5,7 +5,7 @@
   resource, and a template with a known flaw does fail (the check is not vacuous);
 - the app settings the template sets are the settings ``shared/settings.py`` reads, but for the
   differences listed below with their reasons; the storage names agree with the code's defaults;
-- the workflows pass actionlint, pin every action to a commit and deploy with OIDC only.
+- the workflows pass actionlint and zizmor, pin every action to a commit and deploy with OIDC only.
 
 The tools run from ``.venv-iac`` (``make setup``; requirements-iac.txt says why it is apart).
 """
@@ -350,6 +350,38 @@ def test_actionlint_rejects_a_broken_workflow(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert done.returncode == 1 and "no_such_property" in done.stdout, done.stdout
+
+
+def zizmor(*paths: Path) -> list[dict[str, Any]]:
+    """zizmor's findings (JSON) over ``paths``; --offline: only the audits that need no network."""
+    done = subprocess.run(
+        [str(iac_tool("zizmor")), "--offline", "--format", "json", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.stdout.strip(), done.stderr
+    findings: list[dict[str, Any]] = json.loads(done.stdout)
+    return findings
+
+
+def test_the_workflows_pass_zizmor() -> None:
+    """A second linter, for security (template injection, credentials persisted by checkout,
+    excessive permissions, unpinned actions): zizmor, https://docs.zizmor.sh/audits/."""
+    assert [(f["ident"], f["desc"]) for f in zizmor(*WORKFLOW_FILES)] == []
+
+
+def test_zizmor_rejects_an_injectable_workflow(tmp_path: Path) -> None:
+    risky = tmp_path / "risky.yml"
+    risky.write_text(
+        "on: issues\npermissions: {}\njobs:\n  a:\n    runs-on: ubuntu-24.04\n"
+        "    permissions: {}\n    steps:\n"
+        '      - run: echo "${{ github.event.issue.title }}"\n',
+        encoding="utf-8",
+    )
+    assert "template-injection" in {f["ident"] for f in zizmor(risky)}
 
 
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
