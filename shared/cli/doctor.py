@@ -711,6 +711,15 @@ def report(checks: list[Check], stream: TextIO) -> None:
         stream.write(f"all {len(checks)} checks passed\n")
 
 
+def diagnose(env: Mapping[str, str]) -> dict[str, Any]:
+    """Every check over ``env`` as JSON: ``{"ok": bool, "checks": [...]}``. What the deployed
+    app's ``GET /api/doctor`` answers: there the checks run with the app's own managed identity,
+    which an operator's machine cannot borrow."""
+    doctor = Doctor(env)
+    checks = doctor.run()
+    return {"ok": doctor.ok, "checks": [c.to_json() for c in checks]}
+
+
 def run(load: Callable[[], Mapping[str, str]], *, as_json: bool, stream: TextIO) -> int:
     """The ``doctor`` command over the settings ``load`` gives: 0 when every check passed, 1
     otherwise (a settings file that cannot be read is the first check's failure)."""
