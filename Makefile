@@ -42,8 +42,10 @@ lint: setup
 test: setup lint
 	$(BIN)/python -m pytest
 
+# With the workspace `make run` makes (devhost/run.py) and local.settings.example.json names:
+# a managed identity may not use My workspace, in the emulator as in Power BI.
 emulator: setup
-	$(BIN)/python -m emulator --port 5300
+	$(BIN)/python -m emulator --port 5300 --workspace Local=7c0ca1e5-0000-4000-8000-000000007071
 
 # Azurite (10000-10002) + the Power BI emulator (5300) + the local functions host (7071);
 # prints the URLs and a curl to try. Ctrl-C stops all three.
@@ -66,7 +68,7 @@ soak: setup
 # requirements.txt dependencies as CPython 3.11 manylinux x86_64 wheels in
 # .python_packages/lib/site-packages, for a deployment with remote build off. Prints size and file
 # count. `make package PACKAGE_ARGS="--out /tmp/app.zip"` writes elsewhere.
-package: setup
+package: $(VENV)/.installed
 	$(BIN)/python -m tools.package $(PACKAGE_ARGS)
 
 clean:

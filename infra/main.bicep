@@ -438,7 +438,9 @@ resource storageEvents 'Microsoft.EventGrid/systemTopics@2024-06-01-preview' = {
 // may be another one, in another subscription of the tenant).
 module sourceAccess 'modules/blob-reader.bicep' = if (hasSource) {
   name: 'source-blob-reader-${resourceToken}'
-  scope: resourceGroup(sourceParts[2], sourceParts[4])
+  // ARM evaluates a module's scope even when its condition is false (Azure/bicep#11463,
+  // #2466): with no source account, sourceParts is [''] and [2] would be out of range.
+  scope: resourceGroup(hasSource ? sourceParts[2] : subscription().subscriptionId, hasSource ? sourceParts[4] : resourceGroup().name)
   params: {
     storageAccountName: last(sourceParts)
     principalId: identity.properties.principalId

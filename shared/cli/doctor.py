@@ -37,7 +37,6 @@ from shared.destinations.auth import TokenProvider, make_token_provider
 from shared.destinations.powerbi import (
     TENANT_SETTING_FIX,
     PowerBIClient,
-    refusal_cause,
     without_hint,
 )
 from shared.engine.retry import RetryPolicy
@@ -162,13 +161,17 @@ class Doctor:
 
     def run(self) -> list[Check]:
         """Every check, in order."""
-        self._settings()
-        self._token()
-        self._api()
-        self._workspace()
-        self._my_workspace()
-        self._datasets()
-        self._storage()
+        try:
+            self._settings()
+            self._token()
+            self._api()
+            self._workspace()
+            self._my_workspace()
+            self._datasets()
+            self._storage()
+        finally:
+            if self.client is not None:  # its connections; GET /api/doctor runs it repeatedly
+                self.client.session.close()
         return self.checks
 
     @property
@@ -285,7 +288,9 @@ class Doctor:
         """A failed check for a Power BI refusal, with the fix its cause calls for."""
         settings = self.settings
         assert settings is not None
-        cause = refusal_cause(error.status, error.code, str(error))
+        # Decided where the request's URL was known (translate): "API is not accessible for
+        # application" is My workspace on a My workspace path, the tenant setting elsewhere.
+        cause = error.cause if isinstance(error, AuthError) else None
         if cause == "tenant_switch":
             fix = TENANT_SETTING_FIX
         elif cause == "not_authorized":

@@ -322,7 +322,7 @@ WORKFLOW_FILES = sorted(WORKFLOWS.glob("*.yml"))
 
 
 def test_the_workflows_pass_actionlint() -> None:
-    assert len(WORKFLOW_FILES) >= 2
+    assert WORKFLOW_FILES
     done = subprocess.run(
         [str(iac_tool("actionlint")), "-no-color", *map(str, WORKFLOW_FILES)],
         capture_output=True,
@@ -392,12 +392,22 @@ def test_every_action_is_pinned_to_a_commit(path: Path) -> None:
         assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", action), action
 
 
-def test_the_deploy_workflow_signs_in_with_oidc_and_no_secret() -> None:
-    text = (WORKFLOWS / "deploy.yml").read_text(encoding="utf-8")
+def test_the_workflow_deploys_the_tested_zip_with_oidc_and_no_secret() -> None:
+    """Deploy runs only after the tests passed, on main, and deploys the zip the test job built
+    after them (an artifact), signing in with OIDC: no stored secret anywhere."""
+    text = (WORKFLOWS / "ci.yml").read_text(encoding="utf-8")
     assert "secrets." not in text
-    deploy = yaml_file(WORKFLOWS / "deploy.yml")["jobs"]["deploy"]
+    jobs = yaml_file(WORKFLOWS / "ci.yml")["jobs"]
+    test, deploy = jobs["test"], jobs["deploy"]
+    runs = [s.get("run") for s in test["steps"]]
+    assert runs.index("bash .ci/run") < runs.index("make package")
+    upload = next(s for s in test["steps"] if s.get("uses", "").startswith("actions/upload-"))
+    assert upload["with"]["path"] == "dist/function-app.zip"
+    assert deploy["needs"] == "test" and "refs/heads/main" in deploy["if"]
     assert deploy["permissions"]["id-token"] == "write"
+    assert "id-token" not in test.get("permissions", {})
     steps = {s.get("uses", "").split("@")[0]: s for s in deploy["steps"]}
+    assert steps["actions/download-artifact"]["with"]["name"] == upload["with"]["name"]
     login = steps["azure/login"]["with"]
     assert login == {
         "client-id": "${{ vars.AZURE_CLIENT_ID }}",
@@ -406,5 +416,5 @@ def test_the_deploy_workflow_signs_in_with_oidc_and_no_secret() -> None:
     }
     functions = steps["Azure/functions-action"]["with"]
     assert functions["package"] == "dist/function-app.zip"
-    assert functions["sku"] == "flexconsumption"
-    assert any(s.get("run") == "make package" for s in deploy["steps"])
+    assert functions["sku"] == "flexconsumption" and functions["remote-build"] is False
+    assert not any(s.get("run") == "make package" for s in deploy["steps"])
