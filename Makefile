@@ -2,6 +2,9 @@
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+# Infrastructure checks (checkov, pycep, actionlint) live apart: checkov's pinned dependencies
+# conflict with requirements-dev.txt (see requirements-iac.txt).
+IAC_VENV := .venv-iac
 
 .PHONY: setup lint test emulator run bench soak package clean
 
@@ -12,6 +15,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+$(IAC_VENV)/.installed: requirements-iac.txt
+	$(PYTHON) -m venv $(IAC_VENV)
+	$(IAC_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(IAC_VENV)/bin/python -m pip install --quiet -r requirements-iac.txt
+	touch $@
+
 # Azurite (the storage emulator) from npm; 3.35.0 is the last release that runs on Node 20.
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -19,7 +28,7 @@ node_modules/.installed: package.json package-lock.json
 
 # Also Debian's Chromium, which the dashboard's browser test drives with Playwright (Playwright's
 # own browser download is never used); installed only if missing, with sudo only when not root.
-setup: $(VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed $(IAC_VENV)/.installed node_modules/.installed
 	@[ -x /usr/bin/chromium ] || { \
 	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && \
@@ -33,8 +42,10 @@ lint: setup
 test: setup lint
 	$(BIN)/python -m pytest
 
+# With the workspace `make run` makes (devhost/run.py) and local.settings.example.json names:
+# a managed identity may not use My workspace, in the emulator as in Power BI.
 emulator: setup
-	$(BIN)/python -m emulator --port 5300
+	$(BIN)/python -m emulator --port 5300 --workspace Local=7c0ca1e5-0000-4000-8000-000000007071
 
 # Azurite (10000-10002) + the Power BI emulator (5300) + the local functions host (7071);
 # prints the URLs and a curl to try. Ctrl-C stops all three.
@@ -57,9 +68,9 @@ soak: setup
 # requirements.txt dependencies as CPython 3.11 manylinux x86_64 wheels in
 # .python_packages/lib/site-packages, for a deployment with remote build off. Prints size and file
 # count. `make package PACKAGE_ARGS="--out /tmp/app.zip"` writes elsewhere.
-package: setup
+package: $(VENV)/.installed
 	$(BIN)/python -m tools.package $(PACKAGE_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist
+	rm -rf $(VENV) $(IAC_VENV) .pytest_cache .mypy_cache .ruff_cache dist
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -2,7 +2,9 @@
 
 Routes (under the host's ``api`` prefix; auth level FUNCTION, so callers send a function key):
 ``POST datasets/{dataset}/tables/{table}/rows``, ``POST rows``, ``GET health``. The two POST
-routes carry a queue output binding for asynchronous mode (``?mode=queue``).
+routes carry a queue output binding for asynchronous mode (``?mode=queue``). ``GET doctor``
+(auth level ADMIN: the master key) runs ``python -m shared doctor``'s checks with the app's own
+identity.
 
 ``v1.0/myorg/{*path}`` is Power BI's own surface (:mod:`shared.sources.frontdoor`): auth level
 ANONYMOUS for the host, because a drop-in sender can only send a bearer token; the function
@@ -11,11 +13,13 @@ checks it against ``FRONTDOOR_KEYS`` itself.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import cast
 
 import azure.functions as func
 
+from shared.cli.doctor import diagnose
 from shared.runtime import get_http_coalescer, get_ingestor, get_settings
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.frontdoor import ROUTE, FrontDoor, PowerBIService
@@ -86,6 +90,20 @@ def post_rows(req: func.HttpRequest, queued: func.Out[list[str]]) -> func.HttpRe
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """Configuration summary (no secrets) and whether Power BI and storage answer."""
     return _response(_webhook.health(_request(req)))
+
+
+@bp.function_name("doctor")
+@bp.route(route="doctor", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+def doctor(req: func.HttpRequest) -> func.HttpResponse:
+    """``python -m shared doctor`` run inside the app, with its own identity and settings: 200
+    when every check passes, 503 otherwise; the body lists each check with its cause and fix.
+    The master key only (auth level admin): it names the workspace, identity and storage."""
+    report = diagnose(os.environ)
+    return func.HttpResponse(
+        json.dumps(report, indent=2),
+        status_code=200 if report["ok"] else 503,
+        mimetype="application/json",
+    )
 
 
 @bp.function_name("powerbi")

@@ -119,7 +119,23 @@ class ForbiddenError(PermanentError):
 
 
 class AuthError(PermanentError):
-    """The service refused the identity (401/403): token, tenant setting or workspace role."""
+    """The service refused the identity (401/403): token, tenant setting or workspace role.
+
+    ``cause``, when the refusal is a known one (``shared.destinations.powerbi.refusal_cause``,
+    decided where the request's URL is known): ``"token_expired"``, ``"tenant_switch"``,
+    ``"my_workspace_app"`` or ``"not_authorized"``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        cause: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, request_id=request_id)
+        self.cause = cause
 
 
 class ConfigError(PermanentError):

@@ -37,11 +37,10 @@ from shared.destinations.auth import TokenProvider, make_token_provider
 from shared.destinations.powerbi import (
     TENANT_SETTING_FIX,
     PowerBIClient,
-    refusal_cause,
     without_hint,
 )
 from shared.engine.retry import RetryPolicy
-from shared.engine.schema import DatasetDefinition, canonical_type, load_definitions
+from shared.engine.schema import DatasetDefinition, load_definitions
 from shared.errors import AuthError, ConfigError, PushError, TransientError
 from shared.settings import Settings
 from shared.stores import storage
@@ -162,13 +161,17 @@ class Doctor:
 
     def run(self) -> list[Check]:
         """Every check, in order."""
-        self._settings()
-        self._token()
-        self._api()
-        self._workspace()
-        self._my_workspace()
-        self._datasets()
-        self._storage()
+        try:
+            self._settings()
+            self._token()
+            self._api()
+            self._workspace()
+            self._my_workspace()
+            self._datasets()
+            self._storage()
+        finally:
+            if self.client is not None:  # its connections; GET /api/doctor runs it repeatedly
+                self.client.session.close()
         return self.checks
 
     @property
@@ -285,7 +288,9 @@ class Doctor:
         """A failed check for a Power BI refusal, with the fix its cause calls for."""
         settings = self.settings
         assert settings is not None
-        cause = refusal_cause(error.status, error.code, str(error))
+        # Decided where the request's URL was known (translate): "API is not accessible for
+        # application" is My workspace on a My workspace path, the tenant setting elsewhere.
+        cause = error.cause if isinstance(error, AuthError) else None
         if cause == "tenant_switch":
             fix = TENANT_SETTING_FIX
         elif cause == "not_authorized":
@@ -551,9 +556,10 @@ def _compare(
     tables: list[dict[str, Any]],
     copies: int,
 ) -> Check:
-    """A live dataset against its definition, by the engine's rule (Ingestor._widen): a column
-    only in the definition is added by Put Table on the next push; a column the definition
-    lacks or types otherwise, and a table it has that Power BI lacks, are drift."""
+    """A live dataset against its definition, by the engine's rule (TableSchema.drift, what
+    Ingestor._widen applies): a column only in the definition is added by Put Table on the next
+    push; a column the definition lacks or types otherwise, and a table it has that Power BI
+    lacks, are drift."""
     live = {str(t.get("name")): t for t in tables}
     drift: list[str] = []
     widen: list[str] = []
@@ -564,19 +570,9 @@ def _compare(
                 f"table {table_name} is not in the dataset (a push dataset cannot gain tables)"
             )
             continue
-        have = {
-            str(c.get("name")): canonical_type(c.get("dataType")) for c in table.get("columns", [])
-        }
-        want = {c.name: c.data_type for c in schema.columns}
-        for column, data_type in have.items():
-            if column not in want:
-                drift.append(f"{table_name}.{column} ({data_type}) is not in the definition")
-            elif want[column] != data_type:
-                drift.append(
-                    f"{table_name}.{column} is {data_type} in Power BI, {want[column]} in the "
-                    "definition"
-                )
-        widen += [f"{table_name}.{c}" for c in want if c not in have]
+        found = schema.drift(table.get("columns", []))
+        drift += found.conflicts
+        widen += [f"{table_name}.{c}" for c in found.added]
     note = f"; {copies} datasets share the name, the smallest id is used" if copies > 1 else ""
     if drift:
         return Check(
@@ -718,6 +714,15 @@ def report(checks: list[Check], stream: TextIO) -> None:
         stream.write(f"{failed} failed, {skipped} skipped of {len(checks)} checks\n")
     else:
         stream.write(f"all {len(checks)} checks passed\n")
+
+
+def diagnose(env: Mapping[str, str]) -> dict[str, Any]:
+    """Every check over ``env`` as JSON: ``{"ok": bool, "checks": [...]}``. What the deployed
+    app's ``GET /api/doctor`` answers: there the checks run with the app's own managed identity,
+    which an operator's machine cannot borrow."""
+    doctor = Doctor(env)
+    checks = doctor.run()
+    return {"ok": doctor.ok, "checks": [c.to_json() for c in checks]}
 
 
 def run(load: Callable[[], Mapping[str, str]], *, as_json: bool, stream: TextIO) -> int:

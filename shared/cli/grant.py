@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.destinations.powerbi import DEFAULT_TIMEOUT, PowerBIClient, refusal_cause
+from shared.destinations.powerbi import DEFAULT_TIMEOUT, PowerBIClient
 from shared.engine.retry import RetryPolicy
 from shared.errors import AuthError, ConfigError, NotFoundError, PushError, ValidationError
 from shared.settings import Settings
@@ -157,25 +157,20 @@ def grant(
 ) -> Granted:
     """Make ``principal`` a member of the workspace with at least ``role`` (exactly ``role``
     with ``force``); see the module docstring."""
-    members = client.get_group_users(workspace_id)
-    current = next(
-        (
-            str(m.get("groupUserAccessRight"))
-            for m in members
-            if str(m.get("identifier", "")).casefold() == principal.casefold()
-        ),
-        None,
-    )
+    current = _role_of(client, workspace_id, principal)
     if current is None:
         try:
             client.add_group_user(workspace_id, principal, role, principal_type)
+            return Granted(workspace_id, principal, principal_type, role, None, "added")
         except ValidationError as error:
-            # Listed nowhere yet already there (a member added meanwhile): Power BI refuses a
-            # second add (AddingAlreadyExistsGroupUserNotSupportedError); set the role instead.
+            # Listed nowhere, yet already there (added meanwhile): Power BI refuses a second
+            # add (AddingAlreadyExistsGroupUserNotSupportedError). Read the role it has and go
+            # on as if it had been listed, so that a higher role is still never lowered.
             if "alreadyexists" not in (error.code or "").casefold():
                 raise
-            client.update_group_user(workspace_id, principal, role, principal_type)
-        return Granted(workspace_id, principal, principal_type, role, None, "added")
+            current = _role_of(client, workspace_id, principal)
+            if current is None:
+                raise
     have = ROLES.index(current) if current in ROLES else -1
     want = ROLES.index(role)
     if have == want:
@@ -185,6 +180,18 @@ def grant(
     client.update_group_user(workspace_id, principal, role, principal_type)
     action = "raised" if have < want else "lowered"
     return Granted(workspace_id, principal, principal_type, role, current, action)
+
+
+def _role_of(client: PowerBIClient, workspace_id: str, principal: str) -> str | None:
+    """The principal's role in the workspace (Get Group Users), or None if not a member."""
+    return next(
+        (
+            str(m.get("groupUserAccessRight"))
+            for m in client.get_group_users(workspace_id)
+            if str(m.get("identifier", "")).casefold() == principal.casefold()
+        ),
+        None,
+    )
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -255,10 +262,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _fix(error: PushError, workspace: str) -> str:
     """What the operator can do about a refusal of ``grant``."""
-    cause = refusal_cause(error.status, error.code, str(error))
-    if cause in ("not_authorized", "tenant_switch", "my_workspace_app") or isinstance(
-        error, AuthError
-    ):
+    if isinstance(error, AuthError):
         return (
             f"run this as an Admin of workspace {workspace} (a Member may add members up to "
             "Member): the token used is POWERBI_OPERATOR_TOKEN when set, else the Azure CLI's "

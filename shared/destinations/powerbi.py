@@ -18,7 +18,7 @@ import json
 import logging
 import math
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -85,7 +85,10 @@ def translate(
     if status >= 500 or status == 408:
         return TransientError(text, retry_after=retry_after, maybe_delivered=True, **kwargs)
     if status in (401, 403):
-        return AuthError(text + _auth_hint(status, code, message, response.url or ""), **kwargs)
+        cause = refusal_cause(status, code, message, response.url or "")
+        return AuthError(
+            text + _auth_hint(status, code, message, response.url or ""), cause=cause, **kwargs
+        )
     if status == 404:
         return NotFoundError(text, **kwargs)
     if status in (400, 413):
@@ -151,10 +154,23 @@ def refusal_cause(status: int | None, code: str | None, message: str, url: str =
     if (code or "").casefold() == TENANT_SWITCH.casefold() or TENANT_SWITCH.casefold() in folded:
         return "tenant_switch"
     if APP_NOT_ALLOWED.casefold() in folded:
-        return "tenant_switch" if "/groups/" in url else "my_workspace_app"
+        return "my_workspace_app" if _my_workspace_path(url) else "tenant_switch"
     if (code or "").casefold() in (NOT_AUTHORIZED.casefold(), GROUP_NOT_ACCESSIBLE.casefold()):
         return "not_authorized"
     return None
+
+
+def _my_workspace_path(url: str) -> bool:
+    """Whether ``url`` is a My workspace operation (``/v1.0/myorg/datasets...``): under
+    ``/myorg/`` with no ``groups`` segment. Get Groups (``/myorg/groups``) is not one: a
+    service principal may call it, so "API is not accessible for application" there is the
+    tenant setting."""
+    path = urlsplit(url).path.casefold()
+    marker = "/myorg/"
+    if marker not in path:
+        return False
+    rest = path.split(marker, 1)[1]
+    return bool(rest) and not rest.startswith("groups")
 
 
 def _error_body(response: requests.Response) -> tuple[str | None, str, list[str]]:

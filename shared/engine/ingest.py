@@ -403,24 +403,26 @@ class Ingestor:
         Returns whether the definition's schema now describes the live table."""
         name = live["name"]
         wanted = next(t for t in definition.body["tables"] if t["name"] == name)
-        have = {c.get("name"): canonical_type(c.get("dataType")) for c in live.get("columns", [])}
-        want = {c["name"]: canonical_type(c["dataType"]) for c in wanted["columns"]}
-        if not live.get("columns") or have == want:
+        if not live.get("columns"):
             return True
-        if any(want.get(column) != data_type for column, data_type in have.items()):
+        drift = definition.tables[name].drift(live["columns"])
+        if drift.conflicts:
             log.warning(
-                "table %s of dataset %s differs from its definition in more than added columns; "
-                "left as it is (the service checks the values)",
+                "table %s of dataset %s differs from its definition in more than added columns "
+                "(%s); left as it is (the service checks the values)",
                 name,
                 dataset_id,
+                "; ".join(drift.conflicts[:5]),
             )
             return False
+        if not drift.added:
+            return True
         self.client.put_table(dataset_id, wanted, workspace_id, deadline=deadline)
         log.info(
             "table %s of dataset %s: added columns %s",
             name,
             dataset_id,
-            sorted(set(want) - set(have)),
+            list(drift.added),
         )
         return True
 

@@ -322,6 +322,30 @@ class TableSchema:
     def validator(self, profile: TableProfile | None = None) -> RowValidator:
         return RowValidator(self, profile)
 
+    def drift(self, live_columns: list[dict[str, Any]]) -> TableDrift:
+        """How the live table's columns (Get Tables' ``columns``) differ from this schema: the
+        columns only this schema has (Put Table adds them), and every live column this schema
+        lacks or types otherwise (which the bundle never changes: Put Table cannot remove or
+        retype a column of a table holding rows without losing them)."""
+        have = {str(c.get("name")): canonical_type(c.get("dataType")) for c in live_columns}
+        want = {c.name: c.data_type for c in self.columns}
+        conflicts = tuple(
+            f"{self.name}.{name} ({data_type}) is not in the definition"
+            if name not in want
+            else f"{self.name}.{name} is {data_type} in Power BI, {want[name]} in the definition"
+            for name, data_type in have.items()
+            if want.get(name) != data_type
+        )
+        return TableDrift(tuple(name for name in want if name not in have), conflicts)
+
+
+@dataclass(frozen=True)
+class TableDrift:
+    """What :meth:`TableSchema.drift` finds: columns to add, and differences never applied."""
+
+    added: tuple[str, ...]
+    conflicts: tuple[str, ...]
+
 
 #: The key readers add to each row when a profile derives a column from the line number (no
 #: table column can be named so: Power BI's names are printable).

@@ -103,6 +103,7 @@ def run(api: Api, azurite: Azurite, tmp_path: Path) -> Any:
         return result
 
     call.dataset = name  # type: ignore[attr-defined]
+    call.env = env  # type: ignore[attr-defined]
     return call
 
 
@@ -370,3 +371,37 @@ def test_unreachable_storage_is_named_with_its_fix(run: Any, api: Api) -> None:
     assert checks["storage:AzureWebJobsStorage"]["status"] == "ok"
     assert "(created)" in checks["storage:AzureWebJobsStorage"]["detail"]
     assert [k for k, c in checks.items() if c["status"] != "ok"] == ["storage:DeadLetters"]
+
+
+def test_the_apps_doctor_route_runs_the_checks_with_its_own_identity(
+    run: Any, api: Api, tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /api/doctor (functions/http.py), called as the worker calls it, in the app's
+    environment: 503 with the failing check's cause while the tenant setting is off, 200 once
+    it is on and the identity is a Contributor of the configured workspace."""
+    import azure.functions as func
+
+    from functions.http import doctor as doctor_function
+
+    workspace_id = workspace(api, member(APP_OID, "Contributor"))
+    for key in [k for k in os.environ if k.startswith(("POWERBI_", "AZURE_", "IDENTITY_"))]:
+        monkeypatch.delenv(key)
+    for key, value in {**run.env, "POWERBI_WORKSPACE_ID": workspace_id}.items():
+        monkeypatch.setenv(key, value)
+    request = func.HttpRequest("GET", "http://localhost/api/doctor", body=b"")
+
+    tenant(False)
+    refused = doctor_function(request)
+    body = json.loads(refused.get_body())
+    checks = {c["key"]: c for c in body["checks"]}
+    assert refused.status_code == 503 and body["ok"] is False
+    assert checks["power-bi-api"]["status"] == "fail"
+    assert "ServicePrincipalIsNotAllowedByTenantAdminSwitch" in checks["power-bi-api"]["cause"]
+    assert checks["workspace"]["status"] == "skipped"
+
+    tenant(True)
+    passed = doctor_function(request)
+    body = json.loads(passed.get_body())
+    assert passed.status_code == 200, body
+    assert body["ok"] is True and all(c["status"] == "ok" for c in body["checks"])
+    assert api.token not in passed.get_body().decode() and "eyJ" not in passed.get_body().decode()

@@ -74,6 +74,21 @@ def test_the_same_message_on_a_workspace_path_points_at_the_tenant_setting() -> 
     assert "Service principals can use Fabric APIs" in str(error)
 
 
+def test_the_message_on_get_groups_is_the_tenant_setting_not_my_workspace() -> None:
+    """Get Groups (``/myorg/groups``) is open to service principals, so "API is not accessible
+    for application" there is the tenant setting (reference §6.1 quotes it as a 401); the cause
+    travels on the error, decided where the URL was known."""
+    url = f"{API}/groups?$top=5000"
+    error = translate(response(401, {"Message": "API is not accessible for application"}, url), "x")
+    assert isinstance(error, AuthError) and error.cause == "tenant_switch"
+    assert "Service principals can use Fabric APIs" in str(error)
+    mine = translate(
+        response(403, {"Message": "API is not accessible for application"}, f"{API}/datasets/x"),
+        "x",
+    )
+    assert isinstance(mine, AuthError) and mine.cause == "my_workspace_app"
+
+
 def test_not_a_member_or_viewer_names_the_roles_and_the_grant_command() -> None:
     body = {"error": {"code": NOT_AUTHORIZED, "message": "Viewer cannot add rows"}}
     error = translate(response(401, body), "add rows")

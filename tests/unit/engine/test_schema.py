@@ -585,3 +585,42 @@ def test_every_bad_column_of_a_row_is_named_in_its_one_problem() -> None:
     assert "; extra: table 'T' has no column 'extra'" in problem.reason
     # One bad column reads as before: its own reason, its own column.
     assert check({"n": "x"}, 0) == RowProblem(0, "expected a whole number, got 'x'", "n")
+
+
+def test_drift_names_added_columns_and_every_live_column_the_definition_does_not_match() -> None:
+    """The one comparison the engine (Ingestor._widen) and `doctor` share."""
+    schema = DatasetDefinition.from_body(
+        {
+            "name": "D",
+            "tables": [
+                {
+                    "name": "T",
+                    "columns": [
+                        {"name": "A", "dataType": "int"},
+                        {"name": "B", "dataType": "String"},
+                        {"name": "New", "dataType": "Double"},
+                    ],
+                }
+            ],
+        }
+    ).tables["T"]
+    same = schema.drift(
+        [
+            {"name": "A", "dataType": "Int64"},
+            {"name": "B", "dataType": "string"},
+            {"name": "New", "dataType": "Double"},
+        ]
+    )
+    assert same.added == () and same.conflicts == ()
+    drift = schema.drift(
+        [
+            {"name": "A", "dataType": "String"},
+            {"name": "B", "dataType": "String"},
+            {"name": "Gone", "dataType": "Boolean"},
+        ]
+    )
+    assert drift.added == ("New",)
+    assert drift.conflicts == (
+        "T.A is String in Power BI, Int64 in the definition",
+        "T.Gone (Boolean) is not in the definition",
+    )
