@@ -476,6 +476,8 @@ def test_function_metadata_matches_the_readme() -> None:
         "add_rows": ("datasets/{dataset}/tables/{table}/rows", ["POST"], "FUNCTION", queue),
         "post_rows": ("rows", ["POST"], "FUNCTION", queue),
         "health": ("health", ["GET"], "FUNCTION", []),
+        # doctor's checks with the app's identity: the master key only.
+        "doctor": ("doctor", ["GET"], "ADMIN", []),
         # Power BI's surface: anonymous for the host, the function checks the bearer key.
         "powerbi": ("v1.0/myorg/{*path}", ["GET", "POST", "DELETE"], "ANONYMOUS", queue),
     }

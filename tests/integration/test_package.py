@@ -99,6 +99,7 @@ def test_the_unpacked_zip_imports_alone_and_lists_the_functions_of_the_source_tr
     assert names == [
         "add_rows",
         "blob_created",
+        "doctor",
         "health",
         "ingest_blob",
         "ingest_queue",
@@ -115,6 +116,7 @@ def test_the_unpacked_zip_imports_alone_and_lists_the_functions_of_the_source_tr
         "datasets/{dataset}/tables/{table}/rows",
         "rows",
         "health",
+        "doctor",
         "v1.0/myorg/{*path}",
     }
     assert deployed["functions"] == source["functions"]
