@@ -18,9 +18,10 @@ from tests.azurite import Azurite
 from tests.emulator.conftest import IDENTITY_HEADER, REPO, WORKSPACE_ID, WORKSPACE_NAME, Api
 
 
-@pytest.fixture
-def run(api: Api, azurite: Azurite, tmp_path: Path) -> Any:
-    """Run the command line with settings that point it at the emulator and Azurite."""
+def app_environment(api: Api, azurite: Azurite, **settings: str) -> dict[str, str]:
+    """This process's environment without its Power BI, identity and dead-letter settings, and
+    with the app's: Power BI = the emulator through its managed-identity endpoint, storage =
+    Azurite; ``settings`` on top."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -32,8 +33,15 @@ def run(api: Api, azurite: Azurite, tmp_path: Path) -> Any:
         IDENTITY_ENDPOINT=f"{api.emulator.base}/msi/token",
         IDENTITY_HEADER=IDENTITY_HEADER,
         AzureWebJobsStorage=azurite.connection_string,
-        DEADLETTER_CONTAINER=f"cli-{uuid.uuid4().hex[:10]}",
+        **settings,
     )
+    return env
+
+
+@pytest.fixture
+def run(api: Api, azurite: Azurite, tmp_path: Path) -> Any:
+    """Run the command line with settings that point it at the emulator and Azurite."""
+    env = app_environment(api, azurite, DEADLETTER_CONTAINER=f"cli-{uuid.uuid4().hex[:10]}")
 
     def call(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

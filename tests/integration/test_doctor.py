@@ -19,6 +19,7 @@ import pytest
 from emulator.identity import IdentityConfig
 from tests.azurite import Azurite
 from tests.emulator.conftest import IDENTITY_HEADER, REPO, Api
+from tests.integration.test_cli import app_environment
 
 #: The emulator's system-assigned managed identity (its default object id): the app here.
 APP_OID = IdentityConfig().system_principal_id
@@ -66,17 +67,9 @@ def run(api: Api, azurite: Azurite, tmp_path: Path) -> Any:
     name = f"Doc{uuid.uuid4().hex[:6]}"
     (datasets / f"{name}.json").write_text(json.dumps({"name": name, "tables": [TABLE]}))
     suffix = uuid.uuid4().hex[:8]
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("POWERBI_", "AZURE_", "MSI_", "IDENTITY_", "DEADLETTER_"))
-    }
-    env.update(
-        POWERBI_API_URL=api.emulator.base,
-        POWERBI_AUTH="managed_identity",
-        IDENTITY_ENDPOINT=f"{api.emulator.base}/msi/token",
-        IDENTITY_HEADER=IDENTITY_HEADER,
-        AzureWebJobsStorage=azurite.connection_string,
+    env = app_environment(
+        api,
+        azurite,
         DATASETS_DIR=str(datasets),
         INGEST_CONTAINER=f"in-{suffix}",
         CHECKPOINT_CONTAINER=f"cp-{suffix}",
