@@ -92,7 +92,8 @@ def test_every_http_function_needs_a_key(metadata: dict[str, Any]) -> None:
     """The app's default is FUNCTION and every HTTP trigger is FUNCTION, but for the Power BI
     surface: ANONYMOUS for the host, because a drop-in sender can send only a bearer token,
     which the function checks against FRONTDOOR_KEYS itself (closed when none is set:
-    tests/unit/sources/test_frontdoor.py, tests/integration/test_frontdoor.py)."""
+    tests/unit/sources/test_frontdoor.py, tests/integration/test_frontdoor.py); and doctor,
+    ADMIN: the master key only, since its report names the workspace, identity and storage."""
     assert metadata["default"] == "FUNCTION"
     levels = {
         name: binding.get("authLevel")
@@ -104,6 +105,7 @@ def test_every_http_function_needs_a_key(metadata: dict[str, Any]) -> None:
         "add_rows": "FUNCTION",
         "post_rows": "FUNCTION",
         "health": "FUNCTION",
+        "doctor": "ADMIN",
         "powerbi": "ANONYMOUS",
     }
 
