@@ -313,3 +313,15 @@ def test_state_lists_tables_and_counters(
     assert tables[table]["rows"] == 2 and tables[table]["mappings"] == ["m"]
     assert state["counters"]["streaming_requests"] >= 1
     assert state["counters"]["rows_ingested"] >= 2
+
+
+def test_dashboard_shows_eventhouse_tables_and_row_counts(
+    kusto_emulator: EmulatorProcess, kusto: KustoClient
+) -> None:
+    table = new_table(kusto)
+    streaming_ingest(kusto, table, [{"id": i} for i in range(3)])
+    page = requests.get(f"{kusto_emulator.base}/", timeout=10).text
+    assert 'data-region="eventhouse"' in page
+    state = requests.get(f"{kusto_emulator.base}/_emulator/dashboard/state", timeout=10).json()
+    panel = state["regions"]["eventhouse"]
+    assert f'<span>{table}</span> <span class="count">3 rows</span>' in panel
