@@ -587,6 +587,16 @@ class KustoService:
             # "mappingName: Optional, but Required if streamFormat is one of JSON, MultiJSON,
             # or Avro" ([DXD] kusto/api/rest/streaming-ingest.md).
             raise bad_request("'mappingName' is required for the JSON and MultiJSON formats.")
+        if request.query.get("sourceKind", "").lower() == "uri":
+            # Streaming from a blob (§1.5: ``&sourceKind=uri``, body ``{"sourceUri": ...}``;
+            # the managed client tries it for blobs up to 4 MB, §1.8).
+            try:
+                source = json.loads(body)["sourceUri"]
+            except (ValueError, KeyError, TypeError):
+                raise bad_request("sourceKind=uri needs a JSON body with 'sourceUri'.") from None
+            body = await KustoStorage.download(str(source))
+            if body[:2] == b"\x1f\x8b":
+                body = _gunzip(body)
         mapping = self._mapping(table, mapping_name)
         rows = map_records(table, parse_records(body, data_format), mapping)
         table.rows.extend(rows)
@@ -952,8 +962,9 @@ class KustoStorage:
     async def delete(self, message: QueuedMessage) -> None:
         await self._queues[READY_QUEUE].delete_message(message.id, message.pop_receipt)
 
-    async def download(self, blob_url: str) -> bytes:
-        """A blob by the URL (with SAS) the client put in the message."""
+    @staticmethod
+    async def download(blob_url: str) -> bytes:
+        """A blob by the URL (with SAS) the client sent."""
         from azure.storage.blob.aio import BlobClient
 
         async with BlobClient.from_blob_url(blob_url) as blob:

@@ -10,6 +10,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,34 @@ def test_the_worker_polls_the_queue_without_a_flush(eager_emulator: EmulatorProc
         while rows_of(kusto, f"{table} | count") != [[3]]:
             assert time.monotonic() < deadline, kusto_state(eager_emulator)
             time.sleep(0.1)
+
+
+def test_managed_client_streams_a_small_blob_by_its_uri(
+    kusto_emulator: EmulatorProcess, kusto_azurite: Azurite, kusto: KustoClient
+) -> None:
+    """ingest_from_blob with a blob under 4 MB: streaming with sourceKind=uri (§1.8)."""
+    from azure.kusto.ingest import BlobDescriptor
+    from azure.storage.blob import BlobServiceClient, generate_blob_sas
+
+    from tests.azurite import ACCOUNT, KEY
+
+    table = new_table(kusto)
+    service = BlobServiceClient.from_connection_string(kusto_azurite.connection_string)
+    container = service.get_container_client("source")
+    if not container.exists():
+        container.create_container()
+    container.upload_blob("rows.json", json_lines(4).getvalue(), overwrite=True)
+    sas = generate_blob_sas(
+        ACCOUNT,
+        "source",
+        "rows.json",
+        account_key=KEY,
+        permission="r",
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    url = f"{container.url}/rows.json?{sas}"
+    before = kusto_state(kusto_emulator)["counters"].get("streaming_requests", 0)
+    with ManagedStreamingIngestClient(kcsb(kusto_emulator)) as ingest:
+        ingest.ingest_from_blob(BlobDescriptor(url, 100), properties(table))
+    assert kusto_state(kusto_emulator)["counters"]["streaming_requests"] == before + 1
+    assert rows_of(kusto, f"{table} | count") == [[4]]
