@@ -20,6 +20,7 @@ from emulator.app import EmulatorConfig, create_app
 from emulator.errors import ApiError
 from emulator.faults import FaultConfigError, FaultPlan
 from emulator.identity import ClientApp, IdentityConfig
+from emulator.kusto import STREAMING_MODES, KustoConfig
 from emulator.live import blob_endpoint
 from emulator.tls import make_certificate, server_context
 
@@ -30,6 +31,9 @@ DEFAULT_USER_ASSIGNED = "00000000-0000-0000-0000-0000000000a1"
 #: The storage connection string of the app's dead letters, for the dashboard. An environment
 #: variable, not a flag: a connection string carries an account key, and argv is public (ps).
 DEADLETTER_CONNECTION_ENV = "EMULATOR_DEADLETTER_CONNECTION"
+#: The storage (Azurite) connection string behind the Kusto surface's queued ingestion; an
+#: environment variable for the same reason.
+KUSTO_STORAGE_ENV = "EMULATOR_KUSTO_STORAGE_CONNECTION"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,6 +107,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the app's dead-letter container, shown on the dashboard when "
         f"${DEADLETTER_CONNECTION_ENV} holds its storage connection string (default: deadletter)",
     )
+    parser.add_argument(
+        "--kusto-database",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a KQL database of the Kusto surface (repeatable; default: Sales)",
+    )
+    parser.add_argument(
+        "--kusto-streaming",
+        choices=STREAMING_MODES,
+        default="policy",
+        help="streaming ingestion: 'policy' (needs the table or database policy, as ADX), "
+        "'on' (always, as Fabric), 'off' (the cluster capability is off: 404)",
+    )
+    parser.add_argument(
+        "--kusto-batch-seconds",
+        type=float,
+        default=None,
+        help="queued ingestion's batching delay (default 1; the service's is 300), used when "
+        f"${KUSTO_STORAGE_ENV} holds the storage connection string",
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 
@@ -156,6 +181,15 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         workspaces.append((name, workspace_id or None))
     faults = FaultPlan.from_json(json.loads(args.faults)) if args.faults else FaultPlan()
     connection = os.environ.get(DEADLETTER_CONNECTION_ENV, "").strip()
+    kusto = KustoConfig(
+        databases=list(args.kusto_database) or ["Sales"],
+        streaming=args.kusto_streaming,
+        storage=os.environ.get(KUSTO_STORAGE_ENV, "").strip() or None,
+    )
+    if args.kusto_batch_seconds is not None:
+        if args.kusto_batch_seconds < 0:
+            raise ValueError("--kusto-batch-seconds must be 0 or more")
+        kusto.batch_seconds = args.kusto_batch_seconds
     return EmulatorConfig(
         identity=identity,
         db_path=args.db,
@@ -165,6 +199,7 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         deadletters=(connection, args.deadletter_container) if connection else None,
         members=members,
         tenant=tenant,
+        kusto=kusto,
     )
 
 
@@ -206,6 +241,8 @@ async def serve(args: argparse.Namespace, config: EmulatorConfig) -> None:
         f"  Tenant:     {base}/_emulator/tenant (service principals: "
         f"{_tenant_summary(app['emulator'].tenant)})",
         f"  Dashboard:  {base}/",
+        f"  Kusto:      {base}   (databases: {', '.join(config.kusto.databases)}; streaming: "
+        f"{config.kusto.streaming}; queued: {'on' if config.kusto.storage else 'off'})",
     ]
     if config.deadletters is not None:
         connection, container = config.deadletters

@@ -15,6 +15,7 @@ Routes (``{p}`` is ``/v1.0/myorg`` or ``/v1.0/myorg/groups/{groupId}``):
 ``/{tenant}/v2.0/.well-known/...``    OpenID discovery; ``/{tenant}/oauth2/v2.0/token``
 ``/_emulator/...``                    emulator-only admin and read API (not in Power BI)
 ``GET /``                             the live dashboard (``emulator/dashboard.py``)
+``/v1/rest/...``, ``/v2/rest/query``  the Kusto (Eventhouse / ADX) surface, ``emulator/kusto.py``
 ====================================  ===================================================
 
 Who may call what (the tenant setting, workspace roles, My workspace for service principals) is
@@ -53,6 +54,7 @@ from emulator.errors import (
 )
 from emulator.faults import FaultConfigError, FaultPlan
 from emulator.identity import POWERBI_RESOURCE, IdentityConfig, TokenIssuer, TokenRejected
+from emulator.kusto import KustoConfig, KustoService
 from emulator.live import ArrivalHistory, DeadLetterWatch, LiveFeed
 from emulator.odata import FilterError, parse_filter
 from emulator.quotas import QuotaBook, Throttle, retry_after_header
@@ -90,6 +92,8 @@ class EmulatorConfig:
     members: dict[str, list[Member]] = field(default_factory=dict)
     #: The tenant setting at start; None: the stored one (enabled for everyone by default).
     tenant: TenantSetting | None = None
+    #: The Kusto (Eventhouse) surface: databases, streaming capability, queued-ingestion storage.
+    kusto: KustoConfig = field(default_factory=KustoConfig)
 
 
 class Emulator:
@@ -129,6 +133,8 @@ class Emulator:
             if config.deadletters
             else None
         )
+        #: The second destination (issue 18): a KQL database's endpoints (emulator/kusto.py).
+        self.kusto = KustoService(config.kusto, self.tokens, self.feed.changed)
 
     def count(self, dataset_id: str, key: str, amount: int = 1) -> None:
         """Add to a dataset's counter; every counted event is also news for the dashboard."""
@@ -1095,6 +1101,7 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     app.router.add_get("/_emulator/datasets/{datasetId}/tables/{tableName}/rows", admin.rows)
     app.router.add_post("/_emulator/reset", admin.reset)
     DashboardApi(emulator).add_routes(app)
+    emulator.kusto.add_routes(app)
     app.on_startup.append(lambda _app: _start(emulator))
     # Shutdown runs before aiohttp waits for open requests: ending the dashboard's event
     # streams here is what keeps Ctrl-C from waiting out the graceful-shutdown timeout.

@@ -402,6 +402,39 @@ def render_access(emulator: Emulator) -> str:
     return "".join(parts)
 
 
+def render_eventhouse(emulator: Emulator) -> str:
+    """The second destination (issue 18): the Kusto surface's databases, tables and row
+    counts, and its ingestion counters (emulator/kusto.py)."""
+    state = emulator.kusto.snapshot()
+    counters = state["counters"]
+    queued = "on" if state["queued"] else "off (no storage connection)"
+    parts = [
+        f'<p class="meta">Streaming: <strong>{escape(state["streaming"])}</strong> · '
+        f"queued ingestion: {escape(queued)}</p>",
+        f'<p class="meta" id="eventhouse-counters">{_n(counters.get("rows_ingested", 0))} rows '
+        f"ingested · {_plural(counters.get('streaming_requests', 0), 'streaming request')} · "
+        f"{_plural(counters.get('queued_blobs', 0), 'queued blob')} · "
+        f"{_n(state['pending_messages'])} waiting · "
+        f"{_n(counters.get('throttled', 0))} throttled · "
+        f"{_n(counters.get('failed_ingestions', 0))} failed</p>",
+    ]
+    for database in state["databases"]:
+        parts.append(f'<h3 class="workspace">{escape(database["name"])}</h3>')
+        if not database["tables"]:
+            parts.append('<p class="empty">No tables yet.</p>')
+            continue
+        items = "".join(
+            f"<li><span>{escape(t['name'])}</span> "
+            f'<span class="count">{_plural(t["rows"], "row")}</span></li>'
+            for t in database["tables"]
+        )
+        parts.append(
+            f'<ul class="targets eventhouse" data-database="{escape(database["name"])}">'
+            f"{items}</ul>"
+        )
+    return "".join(parts)
+
+
 # -- the page and its routes ------------------------------------------------------------------
 
 
@@ -436,6 +469,7 @@ def payload(emulator: Emulator, dataset_id: str | None, table_name: str | None) 
             "table": render_table(emulator, selection),
             "deadletters": render_dead_letters(summary),
             "access": render_access(emulator),
+            "eventhouse": render_eventhouse(emulator),
         },
     }
 
@@ -474,6 +508,10 @@ def render_page(emulator: Emulator, dataset_id: str | None, table_name: str | No
 <section class="deadletters" aria-labelledby="deadletters-heading">
 <h2 id="deadletters-heading">Dead letters</h2>
 <div data-region="deadletters">{regions["deadletters"]}</div>
+</section>
+<section class="eventhouse" aria-labelledby="eventhouse-heading">
+<h2 id="eventhouse-heading">Eventhouse (KQL database)</h2>
+<div data-region="eventhouse">{regions["eventhouse"]}</div>
 </section>
 <section class="access" aria-labelledby="access-heading">
 <h2 id="access-heading">Workspaces and access</h2>

@@ -20,6 +20,7 @@ import hmac
 import secrets
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,8 +118,13 @@ class TokenIssuer:
         }
         return jwt.encode(claims, self.signing_key, algorithm="HS256"), expires_on
 
-    def verify(self, authorization: str | None) -> dict[str, Any]:
-        """Check an ``Authorization`` header; return the claims or raise :class:`TokenRejected`."""
+    def verify(
+        self, authorization: str | None, audiences: Collection[str] | None = None
+    ) -> dict[str, Any]:
+        """Check an ``Authorization`` header; return the claims or raise :class:`TokenRejected`.
+
+        ``audiences``: the ``aud`` values accepted (default: Power BI's); the Kusto surface
+        (emulator/kusto.py) passes its own and renders the refusal in Kusto's shape."""
         if not authorization:
             raise TokenRejected(
                 401, "PowerBINotAuthorizedException", "The request has no Authorization header."
@@ -155,11 +161,13 @@ class TokenIssuer:
                 403, "TokenExpired", "Access token has expired, resubmit with a new access token"
             )
         audience = claims.get("aud")
-        if audience not in (POWERBI_RESOURCE, POWERBI_RESOURCE + "/"):
+        accepted = (POWERBI_RESOURCE, POWERBI_RESOURCE + "/") if audiences is None else audiences
+        if audience not in accepted:
             raise TokenRejected(
                 403,
                 "PowerBINotAuthorizedException",
-                f"The access token's audience is not {POWERBI_RESOURCE}.",
+                "The access token's audience is not "
+                f"{POWERBI_RESOURCE if audiences is None else ' or '.join(sorted(accepted))}.",
             )
         return claims
 

@@ -36,6 +36,12 @@ param powerBiWorkspaceId string = ''
 @description('Name of the default Power BI workspace, used when powerBiWorkspaceId is empty.')
 param powerBiWorkspaceName string = ''
 
+@description('EVENTHOUSE_URI: the Query URI of a Fabric Eventhouse or Azure Data Explorer cluster, for tables a dataset routes there (datasets/<name>.destinations.json). Empty: no Eventhouse. The identity needs the database\'s User and Ingestor roles (or Contributor on the Fabric workspace): README "Moving to Fabric".')
+param eventhouseUri string = ''
+
+@description('EVENTHOUSE_DATABASE: the default KQL database.')
+param eventhouseDatabase string = ''
+
 @description('ALLOWED_TARGETS: comma-separated workspace/dataset pairs callers may write to. Empty: the default workspace\'s defined datasets.')
 param allowedTargets string = ''
 
@@ -334,6 +340,11 @@ var appSettings = {
   POWERBI_CLIENT_ID: identity.properties.clientId
   POWERBI_WORKSPACE_ID: powerBiWorkspaceId
   POWERBI_WORKSPACE_NAME: powerBiWorkspaceName
+  // The second destination (issue 18), with the same user-assigned identity.
+  EVENTHOUSE_URI: eventhouseUri
+  EVENTHOUSE_DATABASE: eventhouseDatabase
+  EVENTHOUSE_AUTH: 'managed_identity'
+  EVENTHOUSE_CLIENT_ID: identity.properties.clientId
   ALLOWED_TARGETS: allowedTargets
   // Storage: the account above, through the host's connection.
   STORAGE_CONNECTION: 'AzureWebJobsStorage'

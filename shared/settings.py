@@ -87,6 +87,141 @@ def is_loopback(url: str) -> bool:
         return False
 
 
+#: Fabric's Eventhouse hosts (``*.kusto.fabric.microsoft.com``, the Query URI the Fabric portal
+#: shows, docs/real-time-intelligence/access-database-copy-uri.md in MicrosoftDocs/fabric-docs).
+FABRIC_KUSTO_SUFFIX: Final = ".kusto.fabric.microsoft.com"
+
+
+@dataclass(frozen=True)
+class EventhouseSettings:
+    """Where and as whom the Eventhouse (KQL database) destination writes.
+
+    ``uri`` is the cluster's query URI (commands, queries, streaming ingestion: streaming goes
+    to the engine, not to ``ingest-``, Azure/azure-kusto-python#187); ``ingest_uri`` the data
+    management URI queued ingestion asks for its storage (the ``ingest-`` rule when not set,
+    except for a loopback emulator, as the client's own ``get_ingestion_endpoint`` does).
+    ``auth_mode`` is one of :data:`AUTH_MODES`; a service principal uses the ``POWERBI_*``
+    secret or certificate and authority with ``client_id``.
+    """
+
+    uri: str
+    ingest_uri: str
+    database: str | None
+    auth_mode: str
+    client_id: str | None
+    #: The service principal's authority (``POWERBI_AUTHORITY_URL`` or cloud host + tenant).
+    authority: str | None = None
+
+    @property
+    def is_fabric(self) -> bool:
+        """Whether the cluster is a Fabric Eventhouse (streaming ingestion is always on there)."""
+        return (urlsplit(self.uri).hostname or "").endswith(FABRIC_KUSTO_SUFFIX)
+
+    def describe(self) -> dict[str, object]:
+        """A summary safe to log or show (no secrets are held here)."""
+        return {
+            "uri": self.uri,
+            "ingest_uri": self.ingest_uri,
+            "database": self.database,
+            "auth_mode": self.auth_mode,
+            "client_id": self.client_id,
+        }
+
+
+def ingest_uri_for(uri: str) -> str:
+    """The data management (queued ingestion) URI of a cluster: ``https://ingest-<host>``.
+
+    The rule of ADX and of Fabric (``queryServiceUri`` / ``ingestionServiceUri`` of Fabric's
+    List KQL Databases, docs/real-time-intelligence/event-streams/api-kusto-pull-destination.md),
+    applied like azure-kusto-ingest's ``BaseIngestClient.get_ingestion_endpoint``: not to a host
+    that already has the prefix, nor to localhost or an IP address (an emulator serves both).
+    """
+    host = urlsplit(uri).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        literal = True
+    except ValueError:
+        literal = False
+    if host.startswith("ingest-") or literal or "localhost" in host:
+        return uri
+    return uri.replace("://", "://ingest-", 1)
+
+
+def _eventhouse(
+    get: Callable[[str], str | None], powerbi_auth: str, cloud: Cloud
+) -> EventhouseSettings | None:
+    """The Eventhouse settings, or None when ``EVENTHOUSE_URI`` is not set (no table may then be
+    routed there: :meth:`Settings.require_eventhouse` says which setting is missing)."""
+    uri = get("EVENTHOUSE_URI")
+    if uri is None:
+        return None
+    uri = _token_url(uri, "EVENTHOUSE_URI", "https://<cluster>.kusto.fabric.microsoft.com")
+    ingest_uri = get("EVENTHOUSE_INGEST_URI")
+    if ingest_uri is not None:
+        ingest_uri = _token_url(
+            ingest_uri, "EVENTHOUSE_INGEST_URI", "https://ingest-<cluster>.kusto.windows.net"
+        )
+    auth_mode = _choice(get, "EVENTHOUSE_AUTH", AUTH_MODES, powerbi_auth)
+    if auth_mode == "static" and not (is_loopback(uri) and is_loopback(ingest_uri or uri)):
+        raise ConfigError(
+            "EVENTHOUSE_AUTH", "static tokens are for the local emulator (a loopback URI)"
+        )
+    client_id = get("EVENTHOUSE_CLIENT_ID") or get("POWERBI_CLIENT_ID")
+    authority = None
+    if auth_mode == "static" and get("POWERBI_STATIC_TOKEN") is None:
+        raise ConfigError("POWERBI_STATIC_TOKEN", "is required when EVENTHOUSE_AUTH=static")
+    if auth_mode == "service_principal":
+        # One app registration for both destinations: its secret or certificate and tenant.
+        if client_id is None:
+            raise ConfigError("EVENTHOUSE_CLIENT_ID", "is required for a service principal")
+        tenant_id = get("POWERBI_TENANT_ID")
+        authority = get("POWERBI_AUTHORITY_URL")
+        if tenant_id is None and authority is None:
+            raise ConfigError("POWERBI_TENANT_ID", "is required for a service principal")
+        if (get("POWERBI_CLIENT_SECRET") is None) == (
+            get("POWERBI_CLIENT_CERTIFICATE_PATH") is None
+        ):
+            raise ConfigError(
+                "POWERBI_CLIENT_SECRET",
+                "set exactly one of POWERBI_CLIENT_SECRET and POWERBI_CLIENT_CERTIFICATE_PATH",
+            )
+        authority = authority or f"{cloud.authority_host}/{tenant_id}"
+    database = get("EVENTHOUSE_DATABASE")
+    if database is not None and not _kusto_name(database):
+        raise ConfigError(
+            "EVENTHOUSE_DATABASE",
+            "a database name has 1 to 1024 letters, digits, spaces, dots, dashes or underscores",
+        )
+    return EventhouseSettings(
+        uri=uri,
+        ingest_uri=ingest_uri or ingest_uri_for(uri),
+        database=database,
+        auth_mode=auth_mode,
+        client_id=client_id,
+        authority=authority,
+    )
+
+
+def _token_url(raw: str, name: str, example: str) -> str:
+    """A URL bearer tokens will be sent to: http(s), a plain authority, https unless loopback."""
+    url = raw.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not clean_authority(url):
+        raise ConfigError(name, f"must be an http(s) URL such as {example}")
+    if parts.scheme == "http" and not is_loopback(url):
+        # Bearer tokens travel only over https; plain http is allowed for a local emulator.
+        raise ConfigError(name, "must use https unless it is a loopback address")
+    if parts.path or parts.query or parts.fragment:
+        raise ConfigError(name, "must be the cluster's URI alone, without a path or query")
+    return url
+
+
+def _kusto_name(name: str) -> bool:
+    """A Kusto entity name: 1 to 1024 letters, digits, underscores, spaces, dots and dashes
+    ("Identifier naming rules", https://learn.microsoft.com/kusto/query/schema-entities/entity-names)."""
+    return 0 < len(name) <= 1024 and all(c.isalnum() or c in "_ .-" for c in name)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the bundle reads from app settings. Build with :meth:`from_env`."""
@@ -138,6 +273,8 @@ class Settings:
     pacing_fallback_processes: int = 4
     #: The container of the cross-process locks (shared/stores/leases.py), in STORAGE_CONNECTION.
     locks_container: str = "powerbi-locks"
+    #: The Eventhouse destination's settings; None when ``EVENTHOUSE_URI`` is not set.
+    eventhouse: EventhouseSettings | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -258,7 +395,18 @@ class Settings:
             # N should be the most processes that may push at once (instances x workers).
             pacing_fallback_processes=int(_positive(get, "PACING_FALLBACK_PROCESSES", 4)),
             locks_container=_container(get, "LOCKS_CONTAINER", "powerbi-locks"),
+            # Nothing Eventhouse is required until a table is routed there (issue 18).
+            eventhouse=_eventhouse(get, auth_mode, cloud),
         )
+
+    def require_eventhouse(self) -> EventhouseSettings:
+        """The Eventhouse settings, for a table routed there; a :class:`ConfigError` naming
+        ``EVENTHOUSE_URI`` when it is not set."""
+        if self.eventhouse is None:
+            raise ConfigError(
+                "EVENTHOUSE_URI", "is required when a table is delivered to an Eventhouse"
+            )
+        return self.eventhouse
 
     def describe(self) -> dict[str, object]:
         """A summary safe to log or show: names and URLs, never a secret or a token."""
@@ -287,6 +435,7 @@ class Settings:
             "pacing": self.pacing
             if self.pacing == "local"
             else f"shared ({self.storage_connection} -> table {self.pacing_table})",
+            "eventhouse": self.eventhouse.describe() if self.eventhouse else None,
         }
 
 

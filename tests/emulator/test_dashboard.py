@@ -247,7 +247,13 @@ def test_stream_sends_the_new_count_and_rows_after_post_rows(
     try:
         first = stream.next()
         assert first is not None
-        assert set(first["regions"]) == {"datasets", "table", "deadletters", "access"}
+        assert set(first["regions"]) == {
+            "datasets",
+            "table",
+            "deadletters",
+            "access",
+            "eventhouse",
+        }
         assert "System-assigned managed identity" in first["regions"]["access"]
         assert first["selected"]["table"] == "T" and first["selected"]["pinned"] is True
         assert selected_rows(stream) == 0

@@ -56,6 +56,7 @@ LEFT_TO_DEFAULTS: dict[str, str] = {
     "BLOB_MAX_BYTES": "tuning knob",
     "FRONTDOOR_PARTIAL_ROWS": "off by default (Power BI's all-or-nothing Add Rows)",
     "FRONTDOOR_ALLOW_DELETE_ROWS": "off by default: deleting rows is an operator's choice",
+    "EVENTHOUSE_INGEST_URI": "derived from EVENTHOUSE_URI (the 'ingest-' rule of ADX and Fabric)",
 }
 
 #: Settings the template sets that shared/settings.py does not read, and who reads them.
