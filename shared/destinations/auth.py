@@ -323,22 +323,43 @@ def make_token_provider(
 ) -> TokenProvider:
     """The provider that ``settings.auth_mode`` asks for; ``managed_identity(client_id)`` gives
     the process's shared credential for an identity, when there is one."""
-    scope = f"{settings.resource}/.default"
-    if settings.auth_mode == "static":
-        assert settings.static_token is not None
+    return token_provider_for(
+        settings.auth_mode,
+        f"{settings.resource}/.default",
+        settings.client_id,
+        settings.authority,
+        settings,
+        managed_identity,
+    )
+
+
+def token_provider_for(
+    auth_mode: str,
+    scope: str,
+    client_id: str | None,
+    authority: str | None,
+    settings: Settings,
+    managed_identity: Callable[[str | None], SupportsTokenInfo] | None = None,
+) -> TokenProvider:
+    """A provider of tokens for ``scope`` as ``auth_mode`` says (``static``: the settings'
+    static token; ``service_principal``: ``client_id`` at ``authority`` with the settings'
+    secret or certificate; else the managed identity ``client_id``, None for the system one):
+    one rule for every destination (Power BI, Eventhouse)."""
+    if auth_mode == "static":
+        assert settings.static_token is not None  # settings refuse static without it
         return StaticTokenProvider(settings.static_token)
-    if settings.auth_mode == "service_principal":
-        assert settings.client_id is not None and settings.authority is not None
+    if auth_mode == "service_principal":
+        assert client_id is not None and authority is not None
         return ServicePrincipalTokenProvider(
-            client_id=settings.client_id,
-            authority=settings.authority,
+            client_id=client_id,
+            authority=authority,
             scope=scope,
             secret=settings.client_secret,
             certificate_path=settings.client_certificate_path,
             ca_bundle=settings.ca_bundle,
         )
-    credential = managed_identity(settings.client_id) if managed_identity else None
-    return ManagedIdentityTokenProvider(scope, settings.client_id, credential=credential)
+    credential = managed_identity(client_id) if managed_identity else None
+    return ManagedIdentityTokenProvider(scope, client_id, credential=credential)
 
 
 def check_token_destination(url: str) -> None:

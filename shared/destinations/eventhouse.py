@@ -42,11 +42,9 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import msgspec
 
 from shared.destinations.auth import (
-    ManagedIdentityTokenProvider,
-    ServicePrincipalTokenProvider,
-    StaticTokenProvider,
     TokenProvider,
     check_token_destination,
+    token_provider_for,
 )
 from shared.destinations.kusto_schema import MAPPING_NAME, KustoTable, kusto_table, quote_name
 from shared.engine.retry import parse_retry_after
@@ -315,21 +313,14 @@ def token_provider(
 ) -> TokenProvider:
     """The provider ``EVENTHOUSE_AUTH`` asks for, with Kusto's scope; ``managed_identity`` gives
     the process's shared credential for an identity (as for Power BI)."""
-    if eventhouse.auth_mode == "static":
-        assert settings.static_token is not None  # settings refuse static without it
-        return StaticTokenProvider(settings.static_token)
-    if eventhouse.auth_mode == "service_principal":
-        assert eventhouse.client_id is not None and eventhouse.authority is not None
-        return ServicePrincipalTokenProvider(
-            client_id=eventhouse.client_id,
-            authority=eventhouse.authority,
-            scope=KUSTO_SCOPE,
-            secret=settings.client_secret,
-            certificate_path=settings.client_certificate_path,
-            ca_bundle=settings.ca_bundle,
-        )
-    credential = managed_identity(eventhouse.client_id) if managed_identity else None
-    return ManagedIdentityTokenProvider(KUSTO_SCOPE, eventhouse.client_id, credential=credential)
+    return token_provider_for(
+        eventhouse.auth_mode,
+        KUSTO_SCOPE,
+        eventhouse.client_id,
+        eventhouse.authority,
+        settings,
+        managed_identity,
+    )
 
 
 def connection(url: str, tokens: TokenProvider) -> KustoConnectionStringBuilder:
