@@ -341,7 +341,13 @@ def start(args: argparse.Namespace, stop: threading.Event, children: list[Child]
             *("--identity-header", IDENTITY_HEADER),
             *(("--deadletter-container", container) if container else ()),
         ],
-        {**child_env, "EMULATOR_DEADLETTER_CONNECTION": storage_connection if container else ""},
+        {
+            **child_env,
+            "EMULATOR_DEADLETTER_CONNECTION": storage_connection if container else "",
+            # Queued ingestion into the emulator's KQL databases goes through Azurite's queues
+            # and containers, as ADX's goes through its own storage (README, the emulator).
+            "EMULATOR_KUSTO_STORAGE_CONNECTION": storage_connection,
+        },
     )
     children.append(emulator)
     emulator_url = emulator.wait_for(_EMULATOR_READY, deadline, stop).group(1)

@@ -122,6 +122,23 @@ def test_make_run_serves_the_printed_curl_and_stops_cleanly() -> None:
         assert "SalesMarketing" in page.text and 'data-rows="2"' in page.text
         assert "Not connected" not in page.text, "make run should connect the dead-letter panel"
 
+        # The emulator's KQL databases take queued ingestion through Azurite: the resources
+        # the ingest client asks for are handed out (all five), not refused.
+        base = state_url.removesuffix("/_emulator/state")
+        kusto = {"audience": "https://kusto.kusto.windows.net"}
+        token = session.post(f"{base}/_emulator/token", json=kusto, timeout=10).json()[
+            "access_token"
+        ]
+        resources = session.post(
+            f"{base}/v1/rest/mgmt",
+            json={"db": "NetDefaultDB", "csl": ".get ingestion resources"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert resources.status_code == 200, resources.text
+        kinds = {row[0] for row in resources.json()["Tables"][0]["Rows"]}
+        assert "SecuredReadyForAggregationQueue" in kinds and "TempStorage" in kinds, kinds
+
         everything = children | descendants(process.pid)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0, "\n".join(output)
