@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from shared.contracts import Target
 from shared.engine.routing import (
     DEFAULT,
     EventhouseRoute,
@@ -140,3 +141,32 @@ def test_load_keeps_a_broken_file_apart_and_definitions_ignore_routing_files(
 
 def test_no_directory_means_no_routing(tmp_path: Path) -> None:
     assert load_routing(tmp_path / "missing", {}, WITHOUT) == {}
+
+
+def test_the_runtime_builds_an_eventhouse_client_only_for_a_routed_table(tmp_path: Path) -> None:
+    from shared.runtime import build_ingestor
+
+    shutil.copy(REPO / "datasets" / "SalesMarketing.json", tmp_path / "SalesMarketing.json")
+    env = {
+        "DATASETS_DIR": str(tmp_path),
+        "EVENTHOUSE_URI": "https://example.kusto.windows.net",
+        "EVENTHOUSE_DATABASE": "Sales",
+        "PACING": "local",
+    }
+    alone = build_ingestor(Settings.from_env(env), env, dead_letters=False)
+    assert alone.eventhouse is None and alone.routing == {}
+    assert alone.destinations_of(Target("SalesMarketing", "Product")) == ("powerbi",)
+    (tmp_path / "SalesMarketing.destinations.json").write_text(
+        json.dumps({"tables": {"Product": ["powerbi", "eventhouse"]}}), encoding="utf-8"
+    )
+    routed = build_ingestor(Settings.from_env(env), env, dead_letters=False)
+    assert routed.eventhouse is not None
+    assert routed.destinations_of(Target("SalesMarketing", "Product")) == (
+        "powerbi",
+        "eventhouse",
+    )
+    assert routed.destinations_of(Target("SalesMarketing", "Product"), ["eventhouse"]) == (
+        "eventhouse",
+    )
+    with pytest.raises(ConfigError):
+        routed.destinations_of(Target("SalesMarketing", "Product"), ["kafka"])
