@@ -7,6 +7,7 @@ rows exactly as they are alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -16,16 +17,20 @@ from typing import Any
 import pytest
 import requests
 from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueClient
 
 from shared.cli.replay import replay_dead_letters
 from shared.contracts import PushResult, Target
 from shared.destinations.auth import StaticTokenProvider
 from shared.destinations.eventhouse import EventhouseClient
 from shared.destinations.powerbi import PowerBIClient
+from shared.engine.coalesce import Coalescer
 from shared.engine.ingest import Ingestor, PushIncomplete
 from shared.engine.retry import RetryPolicy
 from shared.engine.routing import parse_routing
 from shared.settings import Settings
+from shared.sources.claimcheck import ClaimCheckStore
+from shared.sources.queue_ingest import QueueIngest
 from shared.stores.deadletter import BlobDeadLetterStore
 from tests.azurite import Azurite
 from tests.emulator.conftest import IDENTITY_HEADER, Api, EmulatorProcess, start_emulator
@@ -273,3 +278,52 @@ def test_kusto_refusing_the_table_dead_letters_its_rows_by_name_and_replay_sends
     assert report.stopped is None
     assert case.kusto_ids() == good
     assert case.powerbi_ids(result) == good  # not one row twice
+
+
+def test_a_queue_message_is_re_sent_for_the_eventhouse_only_when_power_bi_delivered(
+    both: EmulatorProcess,
+    kusto: EventhouseClient,
+    store: BlobDeadLetterStore,
+    azurite: Azurite,
+) -> None:
+    """The queue path: Kusto answers 503 to everything, Power BI delivers; the message is
+    completed and re-sent with ``"destinations": ["eventhouse"]``; handled once Kusto is back,
+    it fills the Eventhouse and adds nothing to Power BI."""
+    case = Case(both, kusto, store, ["powerbi", "eventhouse"])
+    kusto.ensure_table(case.definition, "Product", name=case.table)
+    queue = QueueClient.from_connection_string(
+        azurite.connection_string, f"rows{uuid.uuid4().hex[:10]}"
+    )
+    queue.create_queue()
+
+    def no_claim_checks() -> ClaimCheckStore:
+        raise AssertionError("no message here uses a claim check")
+
+    handler = QueueIngest(
+        lambda: coalescer,
+        no_claim_checks,
+        lambda: store,
+        rows_queue=lambda: queue,
+        redelivery_delay=0.0,
+    )
+    coalescer = Coalescer(case.ingestor, linger=0.0, max_wait=0.0)
+    rows = [product(i) for i in range(200)]  # one message: under 64 KiB
+    body = json.dumps({"dataset": case.name, "table": "Product", "rows": rows}).encode()
+    requests.put(
+        f"{both.base}/_emulator/kusto/faults",
+        json={"error_503": 1.0, "all_operations": True},
+        timeout=10,
+    ).raise_for_status()
+    first = asyncio.run(handler.handle(body, "m1"))
+    requests.delete(f"{both.base}/_emulator/kusto/faults", timeout=10).raise_for_status()
+    assert first is not None and first.sent == 200  # Power BI's: the original is completed
+    assert first.destinations["eventhouse"].stopped is not None
+    assert case.powerbi_ids(first) == list(range(200))
+    (resent,) = queue.receive_messages(visibility_timeout=60, max_messages=32)  # redelivery_delay 0
+    again = json.loads(resent.content)
+    assert again["destinations"] == ["eventhouse"] and len(again["rows"]) == 200
+    second = asyncio.run(handler.handle(resent.content.encode(), resent.id))
+    assert second is not None and set(second.destinations) == {"eventhouse"}
+    assert second.sent == 200
+    assert case.kusto_ids() == list(range(200))
+    assert case.powerbi_ids(first) == list(range(200))  # not one row twice
