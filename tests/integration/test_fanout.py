@@ -249,6 +249,31 @@ def test_kusto_failing_transiently_stops_only_the_eventhouse(
     assert {letter["destination"] for letter in letters_of(store)} == {None}
 
 
+def test_power_bi_failing_stops_only_power_bi(
+    both: EmulatorProcess, kusto: EventhouseClient, store: BlobDeadLetterStore
+) -> None:
+    """The mirror case: Add Rows fails (an ambiguous 500, then nothing more is sent to Power
+    BI); the Eventhouse still gets every valid row."""
+    case = Case(both, kusto, store, ["powerbi", "eventhouse"])
+    case.ingestor.provision(case.definition)  # the dataset exists before the faults start
+    case.api.set_faults(script=["ok", "error_500"])  # the second Add Rows fails
+    rows, good = case.rows(25_000)
+    try:
+        with pytest.raises(PushIncomplete) as caught:
+            case.ingestor.push(case.target, rows)
+    finally:
+        case.api.session.delete(f"{both.base}/_emulator/faults", timeout=10)
+    result = caught.value.result
+    powerbi, eventhouse = result.destinations["powerbi"], result.destinations["eventhouse"]
+    accounted(powerbi)
+    accounted(eventhouse)
+    assert powerbi.stopped is not None and powerbi.sent == 10_000
+    assert powerbi.unconfirmed == 10_000  # the failed batch: its answer was a 500
+    assert (eventhouse.sent, eventhouse.unsent, eventhouse.stopped) == (len(good), 0, None)
+    assert case.kusto_ids() == good
+    assert case.powerbi_ids(result) == good[:10_000]
+
+
 def test_kusto_refusing_the_table_dead_letters_its_rows_by_name_and_replay_sends_them_there(
     both: EmulatorProcess, kusto: EventhouseClient, store: BlobDeadLetterStore
 ) -> None:
