@@ -462,11 +462,19 @@ class Ingestor:
     ) -> list[RowProblem]:
         """Every problem of ``rows`` for ``target`` (under its profile), nothing sent: what an
         all-or-nothing caller checks before :meth:`push`. Raises what resolving the target
-        raises (NotFoundError, a transient failure)."""
-        resolved = self.resolve(target, deadline)
+        raises (NotFoundError, a transient failure). A table not routed to Power BI is
+        checked against its definition, with no Power BI call (nothing is created there)."""
         declared = profile is None
-        profile = self.profile(target, deadline=deadline) if declared else profile
-        validator = resolved.validator(target.table, profile, keep=declared)
+        if self.allowed(target, deadline) is None:
+            validator = self._local_validator(
+                target,
+                self.profile(target, deadline=deadline) if declared else profile,
+                declared,
+            )
+        else:
+            resolved = self.resolve(target, deadline)
+            profile = self.profile(target, deadline=deadline) if declared else profile
+            validator = resolved.validator(target.table, profile, keep=declared)
         found: list[RowProblem] = []
         for start in range(0, len(rows), BLOCK_ROWS):
             block = list(rows[start : start + BLOCK_ROWS])
@@ -708,6 +716,23 @@ class Ingestor:
                 ),
             )
         return chosen
+
+    def allowed(self, target: Target, deadline: Deadline | None = None) -> _Resolved | None:
+        """Raise :class:`ForbiddenError` when callers may not write to ``target``
+        (ALLOWED_TARGETS) or a PermanentError when it cannot be used. A table delivered to
+        Power BI is looked up there (created from its definition if missing) and returned;
+        one that is not is checked by name and against its definition, with no Power BI call
+        (None)."""
+        if POWERBI in self.destinations_of(target):
+            return self.resolve(target, deadline)
+        self._check_caller(target)
+        definition = self.definitions.get(target.dataset)
+        if definition is None or target.table not in definition.tables:
+            raise NotFoundError(
+                f"{target.dataset}/{target.table}: datasets/{target.dataset}.json does not "
+                "define that table"
+            )
+        return None
 
     def _check_caller(self, target: Target) -> None:
         """ALLOWED_TARGETS for rows that may not go through Power BI's lookup (which checks

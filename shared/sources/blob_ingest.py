@@ -213,7 +213,8 @@ class BlobIngest:
         if self.ingestor.policy is None:
             return
         try:
-            self.ingestor.resolve(target)
+            # Not resolve(): a table not routed to Power BI must not create a dataset there.
+            self.ingestor.allowed(target)
         except ForbiddenError:
             raise
         except PermanentError:

@@ -158,6 +158,9 @@ def test_eventhouse_only_reads_back_every_row_and_never_touches_power_bi(
 ) -> None:
     case = Case(both, kusto, store, ["eventhouse"])
     rows, good = case.rows(2_500)
+    # The all-or-nothing check and the blob path's ALLOWED_TARGETS check: no Power BI call.
+    assert [p.index for p in case.ingestor.problems(case.target, rows[:1_010])] == [7, 1_007]
+    assert case.ingestor.allowed(case.target) is None
     result = case.ingestor.push(case.target, rows, source="test.json")
     assert set(result.destinations) == {"eventhouse"}
     assert result.destinations["eventhouse"] is result  # the only one is the top level
