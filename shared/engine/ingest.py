@@ -499,6 +499,7 @@ class Ingestor:
         on_progress: Callable[[int, PushResult], None] | None = None,
         profile: TableProfile | None = None,
         destinations: Sequence[str] | None = None,
+        on_positions: Callable[[Mapping[str, int]], None] | None = None,
     ) -> PushResult:
         """Push ``rows`` (an iterable: a list, or a stream read lazily) to ``target``.
 
@@ -518,6 +519,10 @@ class Ingestor:
         decides (:mod:`shared.engine.routing`). With several destinations, each is delivered
         on its own and the result has one entry per destination (``result.destinations``);
         :class:`PushIncomplete` is raised when any of them stopped on a transient failure.
+        ``on_positions({destination: n})`` is then called whenever one of them has
+        acknowledged or dead-lettered every row before its ``n`` (after the dead letters are
+        kept), so a caller can checkpoint each destination on its own; it is never called for
+        a table delivered to Power BI alone (``on_progress`` says it all).
         """
         (result,) = self.push_parts(
             target,
@@ -527,6 +532,7 @@ class Ingestor:
             on_progress=on_progress,
             profile=profile,
             destinations=destinations,
+            on_positions=on_positions,
         )
         stopped = result.incomplete
         if stopped is not None and stopped.cause is not None:
@@ -543,13 +549,14 @@ class Ingestor:
         on_progress: Callable[[int, PushResult], None] | None = None,
         profile: TableProfile | None = None,
         destinations: Sequence[str] | None = None,
+        on_positions: Callable[[Mapping[str, int]], None] | None = None,
     ) -> list[PushResult]:
         """Push several callers' rows together (the fewest POSTs for all of them) and account
         for each part separately: one :class:`PushResult` per part, in order.
 
         A transient failure does not raise here: each part whose rows were not all delivered
         has ``stopped`` set (and ``cause``), so each caller can decide on its own.
-        ``destinations``: as for :meth:`push`.
+        ``destinations`` and ``on_positions``: as for :meth:`push`.
         """
         try:
             chosen = self.destinations_of(target, destinations)
@@ -564,7 +571,7 @@ class Ingestor:
             return refused.results
         if chosen != DEFAULT:
             return self._push_fanout(
-                target, parts, chosen, deadline, dead_letter, on_progress, profile
+                target, parts, chosen, deadline, dead_letter, on_progress, profile, on_positions
             )
         run = _Run(target, parts, dead_letter)
         run.on_progress = on_progress
@@ -777,12 +784,14 @@ class Ingestor:
         dead_letter: bool,
         on_progress: Callable[[int, PushResult], None] | None,
         profile: TableProfile | None,
+        on_positions: Callable[[Mapping[str, int]], None] | None = None,
     ) -> list[PushResult]:
         """:meth:`push_parts` for a table with destinations other than Power BI alone: the
         rows are read and validated once, and each destination gets every valid row, paced,
         retried and accounted on its own (:class:`_Fanout`)."""
         fan = _Fanout({name: _Run(target, parts, dead_letter, name) for name in chosen})
         fan.on_progress = on_progress
+        fan.on_positions = on_positions
         fan.store = lambda: self._store_fan(fan)
         try:
             self._run_fanout(fan, deadline, profile)
@@ -1200,6 +1209,7 @@ class _Fanout:
         self.causes: dict[str, TransientError] = {}
         self.source_error: Exception | None = None
         self.on_progress: Callable[[int, PushResult], None] | None = None
+        self.on_positions: Callable[[Mapping[str, int]], None] | None = None
         self.store: Callable[[], None] = lambda: None
         self._positions = dict.fromkeys(runs, 0)
         self._reported = 0
@@ -1214,7 +1224,12 @@ class _Fanout:
     def passed(self, destination: str, position: int) -> None:
         """``destination`` has acknowledged or refused every row before ``position``; the
         caller's progress moves when every destination has (a checkpoint is the least)."""
-        self._positions[destination] = max(self._positions[destination], position)
+        if position <= self._positions[destination]:
+            return
+        self._positions[destination] = position
+        if self.on_positions is not None:
+            self.store()  # dead letters first, as for on_progress
+            self.on_positions(dict(self._positions))
         low = min(self._positions.values())
         if low > self._reported and self.on_progress is not None:
             self._reported = low

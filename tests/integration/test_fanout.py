@@ -29,8 +29,10 @@ from shared.engine.ingest import Ingestor, PushIncomplete
 from shared.engine.retry import RetryPolicy
 from shared.engine.routing import parse_routing
 from shared.settings import Settings
+from shared.sources.blob_ingest import BlobIngest
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.queue_ingest import QueueIngest
+from shared.stores.checkpoint import CheckpointStore
 from shared.stores.deadletter import BlobDeadLetterStore
 from tests.azurite import Azurite
 from tests.emulator.conftest import IDENTITY_HEADER, Api, EmulatorProcess, start_emulator
@@ -134,6 +136,14 @@ class Case:
         powerbi = result.destinations.get("powerbi", result)
         assert powerbi.dataset_id
         return sorted(r["ProductID"] for r in self.api.stored_rows(powerbi.dataset_id, "Product"))
+
+    def powerbi_ids_by_name(self) -> list[int]:
+        (dataset,) = [
+            d["id"]
+            for d in self.api.request("GET", f"{self.emulator.api}/datasets").json()["value"]
+            if d["name"] == self.name
+        ]
+        return sorted(r["ProductID"] for r in self.api.stored_rows(dataset, "Product"))
 
     def kusto_ids(self) -> list[int]:
         requests.post(f"{self.emulator.base}/_emulator/kusto/flush", timeout=60).raise_for_status()
@@ -355,3 +365,45 @@ def test_a_queue_message_is_re_sent_for_the_eventhouse_only_when_power_bi_delive
     assert second.sent == 200
     assert case.kusto_ids() == list(range(200))
     assert case.powerbi_ids(first) == list(range(200))  # not one row twice
+
+
+def test_a_blob_resumes_each_destination_from_its_own_checkpoint(
+    both: EmulatorProcess,
+    kusto: EventhouseClient,
+    store: BlobDeadLetterStore,
+    azurite: Azurite,
+) -> None:
+    """Kusto fails: Power BI takes the whole file, the Eventhouse nothing, and the checkpoint
+    says so per destination. The retried blob sends the Eventhouse every row and Power BI
+    none again."""
+    case = Case(both, kusto, store, ["powerbi", "eventhouse"])
+    kusto.ensure_table(case.definition, "Product", name=case.table)
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    files = service.get_container_client(f"files-{uuid.uuid4().hex[:10]}")
+    files.create_container()
+    rows, good = case.rows(12_000)
+    name = f"{case.name}/Product/products.ndjson"
+    files.upload_blob(name, "\n".join(json.dumps(row) for row in rows).encode())
+    checkpoints = CheckpointStore(service.get_container_client(f"cp-{uuid.uuid4().hex[:10]}"))
+    blobs = BlobIngest(case.ingestor, checkpoints, store)
+    blob = files.get_blob_client(name)
+    requests.put(
+        f"{both.base}/_emulator/kusto/faults",
+        json={"error_503": 1.0, "all_operations": True},
+        timeout=10,
+    ).raise_for_status()
+    try:
+        with pytest.raises(PushIncomplete):
+            blobs.handle(blob)
+    finally:
+        requests.delete(f"{both.base}/_emulator/kusto/faults", timeout=10).raise_for_status()
+    source = f"{blob.account_name}/{files.container_name}/{name}"
+    saved = checkpoints.load(source, str(blob.get_blob_properties().etag))
+    assert saved.positions["eventhouse"] == 0 < saved.positions["powerbi"]
+    assert saved.next_row == 0 and not saved.done
+    assert case.powerbi_ids_by_name() == good
+
+    outcome = blobs.handle(blob)
+    assert outcome.status == "done"
+    assert case.kusto_ids() == good
+    assert case.powerbi_ids_by_name() == good  # not one row twice
