@@ -559,7 +559,17 @@ class KustoService:
             await request.read()
             raise _payload_too_large(request.content_length)
         try:
-            body = await request.content.read(MAX_INFLATED_BYTES + 1)
+            # StreamReader.read(n) returns what has arrived so far (up to n), not n bytes: read
+            # until the end (or past the cap), or a body that arrives in pieces is cut short.
+            pieces: list[bytes] = []
+            size = 0
+            while size <= MAX_INFLATED_BYTES:
+                piece = await request.content.read(MAX_INFLATED_BYTES + 1 - size)
+                if not piece:
+                    break
+                pieces.append(piece)
+                size += len(piece)
+            body = b"".join(pieces)
         except ContentEncodingError as exc:
             raise KustoError(
                 400, "BadRequest_InvalidBlob", BAD_REQUEST, f"The body is not valid gzip: {exc}."

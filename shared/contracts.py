@@ -56,6 +56,13 @@ class PushResult:
     failure: PushError | None = None
     #: The transient error that stopped delivery, when ``stopped`` is set by one.
     cause: TransientError | None = None
+    #: Each destination's own result when the table's rows go to more than Power BI alone
+    #: (``datasets/<Dataset>.destinations.json``, issue 18), by destination name; empty
+    #: otherwise. The fields above are then the first destination's: Power BI's when it is one
+    #: (so HTTP answers and the Power BI surface mean what they always meant), else the
+    #: Eventhouse's. A row counts as delivered per destination: each one's ``sent``,
+    #: ``rejected``, ``unsent`` and ``stopped`` are its own.
+    destinations: dict[str, PushResult] = field(default_factory=dict)
 
     @property
     def unsent(self) -> int:
@@ -66,8 +73,27 @@ class PushResult:
         if len(self.problems) < MAX_LISTED_PROBLEMS:
             self.problems.append(problem)
 
+    @property
+    def incomplete(self) -> PushResult | None:
+        """The first destination whose delivery stopped on a transient failure (this result
+        itself when there is one destination), or None when none did."""
+        for result in self.destinations.values() or (self,):
+            if result.stopped is not None and result.cause is not None:
+                return result
+        return None
+
     def to_json(self) -> dict[str, Any]:
-        """A summary for HTTP answers and the one structured log line per invocation."""
+        """A summary for HTTP answers and the one structured log line per invocation; with
+        several destinations, ``destinations`` holds each one's summary (without ``target``)."""
+        summary = self._summary()
+        if self.destinations:
+            summary["destinations"] = {
+                name: {k: v for k, v in result._summary().items() if k != "target"}
+                for name, result in self.destinations.items()
+            }
+        return summary
+
+    def _summary(self) -> dict[str, Any]:
         return {
             "target": self.target.to_json(),
             "datasetId": self.dataset_id,

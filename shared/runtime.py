@@ -24,6 +24,7 @@ from shared.engine.governor import Governor, Quotas
 from shared.engine.ingest import Ingestor
 from shared.engine.profile import load_profiles
 from shared.engine.retry import RetryPolicy
+from shared.engine.routing import EVENTHOUSE, Routing, load_routing
 from shared.engine.schema import load_definitions
 from shared.engine.shared_governor import SharedGovernor
 from shared.engine.targets import TargetPolicy
@@ -117,10 +118,21 @@ def build_ingestor(
         if dead_letters
         else None
     )
+    definitions = load_definitions(settings.datasets_dir)
+    # datasets/<Dataset>.destinations.json (issue 18); no file: Power BI only, as before.
+    routing = load_routing(settings.datasets_dir, definitions, settings)
+    eventhouse = None
+    if any(isinstance(r, Routing) and r.uses(EVENTHOUSE) for r in routing.values()):
+        # Imported only when a table is routed there: the Kusto clients are heavy to load.
+        from shared.destinations.eventhouse import EventhouseClient
+
+        eventhouse = EventhouseClient.from_settings(settings, managed_identity)
     return Ingestor(
         client,
-        definitions=load_definitions(settings.datasets_dir),
+        definitions=definitions,
         profiles=load_profiles(settings.datasets_dir),
+        routing=routing,
+        eventhouse=eventhouse,
         # Callers' targets are checked; the operator's command line (callers=False) is not.
         policy=TargetPolicy.parse(settings.allowed_targets) if callers else None,
         governor=build_governor(settings, env),

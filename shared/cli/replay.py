@@ -1,7 +1,10 @@
 """Replay: re-drive what could not be delivered once its cause is fixed.
 
 - Dead letters: each JSON-lines blob not yet marked ``replayed=true`` is read, its rows are
-  pushed again to their targets (grouped by target, in order), and the blob is then marked
+  pushed again to their targets (grouped by target and destination, in order: a letter that
+  names its destination, ``powerbi`` or ``eventhouse``, goes to that one only, so the
+  destination that had the row does not get it twice; one that names none, refused before
+  delivery, goes to every destination of its table), and the blob is then marked
   (``replayed``, ``replayed_at``, ``replay_sent``, ``replay_rejected``), so running replay again
   does nothing to it. Rows refused again become new dead letters with the new reason: nothing
   is lost. Letters of unreadable messages name no target and are left for a person.
@@ -71,7 +74,7 @@ def replay_dead_letters(
             report.blobs_already_replayed += 1
             continue
         text = container.download_blob(blob.name).readall().decode("utf-8")
-        groups: dict[Target, list[Any]] = {}
+        groups: dict[tuple[Target, str | None], list[Any]] = {}
         for line in text.split("\n"):  # not splitlines(): rows may hold U+2028 etc.
             if not line.strip():
                 continue
@@ -80,13 +83,18 @@ def replay_dead_letters(
             if target.dataset == UNREADABLE.dataset:
                 report.left_for_a_person.append(blob.name)
                 break
-            groups.setdefault(target, []).append(letter["row"])
+            groups.setdefault((target, letter.get("destination")), []).append(letter["row"])
         if blob.name in report.left_for_a_person:
             continue
         sent = rejected = 0
         try:
-            for target, rows in groups.items():
-                result = ingestor.push(target, rows, source=f"replay of {blob.name}")
+            for (target, destination), rows in groups.items():
+                result = ingestor.push(
+                    target,
+                    rows,
+                    source=f"replay of {blob.name}",
+                    destinations=None if destination is None else [destination],
+                )
                 sent += result.sent
                 rejected += result.rejected
         except TransientError as error:

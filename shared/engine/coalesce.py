@@ -32,8 +32,9 @@ from shared.engine.profile import TableProfile
 from shared.engine.retry import Deadline, earliest
 from shared.errors import TransientError
 
-#: A buffer's key: workspace, dataset, table, and the profile its rows are read under.
-_Key = tuple[str | None, str, str, TableProfile | None]
+#: A buffer's key: workspace, dataset, table, the profile its rows are read under, and the
+#: destinations they go to (None: the table's routing).
+_Key = tuple[str | None, str, str, TableProfile | None, tuple[str, ...] | None]
 
 
 async def wait_for_event(event: asyncio.Event, seconds: float) -> None:
@@ -90,19 +91,23 @@ class Coalescer:
         source: str | None = None,
         deadline: Deadline | None = None,
         profile: TableProfile | None = None,
+        destinations: Sequence[str] | None = None,
     ) -> PushResult:
         """Deliver ``rows`` together with whatever else is waiting for the same table.
 
         Returns this caller's result; raises :class:`PushIncomplete` when its rows were not all
-        delivered (a transient failure), so the caller can have them redelivered. The shared
-        delivery keeps to the earliest ``deadline`` of the callers in it.
+        delivered (a transient failure, at any of the table's destinations), so the caller can
+        have them redelivered. The shared delivery keeps to the earliest ``deadline`` of the
+        callers in it. ``destinations``: only these of the table's destinations.
         """
+        chosen = tuple(destinations) if destinations is not None else None
         # Rows under different profiles (a message's own override) are not delivered together.
         key = (
             target.workspace or self.ingestor.default_workspace,
             target.dataset,
             target.table,
             profile,
+            chosen,
         )
         buffer = self._open.get(key)
         leader = buffer is None
@@ -119,11 +124,12 @@ class Coalescer:
         if buffer.rows >= self.max_rows:
             self._close(key, buffer)  # full: later arrivals start a new buffer
         if leader:
-            await self._lead(key, buffer, target, profile)
+            await self._lead(key, buffer, target, profile, chosen)
         assert buffer.results is not None
         result = (await asyncio.shield(buffer.results))[position]
-        if result.stopped is not None and result.cause is not None:
-            raise PushIncomplete(result, result.cause)
+        stopped = result.incomplete
+        if stopped is not None and stopped.cause is not None:
+            raise PushIncomplete(result, stopped.cause)
         return result
 
     def _deliveries(self) -> ThreadPoolExecutor:
@@ -159,7 +165,12 @@ class Coalescer:
             await self._wait(buffer.full, min(wait, self.max_wait))
 
     async def _lead(
-        self, key: _Key, buffer: _Buffer, target: Target, profile: TableProfile | None
+        self,
+        key: _Key,
+        buffer: _Buffer,
+        target: Target,
+        profile: TableProfile | None,
+        destinations: tuple[str, ...] | None = None,
     ) -> None:
         """Wait for the buffer to fill or the linger to pass, then deliver it for everyone."""
         assert buffer.results is not None
@@ -176,8 +187,23 @@ class Coalescer:
             self._close(key, buffer)
             delivered = await asyncio.get_running_loop().run_in_executor(
                 self._deliveries(),
-                lambda: self.ingestor.push_parts(
-                    target, buffer.parts, deadline=earliest(buffer.deadlines), profile=profile
+                lambda: (
+                    self.ingestor.push_parts(
+                        target,
+                        buffer.parts,
+                        deadline=earliest(buffer.deadlines),
+                        profile=profile,
+                    )
+                    # Only a restricted delivery passes ``destinations``: the call is otherwise
+                    # the one it always was.
+                    if destinations is None
+                    else self.ingestor.push_parts(
+                        target,
+                        buffer.parts,
+                        deadline=earliest(buffer.deadlines),
+                        profile=profile,
+                        destinations=destinations,
+                    )
                 ),
             )
         except BaseException as error:  # every waiting invocation must learn of it

@@ -10,9 +10,13 @@ model the engine validates and paces for.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.engine.retry import Deadline
+
+if TYPE_CHECKING:
+    from shared.engine.schema import DatasetDefinition
 
 
 class Destination(Protocol):
@@ -76,4 +80,29 @@ class Destination(Protocol):
     ) -> None:
         """Send one ready-made ``{"rows": [...]}`` body, once. An expired token is dropped
         before the error is raised, so that the retry policy's one re-send gets a fresh one."""
+        ...
+
+
+class TableStore(Protocol):
+    """A KQL database cluster (an Eventhouse, Azure Data Explorer): tables made from a dataset
+    definition, and batches of validated rows ingested into them.
+    :class:`shared.destinations.eventhouse.EventhouseClient` implements it."""
+
+    def ensure_table(
+        self,
+        definition: DatasetDefinition,
+        table: str,
+        *,
+        database: str | None = None,
+        name: str | None = None,
+    ) -> Any:
+        """Create or extend ``table`` of ``definition`` (as ``name``) and its ingestion mapping;
+        idempotent."""
+        ...
+
+    def ingest(
+        self, table: str, rows: Iterable[Mapping[str, Any]], database: str | None = None
+    ) -> Any:
+        """Ingest one batch of rows into ``table``, once (not idempotent: a
+        :class:`~shared.errors.TransientError` with ``maybe_delivered`` may have stored them)."""
         ...

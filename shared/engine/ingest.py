@@ -38,12 +38,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from shared.contracts import PushResult, Target, Unreadable
 from shared.engine.batching import BLOCK_ROWS, Batch, Block, pack, pack_blocks
-from shared.engine.destination import Destination
+from shared.engine.destination import Destination, TableStore
 from shared.engine.governor import Governor
+from shared.engine.kusto_pacing import KustoPacing
 from shared.engine.profile import PROFILE_SUFFIX, ProfileError, TableProfile, compile_profile, merge
 from shared.engine.retry import Deadline, RetryPolicy, stored_nothing
+from shared.engine.routing import (
+    DEFAULT,
+    DESTINATIONS,
+    EVENTHOUSE,
+    POWERBI,
+    EventhouseRoute,
+    Routing,
+    RoutingError,
+)
 from shared.engine.schema import (
     Column,
     DatasetDefinition,
@@ -55,6 +67,7 @@ from shared.engine.schema import (
 from shared.engine.targets import TargetPolicy
 from shared.engine.textvalues import format_utc
 from shared.errors import (
+    ConfigError,
     ForbiddenError,
     NotFoundError,
     PermanentError,
@@ -144,9 +157,17 @@ class Ingestor:
         creation_lock: CreationLock | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        routing: Mapping[str, Routing | RoutingError] | None = None,
+        eventhouse: TableStore | None = None,
+        eventhouse_pacing: KustoPacing | None = None,
     ) -> None:
         """``creation_lock`` makes the creation of a missing dataset single-flight across
-        processes (shared/stores/leases.py); without it, only within this process."""
+        processes (shared/stores/leases.py); without it, only within this process.
+
+        ``routing`` (:func:`shared.engine.routing.load_routing`) names each table's
+        destinations; a dataset without an entry goes to Power BI only. ``eventhouse`` is the
+        KQL cluster of the tables routed there, paced by ``eventhouse_pacing`` (its own:
+        Power BI's quotas do not apply to it)."""
         self.client = client
         self.definitions = dict(definitions or {})
         #: Declared ingest profiles as written: dataset -> table -> entry (profile files).
@@ -164,6 +185,11 @@ class Ingestor:
         self._sleep = sleep
         self._resolved: dict[tuple[str | None, str], _Resolved] = {}
         self._resolve_lock = threading.Lock()
+        self.routing = dict(routing or {})
+        self.eventhouse = eventhouse
+        self.eventhouse_pacing = eventhouse_pacing or KustoPacing(clock=clock, sleep=sleep)
+        #: Validators of datasets delivered without Power BI (from their definitions).
+        self._local: dict[str, _Resolved] = {}
 
     # -- resolution -------------------------------------------------------------------------
 
@@ -436,11 +462,19 @@ class Ingestor:
     ) -> list[RowProblem]:
         """Every problem of ``rows`` for ``target`` (under its profile), nothing sent: what an
         all-or-nothing caller checks before :meth:`push`. Raises what resolving the target
-        raises (NotFoundError, a transient failure)."""
-        resolved = self.resolve(target, deadline)
+        raises (NotFoundError, a transient failure). A table not routed to Power BI is
+        checked against its definition, with no Power BI call (nothing is created there)."""
         declared = profile is None
-        profile = self.profile(target, deadline=deadline) if declared else profile
-        validator = resolved.validator(target.table, profile, keep=declared)
+        if self.allowed(target, deadline) is None:
+            validator = self._local_validator(
+                target,
+                self.profile(target, deadline=deadline) if declared else profile,
+                declared,
+            )
+        else:
+            resolved = self.resolve(target, deadline)
+            profile = self.profile(target, deadline=deadline) if declared else profile
+            validator = resolved.validator(target.table, profile, keep=declared)
         found: list[RowProblem] = []
         for start in range(0, len(rows), BLOCK_ROWS):
             block = list(rows[start : start + BLOCK_ROWS])
@@ -464,6 +498,8 @@ class Ingestor:
         dead_letter: bool = True,
         on_progress: Callable[[int, PushResult], None] | None = None,
         profile: TableProfile | None = None,
+        destinations: Sequence[str] | None = None,
+        on_positions: Callable[[Mapping[str, int]], None] | None = None,
     ) -> PushResult:
         """Push ``rows`` (an iterable: a list, or a stream read lazily) to ``target``.
 
@@ -477,6 +513,16 @@ class Ingestor:
         may be written then), with the result so far (rows sent, rejected). ``profile`` is
         the table's ingest profile with the caller's override applied (:meth:`profile`);
         without one, the declared profile applies, if any.
+
+        ``destinations`` restricts delivery to some of the table's destinations (a replayed
+        dead letter goes only to the one that refused it); by default the table's routing
+        decides (:mod:`shared.engine.routing`). With several destinations, each is delivered
+        on its own and the result has one entry per destination (``result.destinations``);
+        :class:`PushIncomplete` is raised when any of them stopped on a transient failure.
+        ``on_positions({destination: n})`` is then called whenever one of them has
+        acknowledged or dead-lettered every row before its ``n`` (after the dead letters are
+        kept), so a caller can checkpoint each destination on its own; it is never called for
+        a table delivered to Power BI alone (``on_progress`` says it all).
         """
         (result,) = self.push_parts(
             target,
@@ -485,9 +531,12 @@ class Ingestor:
             dead_letter=dead_letter,
             on_progress=on_progress,
             profile=profile,
+            destinations=destinations,
+            on_positions=on_positions,
         )
-        if result.stopped is not None and result.cause is not None:
-            raise PushIncomplete(result, result.cause)
+        stopped = result.incomplete
+        if stopped is not None and stopped.cause is not None:
+            raise PushIncomplete(result, stopped.cause)
         return result
 
     def push_parts(
@@ -499,13 +548,31 @@ class Ingestor:
         dead_letter: bool = True,
         on_progress: Callable[[int, PushResult], None] | None = None,
         profile: TableProfile | None = None,
+        destinations: Sequence[str] | None = None,
+        on_positions: Callable[[Mapping[str, int]], None] | None = None,
     ) -> list[PushResult]:
         """Push several callers' rows together (the fewest POSTs for all of them) and account
         for each part separately: one :class:`PushResult` per part, in order.
 
         A transient failure does not raise here: each part whose rows were not all delivered
         has ``stopped`` set (and ``cause``), so each caller can decide on its own.
+        ``destinations`` and ``on_positions``: as for :meth:`push`.
         """
+        try:
+            chosen = self.destinations_of(target, destinations)
+        except ConfigError as error:
+            # The routing file cannot be used: every row is refused with its error (kept as
+            # dead letters naming no destination, so that a replay after the fix routes them).
+            refused = _Run(target, parts, dead_letter)
+            refused.fail(error)
+            for index, row in refused.rows():
+                refused.reject(RowProblem(index, error.message), row, error, shared=True)
+            self._store(refused)
+            return refused.results
+        if chosen != DEFAULT:
+            return self._push_fanout(
+                target, parts, chosen, deadline, dead_letter, on_progress, profile, on_positions
+            )
         run = _Run(target, parts, dead_letter)
         run.on_progress = on_progress
         run.profile = profile
@@ -535,11 +602,33 @@ class Ingestor:
         run.resolved = resolved
         run.dataset(resolved.dataset_id, resolved.workspace_id)
         validator = resolved.validator(target.table, profile, keep=declared)
+        batches = pack_blocks(
+            self._validated(run, validator, run.reject),
+            on_reject=run.reject,
+            keep_together=run.groups(),
+        )
+        self._deliver_all(batches, run, deadline)
+
+    def _validated(
+        self,
+        run: _Run,
+        validator: RowValidator | None,
+        reject: Callable[[RowProblem, Any], None],
+    ) -> Iterator[Block]:
+        """The run's rows, read in blocks and validated once: the valid ones in blocks, the
+        refused ones handed to ``reject``. The ingestion time derived columns take is now."""
         if validator is not None:
             validator = validator.with_context(
                 RowContext(run.parts[0].source, format_utc(datetime.now(UTC)))
             )
+        return self._blocks(run, validator, reject)
 
+    def _blocks(
+        self,
+        run: _Run,
+        validator: RowValidator | None,
+        reject: Callable[[RowProblem, Any], None],
+    ) -> Iterator[Block]:
         def checked(items: list[tuple[int, Any]]) -> Iterator[Block]:
             """One block of rows, validated together when they can be, else row by row."""
             if validator is not None:
@@ -552,38 +641,39 @@ class Ingestor:
             rows: list[dict[str, Any]] = []
             for index, row in items:
                 if isinstance(row, Unreadable):  # a part of a file that is not a row
-                    run.reject(RowProblem(index, row.reason), row.text)
+                    reject(RowProblem(index, row.reason), row.text)
                     continue
                 result = validator(row, index) if validator else _plain(row, index)
                 if isinstance(result, RowProblem):
-                    run.reject(result, row)
+                    reject(result, row)
                 else:
                     indices.append(index)
                     rows.append(result)
             if indices:
                 yield Block(indices, rows)
 
-        def valid() -> Iterator[Block]:
-            # Rows are read in blocks of BLOCK_ROWS; when the source fails mid-block, the
-            # rows read before the failure are still validated and packed (as row by row).
-            # list.extend keeps what it took before the error (CPython appends each item
-            # as it comes; tests/unit/engine/test_ingest_blocks.py checks it).
-            source = run.rows()
-            while True:
-                items: list[tuple[int, Any]] = []
-                failure: Exception | None = None
-                try:
-                    items.extend(itertools.islice(source, BLOCK_ROWS))
-                except Exception as error:
-                    failure = error
-                if items:
-                    yield from checked(items)
-                if failure is not None:
-                    raise failure
-                if len(items) < BLOCK_ROWS:
-                    return
+        # Rows are read in blocks of BLOCK_ROWS; when the source fails mid-block, the
+        # rows read before the failure are still validated and packed (as row by row).
+        # list.extend keeps what it took before the error (CPython appends each item
+        # as it comes; tests/unit/engine/test_ingest_blocks.py checks it).
+        source = run.rows()
+        while True:
+            items: list[tuple[int, Any]] = []
+            failure: Exception | None = None
+            try:
+                items.extend(itertools.islice(source, BLOCK_ROWS))
+            except Exception as error:
+                failure = error
+            if items:
+                yield from checked(items)
+            if failure is not None:
+                raise failure
+            if len(items) < BLOCK_ROWS:
+                return
 
-        batches = pack_blocks(valid(), on_reject=run.reject, keep_together=run.groups())
+    def _deliver_all(self, batches: Iterator[Batch], run: _Run, deadline: Deadline | None) -> None:
+        """Send every batch to Power BI; after a permanent failure, dead-letter the rest."""
+        target = run.target
         for batch in batches:
             try:
                 self._deliver(batch, run, deadline)
@@ -598,6 +688,223 @@ class Ingestor:
                 if isinstance(error, NotFoundError) and run.resolved is not None:
                     self.forget(target, run.resolved.dataset_id)
                 return
+
+    # -- several destinations (issue 18) ----------------------------------------------------
+
+    def destinations_of(
+        self, target: Target, requested: Sequence[str] | None = None
+    ) -> tuple[str, ...]:
+        """Where ``target``'s rows go: the table's routing (Power BI alone without a routing
+        file), restricted to ``requested`` when given. A :class:`ConfigError` when the routing
+        file is unusable, or names a destination this process cannot deliver to. A target
+        that names its dataset by id is routed by the default (routing is by name)."""
+        routing = self.routing.get(target.dataset)
+        if isinstance(routing, RoutingError):
+            raise routing
+        chosen = routing.destinations(target.table) if routing is not None else DEFAULT
+        if requested is not None:
+            unknown = sorted(set(requested) - set(DESTINATIONS))
+            if unknown or not requested:
+                raise ConfigError(
+                    "destinations",
+                    f"{list(requested)!r}: use some of {', '.join(DESTINATIONS)}",
+                )
+            chosen = tuple(name for name in DESTINATIONS if name in requested)
+        if EVENTHOUSE in chosen and (
+            self.eventhouse is None or routing is None or routing.eventhouse is None
+        ):
+            raise ConfigError(
+                "EVENTHOUSE_URI",
+                f"rows of {target.dataset}/{target.table} are for the Eventhouse, but "
+                + (
+                    f"datasets/{target.dataset}.destinations.json does not route it there"
+                    if routing is None or routing.eventhouse is None
+                    else "this process has no Eventhouse client"
+                ),
+            )
+        return chosen
+
+    def allowed(self, target: Target, deadline: Deadline | None = None) -> _Resolved | None:
+        """Raise :class:`ForbiddenError` when callers may not write to ``target``
+        (ALLOWED_TARGETS) or a PermanentError when it cannot be used. A table delivered to
+        Power BI is looked up there (created from its definition if missing) and returned;
+        one that is not is checked by name and against its definition, with no Power BI call
+        (None)."""
+        if POWERBI in self.destinations_of(target):
+            return self.resolve(target, deadline)
+        self._check_caller(target)
+        definition = self.definitions.get(target.dataset)
+        if definition is None or target.table not in definition.tables:
+            raise NotFoundError(
+                f"{target.dataset}/{target.table}: datasets/{target.dataset}.json does not "
+                "define that table"
+            )
+        return None
+
+    def _check_caller(self, target: Target) -> None:
+        """ALLOWED_TARGETS for rows that may not go through Power BI's lookup (which checks
+        it with the ids it finds): by the names the caller gave, no request made."""
+        if self.policy is None:
+            return
+        default = self.default_workspace
+        in_default = target.workspace is None or (
+            default is not None and target.workspace.casefold() == default.casefold()
+        )
+        if not self.policy.allows(
+            target.workspace,
+            None,
+            in_default,
+            target.dataset,
+            "",
+            target.dataset in self.definitions,
+        ):
+            raise ForbiddenError(
+                f"callers may not write to {target.workspace or 'the default workspace'}/"
+                f"{target.dataset}: it is not in ALLOWED_TARGETS ({self.policy.describe()})"
+            )
+
+    def _local_validator(
+        self, target: Target, profile: TableProfile | None, keep: bool
+    ) -> RowValidator | None:
+        """The table's validator from its definition alone (no Power BI lookup)."""
+        definition = self.definitions[target.dataset]
+        with self._resolve_lock:
+            local = self._local.get(definition.name)
+            if local is None:
+                local = _Resolved("", None, dict(definition.tables), name=definition.name)
+                self._local[definition.name] = local
+        return local.validator(target.table, profile, keep=keep)
+
+    def _push_fanout(
+        self,
+        target: Target,
+        parts: Sequence[Part],
+        chosen: tuple[str, ...],
+        deadline: Deadline | None,
+        dead_letter: bool,
+        on_progress: Callable[[int, PushResult], None] | None,
+        profile: TableProfile | None,
+        on_positions: Callable[[Mapping[str, int]], None] | None = None,
+    ) -> list[PushResult]:
+        """:meth:`push_parts` for a table with destinations other than Power BI alone: the
+        rows are read and validated once, and each destination gets every valid row, paced,
+        retried and accounted on its own (:class:`_Fanout`)."""
+        fan = _Fanout({name: _Run(target, parts, dead_letter, name) for name in chosen})
+        fan.on_progress = on_progress
+        fan.on_positions = on_positions
+        fan.store = lambda: self._store_fan(fan)
+        try:
+            self._run_fanout(fan, deadline, profile)
+        except TransientError as error:  # the rows' source, read for every destination
+            fan.stop_all(error)
+        except Exception as error:
+            fan.stop_all(None, str(error))
+            self._store_fan(fan)
+            raise
+        fan.stop_all(None)
+        self._store_fan(fan)
+        return fan.results()
+
+    def _run_fanout(
+        self, fan: _Fanout, deadline: Deadline | None, profile: TableProfile | None
+    ) -> None:
+        leader = fan.leader
+        target = leader.target
+        powerbi = fan.runs.get(POWERBI)
+        eventhouse = fan.runs.get(EVENTHOUSE)
+        declared = profile is None
+        try:
+            self._check_caller(target)
+            definition = self.definitions.get(target.dataset)
+            if definition is None or target.table not in definition.tables:
+                raise NotFoundError(
+                    f"{target.dataset}/{target.table} is routed to several destinations but "
+                    f"datasets/{target.dataset}.json does not define that table"
+                )
+            profile = self.profile(target, deadline=deadline) if declared else profile
+        except PermanentError as error:
+            for run in fan.runs.values():
+                run.fail(error)
+            for index, row in leader.rows():
+                fan.reject(RowProblem(index, error.message), row, error)
+            return
+        failed: dict[str, PermanentError] = {}
+        resolved: _Resolved | None = None
+        if powerbi is not None:
+            try:
+                resolved = self.resolve(target, deadline)
+                powerbi.resolved = resolved
+                powerbi.dataset(resolved.dataset_id, resolved.workspace_id)
+                powerbi.on_progress = lambda n, _: fan.passed(POWERBI, n)
+            except PermanentError as error:
+                powerbi.fail(error)
+                failed[POWERBI] = error
+            except TransientError as error:
+                fan.causes[POWERBI] = error
+        if resolved is not None:
+            validator = resolved.validator(target.table, profile, keep=declared)
+        else:
+            validator = self._local_validator(target, profile, declared)
+        blocks = self._validated(leader, validator, fan.reject)
+        sink = (
+            _EventhouseSink(self, eventhouse, fan, definition, deadline)
+            if eventhouse is not None
+            else None
+        )
+
+        def tapped() -> Iterator[Block]:
+            """Each valid block, handed to every destination as it is read."""
+            try:
+                for block in blocks:
+                    if sink is not None:
+                        sink.accept(block)
+                    if powerbi is not None and POWERBI in failed:
+                        powerbi.reject_all(
+                            zip(block.indices, _dicts(block.rows), strict=True),
+                            failed[POWERBI],
+                            shared=False,
+                        )
+                        fan.passed(POWERBI, block.indices[-1] + 1)
+                    yield block
+            except Exception as error:
+                fan.source_error = error
+                raise
+
+        stream = tapped()
+        if powerbi is not None and POWERBI not in failed and POWERBI not in fan.causes:
+            batches = pack_blocks(
+                stream,
+                on_reject=lambda problem, row: powerbi.reject(problem, row, shared=False),
+                keep_together=leader.groups(),
+            )
+            try:
+                self._deliver_all(batches, powerbi, deadline)
+            except TransientError as error:
+                if error is fan.source_error:
+                    raise
+                # Power BI stops here; the other destinations still get every row.
+                fan.causes[POWERBI] = error
+        for _ in stream:  # the rest of the rows, for the destinations still going
+            pass
+        if sink is not None:
+            sink.finish()
+
+    def _store_fan(self, fan: _Fanout) -> None:
+        """Every destination's dead letters; rows refused before delivery are kept once (by
+        the leader) and counted as dead-lettered by every destination."""
+        leader = fan.leader
+        self._store(leader)
+        for run in fan.followers:
+            self._store(run)
+            for number, kept in enumerate(leader.shared_kept):
+                new = kept - run.shared_kept[number]
+                if new:
+                    result = run.results[number]
+                    result.dead_lettered += new
+                    result.dead_letter_location = (
+                        result.dead_letter_location or leader.results[number].dead_letter_location
+                    )
+                    run.shared_kept[number] = kept
 
     def _deliver(self, batch: Batch, run: _Run, deadline: Deadline | None) -> None:
         """Send one batch; split out the rows the service names as bad and send the rest."""
@@ -696,6 +1003,7 @@ class Ingestor:
                 continue
             result.dead_letter_location = self.dead_letters.write(run.target, letters, part.source)
             result.dead_lettered += len(letters)
+            run.shared_kept[number] += sum(1 for letter in letters if letter.destination is None)
             run.letters[number] = []  # kept: never written twice
             log.warning(
                 "%d rows for %s/%s dead-lettered to %s",
@@ -718,12 +1026,23 @@ class _Run:
     """One delivery: the parts' rows numbered as one stream, and each part's result and dead
     letters, attributed row by row (a batch may carry rows of several parts)."""
 
-    def __init__(self, target: Target, parts: Sequence[Part], dead_letter: bool = True) -> None:
+    def __init__(
+        self,
+        target: Target,
+        parts: Sequence[Part],
+        dead_letter: bool = True,
+        destination: str = POWERBI,
+    ) -> None:
         self.target = target
         self.parts = list(parts)
         self.dead_letter = dead_letter
+        #: The destination this run delivers to, named by the dead letters it refuses.
+        self.destination = destination
         self.results = [PushResult(target) for _ in self.parts]
         self.letters: list[list[DeadLetter]] = [[] for _ in self.parts]
+        #: Dead letters kept of rows refused before delivery (naming no destination), per
+        #: part: a follower of a :class:`_Fanout` counts them as its own too.
+        self.shared_kept = [0 for _ in self.parts]
         self.on_progress: Callable[[int, PushResult], None] | None = None
         self.profile: TableProfile | None = None
         #: The target as resolved now (looked up again when Add Rows answers 404).
@@ -801,10 +1120,22 @@ class _Run:
         for number in self._by_part(batch):
             self.results[number].throttle_wait += seconds
 
-    def reject(self, problem: RowProblem, row: Any, error: PushError | None = None) -> None:
+    def reject(
+        self,
+        problem: RowProblem,
+        row: Any,
+        error: PushError | None = None,
+        *,
+        shared: bool | None = None,
+    ) -> None:
+        """Refuse one row for good. Its dead letter names this run's destination when the
+        destination (or its target) refused it, none when it was refused before delivery
+        (``shared``; by default, when there is no ``error``: validation)."""
         number, local = self._owner(problem.index)
         own = RowProblem(local, problem.reason, problem.column)
         self.results[number].note_problem(own)
+        if shared is None:
+            shared = error is None
         self.letters[number].append(
             DeadLetter(
                 own.reason,
@@ -813,12 +1144,31 @@ class _Run:
                 own.column,
                 error.status if error else None,
                 error.code if error else None,
+                None if shared else self.destination,
             )
         )
 
-    def reject_all(self, rows: Iterable[tuple[int, Any]], error: PushError) -> None:
+    def reject_all(
+        self, rows: Iterable[tuple[int, Any]], error: PushError, *, shared: bool | None = None
+    ) -> None:
         for index, row in rows:
-            self.reject(RowProblem(index, error.message), row, error)
+            self.reject(RowProblem(index, error.message), row, error, shared=shared)
+
+    def note(self, problem: RowProblem) -> None:
+        """Count a row refused before delivery whose dead letter another run of the same rows
+        keeps (:class:`_Fanout`): refused here too, written once."""
+        number, local = self._owner(problem.index)
+        self.results[number].note_problem(RowProblem(local, problem.reason, problem.column))
+
+    def follow(self, leader: _Run) -> None:
+        """Read nothing itself: the rows are ``leader``'s, numbered as it reads them."""
+        self._starts = leader._starts
+        self._read = leader._read
+
+    def received_from(self, leader: _Run) -> None:
+        """Streamed parts are counted as read by ``leader``."""
+        for mine, theirs in zip(self.results, leader.results, strict=True):
+            mine.received = theirs.received
 
     def fail(self, error: PushError) -> None:
         for result in self.results:
@@ -831,6 +1181,214 @@ class _Run:
             if cause is None or not done:
                 result.stopped = reason or (cause.message if cause else "stopped")
                 result.cause = cause
+
+
+#: Rows per Eventhouse ingestion. Power BI's rows per Add Rows (limits.MAX_ROWS_PER_POST), so a
+#: chunk holds what one Power BI batch can: at a few hundred bytes a row, a few MB of JSON
+#: lines, which gzip brings well under the 4 MB streaming limit; a larger chunk is queued by
+#: the client itself (shared/destinations/eventhouse.py).
+EVENTHOUSE_CHUNK_ROWS = 10_000
+
+
+def _dicts(rows: Iterable[Any]) -> list[Any]:
+    """Rows as plain JSON values (a fast-path block holds msgspec Structs), for dead letters."""
+    return [row if isinstance(row, dict) else msgspec.to_builtins(row) for row in rows]
+
+
+class _Fanout:
+    """One delivery to several destinations: a run per destination over the same rows, read
+    (by the leader, the first destination) and validated once."""
+
+    def __init__(self, runs: dict[str, _Run]) -> None:
+        self.runs = runs
+        self.leader = next(iter(runs.values()))
+        self.followers = [run for run in runs.values() if run is not self.leader]
+        for run in self.followers:
+            run.follow(self.leader)
+        #: The transient failure that stopped each destination that stopped.
+        self.causes: dict[str, TransientError] = {}
+        self.source_error: Exception | None = None
+        self.on_progress: Callable[[int, PushResult], None] | None = None
+        self.on_positions: Callable[[Mapping[str, int]], None] | None = None
+        self.store: Callable[[], None] = lambda: None
+        self._positions = dict.fromkeys(runs, 0)
+        self._reported = 0
+
+    def reject(self, problem: RowProblem, row: Any, error: PushError | None = None) -> None:
+        """A row refused before any destination: one dead letter (naming none), counted as
+        rejected by every destination."""
+        self.leader.reject(problem, row, error, shared=True)
+        for run in self.followers:
+            run.note(problem)
+
+    def passed(self, destination: str, position: int) -> None:
+        """``destination`` has acknowledged or refused every row before ``position``; the
+        caller's progress moves when every destination has (a checkpoint is the least)."""
+        if position <= self._positions[destination]:
+            return
+        self._positions[destination] = position
+        if self.on_positions is not None:
+            self.store()  # dead letters first, as for on_progress
+            self.on_positions(dict(self._positions))
+        low = min(self._positions.values())
+        if low > self._reported and self.on_progress is not None:
+            self._reported = low
+            self.store()  # dead letters first: a checkpoint never passes a row not yet kept
+            self.on_progress(low, self.leader.results[0])
+
+    def stop_all(self, cause: TransientError | None, reason: str | None = None) -> None:
+        """The end: each destination's result says whether (and why) it stopped."""
+        for run in self.followers:
+            run.received_from(self.leader)
+        for name, run in self.runs.items():
+            own = self.causes.get(name)
+            if own is not None:
+                run.stop(own)
+            elif cause is not None or reason is not None:
+                run.stop(cause, reason)
+
+    def results(self) -> list[PushResult]:
+        """Per part: the leader's result, with every destination's under ``destinations``."""
+        tops = self.leader.results
+        for number, top in enumerate(tops):
+            top.destinations = {name: run.results[number] for name, run in self.runs.items()}
+        return tops
+
+
+class _EventhouseSink:
+    """The Eventhouse side of a :class:`_Fanout`: valid rows in chunks of
+    :data:`EVENTHOUSE_CHUNK_ROWS`, the table and mapping made ready once, each chunk ingested
+    through the ingestor's retry policy and the cluster's own pacing, accounted on its run."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        run: _Run,
+        fan: _Fanout,
+        definition: DatasetDefinition,
+        deadline: Deadline | None,
+    ) -> None:
+        routing = ingestor.routing.get(run.target.dataset)
+        assert isinstance(routing, Routing) and routing.eventhouse is not None  # destinations_of
+        assert ingestor.eventhouse is not None
+        self.ingestor = ingestor
+        self.client: TableStore = ingestor.eventhouse
+        self.route: EventhouseRoute = routing.eventhouse
+        self.run = run
+        self.fan = fan
+        self.definition = definition
+        self.deadline = deadline
+        self.table = self.route.table(run.target.table)
+        self.indices: list[int] = []
+        self.rows: list[Any] = []
+        self.failed: PermanentError | None = None
+        self.ready = False
+
+    @property
+    def stopped(self) -> bool:
+        return EVENTHOUSE in self.fan.causes
+
+    def accept(self, block: Block) -> None:
+        """Take a block of valid rows; send every full chunk."""
+        if self.failed is not None:
+            self._refuse(block.indices, block.rows, self.failed)
+            return
+        if self.stopped:
+            return  # its rows stay unsent
+        self.indices.extend(block.indices)
+        self.rows.extend(block.rows)
+        while len(self.indices) >= EVENTHOUSE_CHUNK_ROWS and self.failed is None:
+            if self.stopped:
+                break
+            self._send(EVENTHOUSE_CHUNK_ROWS)
+
+    def finish(self) -> None:
+        """Send what is left."""
+        while self.indices and self.failed is None and not self.stopped:
+            self._send(len(self.indices))
+
+    def _refuse(self, indices: Sequence[int], rows: Sequence[Any], error: PushError) -> None:
+        if indices:
+            self.run.reject_all(zip(indices, _dicts(rows), strict=True), error, shared=False)
+            self.fan.passed(EVENTHOUSE, indices[-1] + 1)
+
+    def _send(self, count: int) -> None:
+        indices, rows = self.indices[:count], self.rows[:count]
+        del self.indices[:count], self.rows[:count]
+        batch = Batch(b"", tuple(indices), tuple(rows))
+        ingestor = self.ingestor
+        pacing = ingestor.eventhouse_pacing
+        label = f"{self.route.database}.{self.table}"
+
+        def on_retry(error: PushError, wait: float) -> None:
+            self.run.retried(batch)
+            log.warning("eventhouse %s: %s; retrying in %.1f s", label, error, wait)
+
+        def attempt() -> None:
+            with pacing.slot(self.deadline) as waited:
+                self.run.waited(batch, waited)
+                self.client.ingest(self.table, rows, self.route.database)
+
+        try:
+            if not self.ready:
+                # Idempotent commands (.create-merge, .create-or-alter): safe to re-send.
+                ingestor.retry.run(
+                    lambda: self.client.ensure_table(
+                        self.definition,
+                        self.run.target.table,
+                        database=self.route.database,
+                        name=self.table,
+                    ),
+                    idempotent=True,
+                    deadline=self.deadline,
+                    sleep=ingestor._sleep,
+                    pause=pacing.pause,
+                )
+                self.ready = True
+        except PermanentError as error:
+            self._fail(error, indices, rows)
+            return
+        except TransientError as error:
+            self.fan.causes[EVENTHOUSE] = error
+            self.indices.clear()
+            self.rows.clear()
+            return
+        try:
+            ingestor.retry.run(
+                attempt,
+                idempotent=False,
+                deadline=self.deadline,
+                sleep=ingestor._sleep,
+                on_retry=on_retry,
+                pause=pacing.pause,
+            )
+        except ValidationError as error:
+            # The cluster refused this chunk's rows (a 400): they are dead-lettered naming
+            # the Eventhouse and the reason; the next chunks still go.
+            self._refuse(indices, rows, error)
+            return
+        except PermanentError as error:
+            self._fail(error, indices, rows)
+            return
+        except TransientError as error:
+            if not stored_nothing(error):
+                self.run.unconfirmed(batch)
+            # As for Power BI: delivery to this destination stops; the rest stay unsent.
+            self.fan.causes[EVENTHOUSE] = error
+            self.indices.clear()
+            self.rows.clear()
+            return
+        self.run.acknowledged(batch)
+        self.fan.passed(EVENTHOUSE, indices[-1] + 1)
+
+    def _fail(self, error: PermanentError, indices: list[int], rows: list[Any]) -> None:
+        """The table or the identity is unusable: this chunk and every row after it are
+        dead-lettered with the reason."""
+        self.failed = error
+        self.run.fail(error)
+        self._refuse(indices + self.indices, rows + self.rows, error)
+        self.indices.clear()
+        self.rows.clear()
 
 
 def _plain(row: Any, index: int) -> dict[str, Any] | RowProblem:

@@ -773,10 +773,11 @@ class DatasetDefinition:
 
 def load_definitions(directory: Path) -> dict[str, DatasetDefinition]:
     """Every ``*.json`` definition in ``directory``, by dataset name (not the ingest profiles,
-    ``*.profile.json``, that may stand beside them: see :mod:`shared.engine.profile`)."""
+    ``*.profile.json``, nor the routing files, ``*.destinations.json``, that may stand beside
+    them: see :mod:`shared.engine.profile` and :mod:`shared.engine.routing`)."""
     definitions: dict[str, DatasetDefinition] = {}
     for path in sorted(directory.glob("*.json")):
-        if path.name.endswith(".profile.json"):
+        if path.name.endswith((".profile.json", ".destinations.json")):
             continue
         try:
             body = json.loads(path.read_text(encoding="utf-8"))

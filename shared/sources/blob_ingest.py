@@ -165,6 +165,9 @@ class BlobIngest:
                 Checkpoint(etag, start + position, False, checkpoint.sent, checkpoint.rejected),
             )
 
+        names = self._destinations(target)
+        if len(names) > 1:
+            return self._push_each(source, etag, target, rows, checkpoint, names, profile, start)
         log.info(
             "ingesting %s (%s, gzip=%s) into %s/%s from row %d",
             source,
@@ -213,7 +216,8 @@ class BlobIngest:
         if self.ingestor.policy is None:
             return
         try:
-            self.ingestor.resolve(target)
+            # Not resolve(): a table not routed to Power BI must not create a dataset there.
+            self.ingestor.allowed(target)
         except ForbiddenError:
             raise
         except PermanentError:
@@ -234,6 +238,102 @@ class BlobIngest:
             raise
         except PermanentError:
             return None
+
+    def _destinations(self, target: Target) -> tuple[str, ...]:
+        """The table's destinations; one when its routing cannot be read (the push reports
+        the routing file's error)."""
+        try:
+            return self.ingestor.destinations_of(target)
+        except PermanentError:
+            return ()
+
+    def _push_each(
+        self,
+        source: str,
+        etag: str,
+        target: Target,
+        rows: Iterator[Any],
+        checkpoint: Checkpoint,
+        names: tuple[str, ...],
+        profile: TableProfile | None,
+        start: int,
+    ) -> BlobOutcome:
+        """A table with several destinations: each has its own position in the checkpoint,
+        and a re-run sends each one only the rows it lacks. The rows from ``start`` (the least
+        position) to the next position go to the destinations that lack them, and so on; the
+        rest of the file to all. Nothing is sent twice to a destination that acknowledged it
+        (issue 18: a failure in one never duplicates the other)."""
+        positions = {name: max(start, checkpoint.positions.get(name, start)) for name in names}
+        bounds = sorted(set(positions.values()))
+        deadline = Deadline.after(self.time_budget, self._clock)
+
+        def save() -> None:
+            self.checkpoints.save(
+                source,
+                Checkpoint(
+                    etag,
+                    min(positions.values()),
+                    False,
+                    checkpoint.sent,
+                    checkpoint.rejected,
+                    positions=dict(positions),
+                ),
+            )
+
+        sent = rejected = 0
+        result: PushResult | None = None
+        for number, bound in enumerate(bounds):
+            end = bounds[number + 1] if number + 1 < len(bounds) else None
+            who = tuple(name for name in names if positions[name] <= bound)
+            part = rows if end is None else itertools.islice(rows, end - bound)
+
+            def moved(found: Mapping[str, int], base: int = bound) -> None:
+                for name, position in found.items():
+                    positions[name] = max(positions[name], base + position)
+                save()
+
+            def progress(position: int, _: PushResult, base: int = bound, who: Any = who) -> None:
+                for name in who:  # every destination of this part has passed ``position``
+                    positions[name] = max(positions[name], base + position)
+                save()
+
+            log.info(
+                "ingesting %s into %s/%s from row %d%s for %s",
+                source,
+                target.dataset,
+                target.table,
+                bound,
+                "" if end is None else f" to {end}",
+                ", ".join(who),
+            )
+            try:
+                result = self.ingestor.push(
+                    target,
+                    part,
+                    deadline=deadline,
+                    source=source,
+                    on_progress=progress,
+                    profile=profile,
+                    destinations=None if end is None else who,
+                    on_positions=moved,
+                )
+            except PushIncomplete as stopped:
+                return self._hand_on(source, etag, stopped, stopped.result, start)
+            sent += result.sent
+            rejected += result.rejected
+        assert result is not None  # there is always a last part
+        self.checkpoints.save(
+            source,
+            Checkpoint(
+                etag,
+                bounds[-1] + result.received,
+                True,
+                checkpoint.sent + sent,
+                checkpoint.rejected + rejected,
+            ),
+        )
+        log.info("%s done for %s: %s", source, ", ".join(names), result.to_json()["destinations"])
+        return BlobOutcome(source, "done", result, start)
 
     def _hand_on(
         self,

@@ -3,7 +3,10 @@
 An envelope names a target and carries rows, inline or by a claim-check reference:
 ``{"dataset": "SalesMarketing", "table": "Product", "workspace": "<optional>", "rows": [...]}``
 or ``{"dataset", "table", "workspace"?, "blob": "<container/name>"}``, either with an optional
-``"profile": {...}`` (an ingest profile override for these rows). Errors are
+``"profile": {...}`` (an ingest profile override for these rows) and an optional
+``"destinations": ["eventhouse"]`` (deliver to these of the table's destinations only: a
+message re-sent for the destinations that failed while the others delivered, issue 18). Errors
+are
 :class:`~shared.errors.ValidationError` s whose message a person can act on: the JSON parse
 position, or the field that is wrong.
 """
@@ -35,6 +38,8 @@ class Envelope:
     blob: str | None = None
     #: The sender's ingest profile override for these rows (a table profile entry).
     profile: dict[str, Any] | None = None
+    #: Only these of the table's destinations (None: all of them, as routed).
+    destinations: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"dataset": self.target.dataset, "table": self.target.table}
@@ -42,6 +47,8 @@ class Envelope:
             body["workspace"] = self.target.workspace
         if self.profile is not None:
             body["profile"] = self.profile
+        if self.destinations is not None:
+            body["destinations"] = list(self.destinations)
         if self.blob is not None:
             body["blob"] = self.blob
         else:
@@ -122,12 +129,30 @@ def envelope(body: Any, where: str = "body") -> Envelope:
         raise BodyError(
             f"{where}.profile must be an object (a table's ingest profile)", f"{where}.profile"
         )
+    chosen = body.get("destinations")
+    destinations: tuple[str, ...] | None = None
+    if chosen is not None:
+        if (
+            not isinstance(chosen, list)
+            or not chosen
+            or not all(isinstance(name, str) for name in chosen)
+        ):
+            raise BodyError(
+                f"{where}.destinations must be a non-empty array of destination names",
+                f"{where}.destinations",
+            )
+        destinations = tuple(chosen)
     if "blob" in body and "rows" not in body:
-        return Envelope(target, blob=_text(body, "blob", where, True), profile=profile)
+        return Envelope(
+            target,
+            blob=_text(body, "blob", where, True),
+            profile=profile,
+            destinations=destinations,
+        )
     rows = body.get("rows")
     if not isinstance(rows, list):
         raise BodyError(f"{where}.rows must be an array of row objects", f"{where}.rows")
-    return Envelope(target, rows=rows, profile=profile)
+    return Envelope(target, rows=rows, profile=profile, destinations=destinations)
 
 
 def envelopes(body: Any) -> list[Envelope]:

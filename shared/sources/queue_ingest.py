@@ -22,6 +22,17 @@ redelivery delay, and nothing of the message can be in Power BI, :meth:`QueueIng
 pause (rounded up, at most 7 days, the queue's maximum), and returns, so that the host completes
 the original. Its dequeue count is not spent; the new message starts at 1. See
 :meth:`QueueIngest.handle` for the rule and its limits.
+
+Several destinations: the message is re-sent for the ones that failed
+----------------------------------------------------------------------
+A table routed to Power BI and an Eventhouse (``datasets/<Dataset>.destinations.json``) is
+delivered to each on its own. When one of them stops on a transient failure after the other
+delivered (or dead-lettered) every row, redelivering the message whole would add its rows to
+the one that has them a second time. So the message is re-sent restricted to the destinations
+that stopped (the envelope's ``"destinations"``), invisible for the host's redelivery delay
+or the pause the failed destination asked for, whichever is longer, and the original is
+completed. The re-sent message has one destination fewer, so it is never re-sent this way
+again: if it keeps failing it is redelivered and poisoned like any message.
 """
 
 from __future__ import annotations
@@ -45,8 +56,8 @@ from shared.engine.profile import ProfileError, TableProfile
 from shared.engine.retry import REFUSED_STATUSES, Deadline
 from shared.errors import NotFoundError, PermanentError, TransientError, ValidationError
 from shared.sources.claimcheck import ClaimCheckStore
-from shared.sources.envelope import envelope, rows_of
-from shared.sources.messages import MessageError, decode
+from shared.sources.envelope import Envelope, envelope, rows_of
+from shared.sources.messages import MessageError, decode, encode
 from shared.stores.deadletter import DeadLetter, DeadLetterStore
 
 if TYPE_CHECKING:
@@ -182,8 +193,12 @@ class QueueIngest:
                 source=source,
                 deadline=Deadline.after(self.time_budget, self._clock),
                 profile=profile,
+                destinations=item.destinations,
             )
         except PushIncomplete as stopped:
+            if await self._resend_failed(body, item, source, stopped):
+                # The claim check (if any) stays: the re-sent message still needs it.
+                return stopped.result
             untouched = stopped.result.sent == 0 and stopped.result.unconfirmed == 0
             if untouched and await self._hand_back(body, source, stopped):
                 # The claim check (if any) stays: it is deleted once its rows are delivered.
@@ -274,6 +289,66 @@ class QueueIngest:
             error,
             getattr(sent, "id", "?"),
             visible.isoformat(),
+        )
+        return True
+
+    async def _resend_failed(
+        self, body: bytes, item: Envelope, source: str, stopped: PushIncomplete
+    ) -> bool:
+        """Re-send the message for the destinations that stopped, when every other one
+        delivered or dead-lettered all of its rows (see the module); True once it is on the
+        rows queue (the original may then be completed), False otherwise (the caller goes on
+        as for one destination)."""
+        per = stopped.result.destinations
+        failed = [name for name, result in per.items() if result.stopped is not None]
+        if self._rows_queue is None or not failed or len(failed) == len(per):
+            return False
+        causes = [per[name].cause for name in failed]
+        pauses = [cause.retry_after or 0.0 for cause in causes if cause is not None]
+        # No sooner than a redelivery would come (the host's delay), nor before the pause.
+        delay = min(MAX_VISIBILITY_SECONDS, math.ceil(max([self.redelivery_delay, *pauses])))
+        text = json.dumps(
+            Envelope(
+                item.target,
+                rows=item.rows if item.blob is None else None,
+                blob=item.blob,
+                profile=item.profile,
+                destinations=tuple(failed),
+            ).to_json(),
+            ensure_ascii=False,
+        )
+        # As the original came: plain JSON stays plain (base64 would grow it by a third,
+        # past the 64 KiB a queue message holds, for a message that fitted).
+        if not body.lstrip().startswith((b"{", b"[")):
+            text = encode(text)
+        rows_queue = self._rows_queue
+
+        def send() -> Any:
+            return rows_queue().send_message(
+                text, visibility_timeout=delay, time_to_live=delay + MAX_VISIBILITY_SECONDS
+            )
+
+        try:
+            sent = await asyncio.get_running_loop().run_in_executor(None, send)
+        except Exception as failure:  # the original must then be redelivered, never completed
+            log.warning(
+                "%s: could not re-send the message for %s (%s %s); it is redelivered whole",
+                source,
+                ", ".join(failed),
+                type(failure).__name__,
+                getattr(failure, "status_code", ""),
+            )
+            return False
+        log.warning(
+            "%s: %s stopped (%s) after %s delivered; re-sent for %s only as message %s, "
+            "visible in %d s",
+            source,
+            ", ".join(failed),
+            stopped,
+            ", ".join(name for name in per if name not in failed),
+            ", ".join(failed),
+            getattr(sent, "id", "?"),
+            delay,
         )
         return True
 

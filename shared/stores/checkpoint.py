@@ -5,13 +5,17 @@ holding the source blob's ETag, the position of the next row to send, and whethe
 done. It lives apart from the source blob because writing the source's metadata would change
 its ETag. A re-run of the same version resumes at ``next_row``; a changed blob (new ETag) starts
 over; a finished one is not pushed again.
+
+A table delivered to several destinations (issue 18) also keeps ``positions``: each
+destination's own next row, so that a re-run sends each one only what it lacks (``next_row``
+is then the least of them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -29,6 +33,8 @@ class Checkpoint:
     sent: int = 0
     rejected: int = 0
     updated: str = ""
+    #: Each destination's next row, when there are several (empty otherwise).
+    positions: dict[str, int] = field(default_factory=dict)
 
 
 class CheckpointStore:
@@ -63,7 +69,16 @@ class CheckpointStore:
                     self.container.create_container()
                 self._ready = True
             self.container.upload_blob(
-                f"{source}.json", json.dumps(asdict(stamped)).encode(), overwrite=True
+                f"{source}.json", json.dumps(_record(stamped)).encode(), overwrite=True
             )
         except AzureError as exc:
             raise TransientError(f"could not write the checkpoint of {source}") from exc
+
+
+def _record(checkpoint: Checkpoint) -> dict[str, object]:
+    """The stored form: ``positions`` only when there are several destinations, so that a
+    single destination's checkpoint is written exactly as before."""
+    record = asdict(checkpoint)
+    if not checkpoint.positions:
+        del record["positions"]
+    return record

@@ -3,7 +3,10 @@
 Each write is one JSON-lines blob,
 ``<container>/<yyyy>/<mm>/<dd>/<dataset>/<table>/<time>-<id>.jsonl``, one line per row: the
 target, the source (file and line, message id...), the row's index, the column and reason, the
-service's status and code when Power BI refused it, the time, and the row itself as received.
+service's status and code when Power BI refused it, the destination that refused it (``powerbi``
+or ``eventhouse``; null for a row refused before any destination, by validation: a replay
+sends it to every destination of its table, and a letter with a destination only to that one),
+the time, and the row itself as received.
 Nothing is dropped silently: if the store cannot be written, the caller gets a
 :class:`~shared.errors.TransientError` and must not acknowledge its input.
 """
@@ -37,6 +40,8 @@ class DeadLetter:
     column: str | None = None
     status: int | None = None
     code: str | None = None
+    #: The destination that refused the row; None when it was refused before delivery.
+    destination: str | None = None
 
 
 class DeadLetterStore(Protocol):
@@ -81,6 +86,7 @@ class BlobDeadLetterStore:
                     "reason": letter.reason,
                     "status": letter.status,
                     "code": letter.code,
+                    "destination": letter.destination,
                     "row": letter.row,
                 },
                 ensure_ascii=False,

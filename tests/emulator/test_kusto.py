@@ -7,6 +7,8 @@ import gzip
 import io
 import json
 import os
+import time
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -227,6 +229,34 @@ def test_streaming_over_4_mib_is_413_payload_too_large(
     assert response.status_code == 413
     error = response.json()["error"]
     assert error["code"] == "PayloadTooLarge" and error["@permanent"] is True
+
+
+def test_a_body_that_arrives_in_pieces_is_read_to_its_end(
+    kusto_emulator: EmulatorProcess, kusto: KustoClient
+) -> None:
+    """A streamed body sent in two chunks (chunked transfer), the second after a pause: every
+    row is stored, not only those that had arrived when the handler first read (aiohttp's
+    read(n) returns what is there). The pause is the point of the test (a slow network), not
+    a wait for a result, so there is no clock to inject."""
+    table = new_table(kusto)
+    body = stream([{"id": i, "name": f"n{i}"} for i in range(20_000)]).getvalue()
+
+    def pieces() -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        time.sleep(0.3)
+        yield body[len(body) // 2 :]
+
+    response = requests.post(
+        f"{kusto_emulator.base}/v1/rest/ingest/{DATABASE}/{table}?streamFormat=json&mappingName=m",
+        data=pieces(),
+        headers={
+            "Authorization": f"Bearer {kusto_token(kusto_emulator)}",
+            "Content-Encoding": "gzip",
+        },
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert rows_of(kusto, f"{table} | count") == [[20_000]]
 
 
 def test_a_request_without_a_token_is_401_and_a_power_bi_token_is_refused(
