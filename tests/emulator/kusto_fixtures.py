@@ -70,6 +70,12 @@ def rows_of(kusto: KustoClient, query: str) -> list[list[Any]]:
     return [list(row) for row in result]
 
 
+def start_kusto_emulator(azurite: Azurite, tmp: Path, *args: str) -> EmulatorProcess:
+    """An emulator (Power BI and Kusto) whose queued ingestion goes through ``azurite``."""
+    env = {**os.environ, "EMULATOR_KUSTO_STORAGE_CONNECTION": azurite.connection_string}
+    return start_emulator(*args, tmp=tmp, env=env)
+
+
 @pytest.fixture(scope="module")
 def kusto_azurite() -> Iterator[Azurite]:
     server = start_azurite()
@@ -83,9 +89,9 @@ def kusto_emulator(
 ) -> Iterator[EmulatorProcess]:
     """An emulator whose queued ingestion uses Azurite; batches wait an hour unless flushed
     (``POST /_emulator/kusto/flush``), so tests decide when they land."""
-    tmp: Path = tmp_path_factory.mktemp("kusto")
-    env = {**os.environ, "EMULATOR_KUSTO_STORAGE_CONNECTION": kusto_azurite.connection_string}
-    process = start_emulator("--kusto-batch-seconds", "3600", tmp=tmp, env=env)
+    process = start_kusto_emulator(
+        kusto_azurite, tmp_path_factory.mktemp("kusto"), "--kusto-batch-seconds", "3600"
+    )
     yield process
     process.stop()
 

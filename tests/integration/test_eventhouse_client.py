@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,16 @@ from shared.engine.schema import DatasetDefinition, load_definitions
 from shared.errors import NotFoundError, PermanentError, TransientError, ValidationError
 from shared.settings import Settings
 from tests.azurite import Azurite
-from tests.emulator.conftest import IDENTITY_HEADER, REPO, EmulatorProcess, start_emulator
+from tests.emulator.conftest import IDENTITY_HEADER, REPO, EmulatorProcess
+from tests.emulator.kusto_fixtures import start_kusto_emulator
 
 DATABASE = "Sales"
 
 
 @pytest.fixture(scope="module")
 def kusto(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
-    env = dict(os.environ, EMULATOR_KUSTO_STORAGE_CONNECTION=azurite.connection_string)
-    emulator = start_emulator(
-        "--kusto-database", DATABASE, tmp=tmp_path_factory.mktemp("kusto"), env=env
+    emulator = start_kusto_emulator(
+        azurite, tmp_path_factory.mktemp("kusto"), "--kusto-database", DATABASE
     )
     yield emulator
     emulator.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -35,7 +34,8 @@ from shared.sources.queue_ingest import QueueIngest
 from shared.stores.checkpoint import CheckpointStore
 from shared.stores.deadletter import BlobDeadLetterStore
 from tests.azurite import Azurite
-from tests.emulator.conftest import IDENTITY_HEADER, Api, EmulatorProcess, start_emulator
+from tests.emulator.conftest import IDENTITY_HEADER, Api, EmulatorProcess
+from tests.emulator.kusto_fixtures import start_kusto_emulator
 from tests.seed import definition, product
 
 DATABASE = "Sales"
@@ -48,9 +48,8 @@ BAD = [{"ProductID": "not a number"}, "not an object", {"ProductID": 1, "Colour"
 @pytest.fixture(scope="module")
 def both(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
     """One emulator serving Power BI and Kusto, queued ingestion through Azurite."""
-    env = dict(os.environ, EMULATOR_KUSTO_STORAGE_CONNECTION=azurite.connection_string)
-    emulator = start_emulator(
-        "--kusto-database", DATABASE, tmp=tmp_path_factory.mktemp("fanout"), env=env
+    emulator = start_kusto_emulator(
+        azurite, tmp_path_factory.mktemp("fanout"), "--kusto-database", DATABASE
     )
     yield emulator
     emulator.stop()
