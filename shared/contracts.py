@@ -63,6 +63,10 @@ class PushResult:
     #: Eventhouse's. A row counts as delivered per destination: each one's ``sent``,
     #: ``rejected``, ``unsent`` and ``stopped`` are its own.
     destinations: dict[str, PushResult] = field(default_factory=dict)
+    #: For a destination that stopped: every row of this caller's before this index was
+    #: acknowledged or dead-lettered by it, so a re-send for it alone may start there (what
+    #: it acknowledged is not sent to it twice). 0 when not known.
+    resume_from: int = 0
 
     @property
     def unsent(self) -> int:

@@ -92,13 +92,15 @@ class Coalescer:
         deadline: Deadline | None = None,
         profile: TableProfile | None = None,
         destinations: Sequence[str] | None = None,
+        refused_kept: bool = False,
     ) -> PushResult:
         """Deliver ``rows`` together with whatever else is waiting for the same table.
 
         Returns this caller's result; raises :class:`PushIncomplete` when its rows were not all
         delivered (a transient failure, at any of the table's destinations), so the caller can
         have them redelivered. The shared delivery keeps to the earliest ``deadline`` of the
-        callers in it. ``destinations``: only these of the table's destinations.
+        callers in it. ``destinations``: only these of the table's destinations;
+        ``refused_kept``: a re-send whose refused rows were dead-lettered already (``Part``).
         """
         chosen = tuple(destinations) if destinations is not None else None
         # Rows under different profiles (a message's own override) are not delivered together.
@@ -117,7 +119,7 @@ class Coalescer:
             buffer.results = asyncio.get_running_loop().create_future()
         buffer.last_arrival = now
         position = len(buffer.parts)
-        buffer.parts.append(Part(rows, source))
+        buffer.parts.append(Part(rows, source, refused_kept))
         if deadline is not None:
             buffer.deadlines.append(deadline)
         buffer.rows += len(rows)

@@ -500,6 +500,7 @@ class Ingestor:
         profile: TableProfile | None = None,
         destinations: Sequence[str] | None = None,
         on_positions: Callable[[Mapping[str, int]], None] | None = None,
+        refused_kept: bool = False,
     ) -> PushResult:
         """Push ``rows`` (an iterable: a list, or a stream read lazily) to ``target``.
 
@@ -522,11 +523,13 @@ class Ingestor:
         ``on_positions({destination: n})`` is then called whenever one of them has
         acknowledged or dead-lettered every row before its ``n`` (after the dead letters are
         kept), so a caller can checkpoint each destination on its own; it is never called for
-        a table delivered to Power BI alone (``on_progress`` says it all).
+        a table delivered to Power BI alone (``on_progress`` says it all). ``refused_kept``:
+        the rows are a restricted re-send whose refused rows were dead-lettered already
+        (:class:`Part`).
         """
         (result,) = self.push_parts(
             target,
-            [Part(rows, source)],
+            [Part(rows, source, refused_kept)],
             deadline=deadline,
             dead_letter=dead_letter,
             on_progress=on_progress,
@@ -558,6 +561,7 @@ class Ingestor:
         has ``stopped`` set (and ``cause``), so each caller can decide on its own.
         ``destinations`` and ``on_positions``: as for :meth:`push`.
         """
+        target = self._by_name(target, deadline)
         try:
             chosen = self.destinations_of(target, destinations)
         except ConfigError as error:
@@ -696,8 +700,8 @@ class Ingestor:
     ) -> tuple[str, ...]:
         """Where ``target``'s rows go: the table's routing (Power BI alone without a routing
         file), restricted to ``requested`` when given. A :class:`ConfigError` when the routing
-        file is unusable, or names a destination this process cannot deliver to. A target
-        that names its dataset by id is routed by the default (routing is by name)."""
+        file is unusable, or names a destination this process cannot deliver to. Routing is by
+        name: :meth:`push_parts` first names a dataset given by id (:meth:`_by_name`)."""
         routing = self.routing.get(target.dataset)
         if isinstance(routing, RoutingError):
             raise routing
@@ -723,6 +727,20 @@ class Ingestor:
                 ),
             )
         return chosen
+
+    def _by_name(self, target: Target, deadline: Deadline | None) -> Target:
+        """``target`` naming its dataset by name when it gives the id of a Power BI dataset
+        whose name has a routing file (a Power BI client of the surface knows ids only);
+        otherwise ``target`` itself. Routing, definitions and dead letters go by name."""
+        if not self.routing or target.dataset in self.routing or not _looks_like_id(target.dataset):
+            return target
+        try:
+            resolved = self.cached(target) or self.resolve(target, deadline)
+        except PushError:
+            return target  # the delivery meets the same failure and accounts for it
+        if resolved.name not in self.routing:
+            return target
+        return Target(resolved.name, target.table, target.workspace)
 
     def allowed(self, target: Target, deadline: Deadline | None = None) -> _Resolved | None:
         """Raise :class:`ForbiddenError` when callers may not write to ``target``
@@ -1020,6 +1038,11 @@ class Part:
 
     rows: Iterable[Any]
     source: str | None = None
+    #: The rows are a re-send, restricted to the destinations that failed, of rows whose first
+    #: delivery dead-lettered those refused before delivery (validation): they are counted as
+    #: refused and dead-lettered again, but no second letter is written (a replay of both
+    #: would deliver them twice).
+    refused_kept: bool = False
 
 
 class _Run:
@@ -1136,6 +1159,11 @@ class _Run:
         self.results[number].note_problem(own)
         if shared is None:
             shared = error is None
+        if shared and self.parts[number].refused_kept:
+            # Its letter was kept by the delivery this part re-sends (see Part).
+            self.results[number].dead_lettered += 1
+            self.shared_kept[number] += 1  # a follower counts it too (_Fanout.store)
+            return
         self.letters[number].append(
             DeadLetter(
                 own.reason,
@@ -1173,6 +1201,14 @@ class _Run:
     def fail(self, error: PushError) -> None:
         for result in self.results:
             result.failure = error
+
+    def resume_at(self, position: int) -> None:
+        """Every row before stream ``position`` is acknowledged or dead-lettered: set each
+        stopped part's ``resume_from`` (its own index of the first row that may not be)."""
+        for number, result in enumerate(self.results):
+            if result.stopped is None or number >= len(self._starts):
+                continue
+            result.resume_from = min(max(0, position - self._starts[number]), result.received)
 
     def stop(self, cause: TransientError | None, reason: str | None = None) -> None:
         """Delivery stopped: every part with rows not delivered says why."""
@@ -1246,6 +1282,7 @@ class _Fanout:
                 run.stop(own)
             elif cause is not None or reason is not None:
                 run.stop(cause, reason)
+            run.resume_at(self._positions[name])
 
     def results(self) -> list[PushResult]:
         """Per part: the leader's result, with every destination's under ``destinations``."""

@@ -316,6 +316,9 @@ class BlobIngest:
                     profile=profile,
                     destinations=None if end is None else who,
                     on_positions=moved,
+                    # A lagging part's refused rows were dead-lettered when another
+                    # destination passed them: not twice.
+                    refused_kept=end is not None,
                 )
             except PushIncomplete as stopped:
                 return self._hand_on(source, etag, stopped, stopped.result, start)

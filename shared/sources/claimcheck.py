@@ -6,13 +6,16 @@ encoding) takes a third of that (https://learn.microsoft.com/azure/storage/queue
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from shared.errors import NotFoundError, TransientError, ValidationError
+from shared.sources.envelope import Envelope
+from shared.sources.messages import encode
 from shared.stores.storage import blob_service
 
 if TYPE_CHECKING:
@@ -125,3 +128,27 @@ def _usable_name(name: str) -> bool:
     if any(0xD800 <= ord(c) <= 0xDFFF or ord(c) < 32 for c in name):
         return False
     return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def queue_messages(
+    found: Sequence[Envelope], claim_checks: Callable[[], ClaimCheckStore], *, encoded: bool = True
+) -> list[str]:
+    """The rows-queue messages for ``found``: each envelope as JSON (base64, as any Functions
+    queue trigger reads it; plain JSON when not ``encoded``, as a plain message came), or a
+    claim check naming the blob that holds a big one."""
+    messages: list[str] = []
+    for item in found:
+        text = json.dumps(item.to_json(), ensure_ascii=False, separators=(",", ":"))
+        if len(text.encode("utf-8")) > MAX_INLINE_MESSAGE_BYTES:
+            reference = claim_checks().put(text.encode("utf-8"))
+            text = json.dumps(
+                Envelope(
+                    item.target,
+                    blob=reference,
+                    profile=item.profile,
+                    destinations=item.destinations,
+                    resent=item.resent,
+                ).to_json()
+            )
+        messages.append(encode(text) if encoded else text)
+    return messages

@@ -5,10 +5,11 @@ An envelope names a target and carries rows, inline or by a claim-check referenc
 or ``{"dataset", "table", "workspace"?, "blob": "<container/name>"}``, either with an optional
 ``"profile": {...}`` (an ingest profile override for these rows) and an optional
 ``"destinations": ["eventhouse"]`` (deliver to these of the table's destinations only: a
-message re-sent for the destinations that failed while the others delivered, issue 18). Errors
-are
-:class:`~shared.errors.ValidationError` s whose message a person can act on: the JSON parse
-position, or the field that is wrong.
+message re-sent for the destinations that failed while the others delivered, issue 18). Such a
+re-send also carries ``"resent": true``: its rows refused by validation were dead-lettered by
+the first delivery, so they are not dead-lettered twice (the bundle sets it on its own
+re-sends; an HTTP sender may not). Errors are :class:`~shared.errors.ValidationError` s whose
+message a person can act on: the JSON parse position, or the field that is wrong.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from shared.contracts import Target
+from shared.contracts import PushResult, Target
 from shared.errors import ValidationError
 
 
@@ -40,6 +41,9 @@ class Envelope:
     profile: dict[str, Any] | None = None
     #: Only these of the table's destinations (None: all of them, as routed).
     destinations: tuple[str, ...] | None = None
+    #: A re-send by the bundle for the destinations that failed: refused rows were
+    #: dead-lettered by the first delivery (see the module).
+    resent: bool = False
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"dataset": self.target.dataset, "table": self.target.table}
@@ -49,6 +53,8 @@ class Envelope:
             body["profile"] = self.profile
         if self.destinations is not None:
             body["destinations"] = list(self.destinations)
+        if self.resent:
+            body["resent"] = True
         if self.blob is not None:
             body["blob"] = self.blob
         else:
@@ -142,17 +148,45 @@ def envelope(body: Any, where: str = "body") -> Envelope:
                 f"{where}.destinations",
             )
         destinations = tuple(chosen)
+    resent = body.get("resent", False)
+    if not isinstance(resent, bool) or (resent and destinations is None):
+        raise BodyError(
+            f"{where}.resent must be true or false, and true only with destinations",
+            f"{where}.resent",
+        )
     if "blob" in body and "rows" not in body:
         return Envelope(
             target,
             blob=_text(body, "blob", where, True),
             profile=profile,
             destinations=destinations,
+            resent=resent,
         )
     rows = body.get("rows")
     if not isinstance(rows, list):
         raise BodyError(f"{where}.rows must be an array of row objects", f"{where}.rows")
-    return Envelope(target, rows=rows, profile=profile, destinations=destinations)
+    return Envelope(target, rows=rows, profile=profile, destinations=destinations, resent=resent)
+
+
+def resend_for_stopped(item: Envelope, rows: list[Any], result: PushResult) -> Envelope | None:
+    """The envelope that finishes ``item`` (whose rows are ``rows``) when some of its table's
+    destinations stopped on a transient failure and every other one delivered or
+    dead-lettered all of them: the rows the stopped ones may lack (from the first one they
+    did not acknowledge or dead-letter), for them only, marked ``resent``. None when there is
+    nothing to re-send this way (one destination, none stopped, or all stopped: the caller
+    then redelivers as for one destination)."""
+    per = result.destinations
+    failed = [name for name, each in per.items() if each.stopped is not None]
+    if not failed or len(failed) == len(per):
+        return None
+    start = min(per[name].resume_from for name in failed)
+    return Envelope(
+        item.target,
+        rows=rows[start:],
+        profile=item.profile,
+        destinations=tuple(failed),
+        resent=True,
+    )
 
 
 def envelopes(body: Any) -> list[Envelope]:

@@ -61,9 +61,9 @@ from shared.errors import (
     TransientError,
 )
 from shared.settings import Settings
-from shared.sources.claimcheck import ClaimCheckStore
-from shared.sources.envelope import BodyError, Envelope, loads, rows_of
-from shared.sources.webhook import WebRequest, WebResponse, queue_messages
+from shared.sources.claimcheck import ClaimCheckStore, queue_messages
+from shared.sources.envelope import BodyError, Envelope, loads, resend_for_stopped, rows_of
+from shared.sources.webhook import WebRequest, WebResponse
 from shared.stores.leases import dataset_lock_name
 
 log = logging.getLogger(__name__)
@@ -371,10 +371,40 @@ class FrontDoor:
         plan = self._rows_plan(request, path, dataset_id, table, settings)
         if plan.queued:
             return self._enqueue(plan)
-        result = self._ingestor().push(
-            plan.target, plan.rows, deadline=plan.deadline, source=plan.source
-        )
+        try:
+            result = self._ingestor().push(
+                plan.target, plan.rows, deadline=plan.deadline, source=plan.source
+            )
+        except PushIncomplete as exc:
+            return self._requeue_stopped(plan, exc) or _transient(exc)
         return _rows_answer(result, len(plan.rows))
+
+    def _requeue_stopped(self, plan: _RowsPlan, exc: PushIncomplete) -> WebResponse | None:
+        """When one of the table's destinations stopped after the others took every row, its
+        rows go to the rows queue for it alone and the sender gets Power BI's 200 (a retry
+        would duplicate them where they arrived); None otherwise (the sender retries)."""
+        rest = resend_for_stopped(Envelope(plan.target, rows=plan.rows), plan.rows, exc.result)
+        if rest is None or self._claim_checks is None:
+            return None
+        stopped = ", ".join(rest.destinations or ())
+        log.warning(
+            "%s: %s stopped (%s); %d rows re-queued for it alone",
+            plan.source,
+            stopped,
+            exc,
+            len(rest.rows or []),
+        )
+        result = exc.result
+        headers = {
+            "X-Rows-Sent": str(result.sent),
+            "X-Rows-Rejected": str(result.rejected),
+            "X-Rows-Queued": str(len(rest.rows or [])),
+            "X-Rows-Queued-For": stopped,
+        }
+        if result.dead_letter_location:
+            headers["X-Dead-Letters"] = result.dead_letter_location
+        messages = queue_messages([rest], self._claim_checks)
+        return WebResponse(200, None, headers, messages=messages)
 
     def _enqueue(self, plan: _RowsPlan) -> WebResponse:
         """Asynchronous mode: 200 once the rows are on the rows queue (the host writes the
@@ -444,6 +474,9 @@ class FrontDoor:
             result = await coalescer.push(
                 plan.target, plan.rows, source=plan.source, deadline=plan.deadline
             )
+        except PushIncomplete as exc:
+            answer = await loop.run_in_executor(None, self._requeue_stopped, plan, exc)
+            return answer or _transient(exc)
         except TransientError as exc:
             return _transient(exc)
         return _rows_answer(result, len(plan.rows))

@@ -29,15 +29,18 @@ A table routed to Power BI and an Eventhouse (``datasets/<Dataset>.destinations.
 delivered to each on its own. When one of them stops on a transient failure after the other
 delivered (or dead-lettered) every row, redelivering the message whole would add its rows to
 the one that has them a second time. So the message is re-sent restricted to the destinations
-that stopped (the envelope's ``"destinations"``), invisible for the host's redelivery delay
-or the pause the failed destination asked for, whichever is longer, and the original is
-completed. The re-sent message has one destination fewer, so it is never re-sent this way
-again: if it keeps failing it is redelivered and poisoned like any message.
+that stopped (the envelope's ``"destinations"``, with ``"resent": true`` so that rows refused
+by validation are not dead-lettered twice), from the first row they did not acknowledge,
+invisible for the host's redelivery delay or the pause the failed destination asked for,
+whichever is longer, and the original is completed. The re-sent message has one destination
+fewer, so it is never re-sent this way again: if it keeps failing it is redelivered and
+poisoned like any message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -55,8 +58,8 @@ from shared.engine.ingest import PushIncomplete
 from shared.engine.profile import ProfileError, TableProfile
 from shared.engine.retry import REFUSED_STATUSES, Deadline
 from shared.errors import NotFoundError, PermanentError, TransientError, ValidationError
-from shared.sources.claimcheck import ClaimCheckStore
-from shared.sources.envelope import Envelope, envelope, rows_of
+from shared.sources.claimcheck import ClaimCheckStore, queue_messages
+from shared.sources.envelope import Envelope, envelope, resend_for_stopped, rows_of
 from shared.sources.messages import MessageError, decode, encode
 from shared.stores.deadletter import DeadLetter, DeadLetterStore
 
@@ -194,10 +197,10 @@ class QueueIngest:
                 deadline=Deadline.after(self.time_budget, self._clock),
                 profile=profile,
                 destinations=item.destinations,
+                refused_kept=item.resent,
             )
         except PushIncomplete as stopped:
-            if await self._resend_failed(body, item, source, stopped):
-                # The claim check (if any) stays: the re-sent message still needs it.
+            if await self._resend_failed(body, item, rows, source, stopped):
                 return stopped.result
             untouched = stopped.result.sent == 0 and stopped.result.unconfirmed == 0
             if untouched and await self._hand_back(body, source, stopped):
@@ -293,43 +296,41 @@ class QueueIngest:
         return True
 
     async def _resend_failed(
-        self, body: bytes, item: Envelope, source: str, stopped: PushIncomplete
+        self, body: bytes, item: Envelope, rows: list[Any], source: str, stopped: PushIncomplete
     ) -> bool:
         """Re-send the message for the destinations that stopped, when every other one
-        delivered or dead-lettered all of its rows (see the module); True once it is on the
-        rows queue (the original may then be completed), False otherwise (the caller goes on
-        as for one destination)."""
-        per = stopped.result.destinations
-        failed = [name for name, result in per.items() if result.stopped is not None]
-        if self._rows_queue is None or not failed or len(failed) == len(per):
+        delivered or dead-lettered all of its rows (see the module): only the rows from the
+        first one a stopped destination did not acknowledge, marked ``resent`` (its refused
+        rows are dead-lettered already). True once it is on the rows queue (the original may
+        then be completed), False otherwise (the caller goes on as for one destination)."""
+        rest = resend_for_stopped(item, rows, stopped.result)
+        if self._rows_queue is None or rest is None:
             return False
+        failed = list(rest.destinations or ())
+        per = stopped.result.destinations
         causes = [per[name].cause for name in failed]
         pauses = [cause.retry_after or 0.0 for cause in causes if cause is not None]
         # No sooner than a redelivery would come (the host's delay), nor before the pause.
         delay = min(MAX_VISIBILITY_SECONDS, math.ceil(max([self.redelivery_delay, *pauses])))
-        text = json.dumps(
-            Envelope(
-                item.target,
-                rows=item.rows if item.blob is None else None,
-                blob=item.blob,
-                profile=item.profile,
-                destinations=tuple(failed),
-            ).to_json(),
-            ensure_ascii=False,
-        )
-        # As the original came: plain JSON stays plain (base64 would grow it by a third,
-        # past the 64 KiB a queue message holds, for a message that fitted).
-        if not body.lstrip().startswith((b"{", b"[")):
-            text = encode(text)
+        whole = item.blob is not None and len(rest.rows or []) == len(rows)
+        # As the original came: plain JSON stays plain (base64 grows it by a third).
+        encoded = not body.lstrip().startswith((b"{", b"["))
+        claim_checks = self._claim_checks
         rows_queue = self._rows_queue
 
         def send() -> Any:
+            if whole:  # the same claim check serves the re-send
+                same = json.dumps(dataclasses.replace(rest, rows=None, blob=item.blob).to_json())
+                text = encode(same) if encoded else same
+            else:
+                (text,) = queue_messages([rest], claim_checks, encoded=encoded)
             return rows_queue().send_message(
                 text, visibility_timeout=delay, time_to_live=delay + MAX_VISIBILITY_SECONDS
             )
 
+        loop = asyncio.get_running_loop()
         try:
-            sent = await asyncio.get_running_loop().run_in_executor(None, send)
+            sent = await loop.run_in_executor(None, send)
         except Exception as failure:  # the original must then be redelivered, never completed
             log.warning(
                 "%s: could not re-send the message for %s (%s %s); it is redelivered whole",
@@ -340,16 +341,22 @@ class QueueIngest:
             )
             return False
         log.warning(
-            "%s: %s stopped (%s) after %s delivered; re-sent for %s only as message %s, "
-            "visible in %d s",
+            "%s: %s stopped (%s) after %s delivered; %d rows re-sent for %s only as message "
+            "%s, visible in %d s",
             source,
             ", ".join(failed),
             stopped,
             ", ".join(name for name in per if name not in failed),
+            len(rest.rows or []),
             ", ".join(failed),
             getattr(sent, "id", "?"),
             delay,
         )
+        if item.blob is not None and not whole:
+            try:
+                await loop.run_in_executor(None, claim_checks().delete, item.blob)
+            except TransientError as error:
+                log.warning("%s: claim check left behind: %s", source, error)
         return True
 
     async def _continue_blob(self, spec: Any, source: str) -> PushResult | None:

@@ -42,9 +42,16 @@ from shared.engine.profile import ProfileError, TableProfile, parse_override
 from shared.engine.retry import Deadline
 from shared.errors import AuthError, ConfigError, ForbiddenError, NotFoundError, PushError
 from shared.settings import Settings
-from shared.sources.claimcheck import MAX_INLINE_MESSAGE_BYTES, ClaimCheckStore
-from shared.sources.envelope import BodyError, Envelope, envelopes, loads, loads_ndjson, rows_of
-from shared.sources.messages import encode
+from shared.sources.claimcheck import ClaimCheckStore, queue_messages
+from shared.sources.envelope import (
+    BodyError,
+    Envelope,
+    envelopes,
+    loads,
+    loads_ndjson,
+    resend_for_stopped,
+    rows_of,
+)
 from shared.stores.storage import blob_service
 
 SIGNATURE_HEADER = "x-signature-256"
@@ -213,6 +220,15 @@ class Webhook:
             found = parse(request.body, content_type)
         except BodyError as exc:
             return error(400, "InvalidBody", exc.message, field=exc.field)
+        for number, item in enumerate(found):
+            if item.resent:
+                # Only the bundle's own re-sends skip dead-lettering refused rows again.
+                return error(
+                    400,
+                    "InvalidBody",
+                    "resent is set by the bundle on its own re-sends; send the envelope without it",
+                    field=f"body[{number}].resent" if len(found) > 1 else "body.resent",
+                )
         try:
             found, profiles = self._profiles(found, request.query.get("profile"))
         except ProfileError as exc:
@@ -267,6 +283,7 @@ class Webhook:
         ingestor = self._ingestor()
         deadline = Deadline.after(settings.http_time_budget, self._clock)
         results: list[PushResult] = []
+        requeued: dict[int, Envelope] = {}
         incomplete: PushIncomplete | None = None
         for item, profile in zip(found, profiles, strict=True):
             assert item.rows is not None
@@ -284,9 +301,22 @@ class Webhook:
                 )
             except PushIncomplete as exc:
                 results.append(exc.result)
+                rest = resend_for_stopped(item, item.rows, exc.result)
+                if rest is not None:
+                    # One destination stopped after the others took every row: a retrying
+                    # sender would duplicate them there, so the stopped one's rows go to the
+                    # rows queue for it alone, and the answer is a 202.
+                    requeued[len(results) - 1] = rest
+                    continue
                 incomplete = exc
                 break  # the budget is spent; later envelopes are not attempted
+        messages = queue_messages(list(requeued.values()), self._claim_checks) if requeued else []
         bodies = [r.to_json() for r in results]
+        for number, rest in requeued.items():
+            bodies[number]["requeued"] = {
+                "destinations": list(rest.destinations or ()),
+                "rows": len(rest.rows or []),
+            }
         body: Any = bodies[0] if single and len(bodies) == 1 else {"results": bodies}
         if len(results) < len(found):
             body = {"results": bodies, "notAttempted": len(found) - len(results)}
@@ -295,8 +325,9 @@ class Webhook:
                 incomplete.status is None and incomplete.retry_after is not None
             )
             wait = max(1, math.ceil(incomplete.retry_after or 1))
-            response = WebResponse(429 if throttled else 503, body, {"Retry-After": str(wait)})
-            return response
+            return WebResponse(
+                429 if throttled else 503, body, {"Retry-After": str(wait)}, messages=messages
+            )
         failures = [r.failure for r in results if r.failure is not None]
         status = 200
         if not any(r.sent for r in results) and any(r.rejected for r in results):
@@ -318,7 +349,9 @@ class Webhook:
             status = 502  # Power BI refused this app's identity: not the sender's fault
         elif any(isinstance(f, ConfigError) for f in failures):
             status = 500
-        return WebResponse(status, body)
+        elif status == 200 and requeued:
+            status = 202  # delivered where it could be; the rest is on the rows queue
+        return WebResponse(status, body, messages=messages)
 
     def _enqueue(self, found: list[Envelope]) -> WebResponse:
         messages = queue_messages(found, self._claim_checks)
@@ -329,19 +362,6 @@ class Webhook:
         import os
 
         return os.environ if self._env is None else self._env
-
-
-def queue_messages(found: list[Envelope], claim_checks: Callable[[], ClaimCheckStore]) -> list[str]:
-    """The rows-queue messages for ``found``: each envelope as JSON (base64, as any Functions
-    queue trigger reads it), or a claim check naming the blob that holds a big one."""
-    messages: list[str] = []
-    for item in found:
-        text = json.dumps(item.to_json(), ensure_ascii=False, separators=(",", ":"))
-        if len(text.encode("utf-8")) > MAX_INLINE_MESSAGE_BYTES:
-            reference = claim_checks().put(text.encode("utf-8"))
-            text = json.dumps(Envelope(item.target, blob=reference, profile=item.profile).to_json())
-        messages.append(encode(text))
-    return messages
 
 
 def _check_signature(secret: str | None, request: WebRequest) -> WebResponse | None:

@@ -1,0 +1,225 @@
+# ruff: noqa: F811  (the fixtures imported from test_fanout are parameters here)
+"""HTTP answers per destination (issue 18): a table routed to Power BI and the Eventhouse, the
+Eventhouse stopping while Power BI delivers. A retrying sender would add its rows to Power BI a
+second time, so the sender gets a 2xx and the rows Power BI has but the Eventhouse lacks go to
+the rows queue for the Eventhouse alone; that message, handled later, fills the Eventhouse and
+adds nothing to Power BI, and rows refused by validation keep their one dead letter.
+
+Against the emulator (Power BI and its Kusto surface, the real azure-kusto clients) and Azurite,
+through :class:`~shared.sources.webhook.Webhook` and :class:`~shared.sources.frontdoor.FrontDoor`
+as the HTTP functions call them, and :class:`~shared.sources.queue_ingest.QueueIngest` for the
+re-queued message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import requests
+from azure.storage.blob import BlobServiceClient
+
+from shared.destinations.eventhouse import EventhouseClient
+from shared.engine.coalesce import Coalescer
+from shared.engine.ingest import PushIncomplete
+from shared.settings import Settings
+from shared.sources.claimcheck import ClaimCheckStore
+from shared.sources.envelope import Envelope, resend_for_stopped
+from shared.sources.frontdoor import FrontDoor
+from shared.sources.queue_ingest import QueueIngest
+from shared.sources.webhook import Webhook, WebRequest, WebResponse
+from shared.stores.deadletter import BlobDeadLetterStore
+from tests.azurite import Azurite
+from tests.emulator.conftest import EmulatorProcess
+from tests.integration.test_fanout import Case, accounted, both, kusto, letters_of, store  # noqa: F401  (its fixtures)
+from tests.seed import product
+
+KEY = "fanout-http-key"
+
+
+def kusto_down(emulator: EmulatorProcess) -> None:
+    """Kusto answers 503 to every request (commands, streaming, the queued path's resources)."""
+    requests.put(
+        f"{emulator.base}/_emulator/kusto/faults",
+        json={"error_503": 1.0, "all_operations": True},
+        timeout=10,
+    ).raise_for_status()
+
+
+def kusto_up(emulator: EmulatorProcess) -> None:
+    requests.delete(f"{emulator.base}/_emulator/kusto/faults", timeout=10).raise_for_status()
+
+
+def claim_checks(azurite: Azurite) -> ClaimCheckStore:
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    return ClaimCheckStore(service.get_container_client(f"cc{uuid.uuid4().hex[:12]}"))
+
+
+def handle_messages(
+    case: Case, store: BlobDeadLetterStore, checks: ClaimCheckStore, messages: list[str]
+) -> list[Any]:
+    """Each queued message through the queue function's handler, as the host would."""
+    coalescer = Coalescer(case.ingestor, linger=0.0, max_wait=0.0)
+    handler = QueueIngest(lambda: coalescer, lambda: checks, lambda: store)
+    return [
+        asyncio.run(handler.handle(text.encode(), f"m{number}"))
+        for number, text in enumerate(messages)
+    ]
+
+
+def decoded(message: str) -> dict[str, Any]:
+    return json.loads(base64.b64decode(message))
+
+
+def post(webhook: Webhook, body: Any, query: Mapping[str, str] | None = None) -> WebResponse:
+    return webhook.rows(
+        WebRequest(
+            "POST",
+            json.dumps(body).encode(),
+            {"content-type": "application/json"},
+            dict(query or {}),
+        )
+    )
+
+
+def test_webhook_answers_202_and_queues_the_eventhouse_rows_when_only_it_stopped(
+    both: EmulatorProcess, kusto: EventhouseClient, store: BlobDeadLetterStore, azurite: Azurite
+) -> None:
+    case = Case(both, kusto, store, ["powerbi", "eventhouse"])
+    kusto.ensure_table(case.definition, "Product", name=case.table)
+    rows, good = case.rows(2_500)
+    checks = claim_checks(azurite)
+    webhook = Webhook(lambda: Settings.from_env({}), lambda: case.ingestor, lambda: checks)
+    kusto_down(both)
+    answer = post(webhook, {"dataset": case.name, "table": "Product", "rows": rows})
+    kusto_up(both)
+    assert answer.status == 202, answer.body
+    assert answer.body["requeued"] == {"destinations": ["eventhouse"], "rows": 2_500}
+    per = answer.body["destinations"]
+    assert per["powerbi"]["sent"] == len(good) and per["powerbi"]["stopped"] is None
+    assert per["eventhouse"]["sent"] == 0 and per["eventhouse"]["stopped"]
+    (message,) = answer.messages  # 2,500 rows: a claim check, which keeps the restriction
+    assert decoded(message)["destinations"] == ["eventhouse"] and decoded(message)["resent"]
+    assert "blob" in decoded(message)
+    assert case.powerbi_ids_by_name() == good
+
+    (later,) = handle_messages(case, store, checks, answer.messages)
+    assert set(later.destinations) == {"eventhouse"}
+    assert (later.sent, later.rejected, later.dead_lettered) == (len(good), 3, 3)
+    assert case.kusto_ids() == good
+    assert case.powerbi_ids_by_name() == good  # not one row twice
+    letters = letters_of(store)
+    # The three refused rows: one letter each, written by the first delivery only.
+    assert sorted(letter["index"] for letter in letters) == [7, 1_007, 2_007]
+    assert {letter["destination"] for letter in letters} == {None}
+
+
+def test_a_sender_may_not_mark_its_rows_resent(
+    both: EmulatorProcess, kusto: EventhouseClient, store: BlobDeadLetterStore, azurite: Azurite
+) -> None:
+    """``resent`` would skip dead-lettering refused rows: only the bundle's re-sends carry it."""
+    case = Case(both, kusto, store, ["powerbi", "eventhouse"])
+    checks = claim_checks(azurite)
+    webhook = Webhook(lambda: Settings.from_env({}), lambda: case.ingestor, lambda: checks)
+    body = {
+        "dataset": case.name,
+        "table": "Product",
+        "rows": [{"ProductID": "bad"}],
+        "destinations": ["eventhouse"],
+        "resent": True,
+    }
+    for query in ({}, {"mode": "queue"}):
+        answer = post(webhook, body, query)
+        assert answer.status == 400 and answer.body["error"]["field"] == "body.resent"
+        assert answer.messages == []
+    assert letters_of(store) == [] and case.powerbi_datasets() == []
+
+
+def test_an_eventhouse_stop_mid_file_resends_only_the_rows_it_lacks(
+    both: EmulatorProcess, kusto: EventhouseClient, store: BlobDeadLetterStore
+) -> None:
+    """Kusto goes down once the Eventhouse acknowledged its first chunk (10,000 rows): the
+    re-send starts after them, so the Eventhouse ends with every row once, Power BI too, and
+    the 25 refused rows have one letter each."""
+    case = Case(both, kusto, store, ["powerbi", "eventhouse"])
+    rows, good = case.rows(25_000)
+    reached: list[int] = []
+
+    def moved(positions: Mapping[str, int]) -> None:
+        if positions["eventhouse"] > 0 and not reached:
+            reached.append(positions["eventhouse"])
+            kusto_down(both)  # the next chunk meets it
+
+    with pytest.raises(PushIncomplete) as stopped:
+        case.ingestor.push(case.target, rows, source="big.json", on_positions=moved)
+    kusto_up(both)
+    result = stopped.value.result
+    eventhouse = result.destinations["eventhouse"]
+    accounted(eventhouse)
+    assert result.destinations["powerbi"].stopped is None
+    assert result.destinations["powerbi"].sent == len(good)
+    assert eventhouse.sent == 10_000 and eventhouse.resume_from == reached[0]
+    assert reached[0] == good[9_999] + 1  # just past the last row of the first chunk
+
+    rest = resend_for_stopped(Envelope(case.target, rows=rows), rows, result)
+    assert rest is not None and rest.destinations == ("eventhouse",) and rest.resent
+    assert rest.rows == rows[reached[0] :]
+    again = case.ingestor.push(
+        case.target, rest.rows or [], destinations=rest.destinations, refused_kept=True
+    )
+    assert (
+        again.sent == len(good) - 10_000 and again.dead_lettered == again.rejected == 14
+    )  # 11 bad rows were before
+    assert case.kusto_ids() == good
+    assert case.powerbi_ids(result) == good
+    letters = letters_of(store)
+    assert len(letters) == 25 and {letter["destination"] for letter in letters} == {None}
+
+
+def test_the_power_bi_surface_routes_by_dataset_id_and_queues_what_the_eventhouse_lacks(
+    both: EmulatorProcess, kusto: EventhouseClient, store: BlobDeadLetterStore, azurite: Azurite
+) -> None:
+    """A Power BI client knows the dataset by id: its Add Rows reach both destinations; with
+    Kusto down, it gets Power BI's 200 (with the queued rows in headers) and the Eventhouse's
+    rows go to the rows queue for it alone."""
+    case = Case(both, kusto, store, ["powerbi", "eventhouse"])
+    kusto.ensure_table(case.definition, "Product", name=case.table)
+    dataset_id = case.ingestor.resolve(case.target).dataset_id
+    checks = claim_checks(azurite)
+    door = FrontDoor(
+        lambda: Settings.from_env({"FRONTDOOR_KEYS": KEY}),
+        lambda: case.ingestor,
+        lambda: case.ingestor.client,  # type: ignore[arg-type,return-value]
+        claim_checks=lambda: checks,
+    )
+
+    def add_rows(ids: range) -> WebResponse:
+        body = json.dumps({"rows": [product(i) for i in ids]}).encode()
+        return door.handle(
+            WebRequest(
+                "POST",
+                body,
+                {"content-type": "application/json", "authorization": f"Bearer {KEY}"},
+                {},
+                {"path": f"datasets/{dataset_id}/tables/Product/rows"},
+            )
+        )
+
+    first = add_rows(range(0, 300))
+    assert first.status == 200 and first.messages == []
+    assert case.kusto_ids() == list(range(300))  # routed by the dataset's name
+    kusto_down(both)
+    second = add_rows(range(300, 700))
+    kusto_up(both)
+    assert second.status == 200, second.body
+    assert second.headers["X-Rows-Sent"] == "400" and second.headers["X-Rows-Queued"] == "400"
+    assert second.headers["X-Rows-Queued-For"] == "eventhouse"
+    assert case.powerbi_ids_by_name() == list(range(700))
+    handle_messages(case, store, checks, second.messages)
+    assert case.kusto_ids() == list(range(700))
+    assert case.powerbi_ids_by_name() == list(range(700))
