@@ -375,7 +375,9 @@ def test_power_bi_holds_the_same_rows_or_nothing_at_all(delivered: Delivery) -> 
         lo, hi = PATHS[path] * SPAN, (PATHS[path] + 1) * SPAN
         back = [row for row in stored if lo <= row["ProductID"] < hi]
         assert_same_columns(path, back, [seed_row(path, k) for k in range(PER_PATH)])
-    assert len(stored) == delivered.good
+    # Nothing else, whatever the Power BI surface's test has added since (its own ids).
+    below = PATHS["frontdoor"] * SPAN
+    assert len([row for row in stored if row["ProductID"] < below]) == delivered.good
 
 
 def test_every_invalid_row_is_dead_lettered_once_naming_no_destination(
