@@ -141,6 +141,11 @@ class KustoService:
         self.faults = FaultPlan()
         self.counters: Counter[str] = Counter()
         self.failures: list[dict[str, Any]] = []
+        #: Per table (``(database, table)``, lower-cased database): the streaming ingestions
+        #: that stored rows and then answered 500 (``accept_then_fail``), as the positions of
+        #: those rows, so a test can tell a duplicate the client could not avoid (it was told
+        #: the rows failed) from one it made (Power BI's surface keeps the same, app.py).
+        self.answers_lost: dict[tuple[str, str], list[dict[str, int]]] = {}
         self.storage = KustoStorage(config.storage) if config.storage else None
         self.batches: dict[tuple[str, ...], Batch] = {}
         self._worker: asyncio.Task[None] | None = None
@@ -329,7 +334,9 @@ class KustoService:
                 request.transport.abort()
             raise asyncio.CancelledError
         # accept_then_fail: the work is done, then the answer is lost (a 500 after the fact).
-        await handler(request)
+        done = await handler(request)
+        if operation == "StreamingIngest":
+            self._answer_lost(request, done)
         raise KustoError(
             500,
             "General_InternalServerError",
@@ -337,6 +344,23 @@ class KustoService:
             "Injected: the request was processed, then the answer failed.",
             "Kusto.Data.Exceptions.KustoServiceException",
             permanent=False,
+        )
+
+    def _answer_lost(self, request: web.Request, done: web.StreamResponse) -> None:
+        """Record the rows a streaming ingestion stored before its answer was replaced by a
+        500: the last ``ConsumedRecordsCount`` rows of the table (the handler extends the
+        table and answers without awaiting in between, so no other request's rows follow)."""
+        body = getattr(done, "body", None)
+        if not isinstance(body, bytes):
+            return
+        database = self._database_or_none(request.match_info["database"])
+        table = database.tables.get(request.match_info["table"]) if database else None
+        if database is None or table is None:
+            return
+        count = int(json.loads(body)["Tables"][0]["Rows"][0][0])
+        key = (database.name.lower(), table.name)
+        self.answers_lost.setdefault(key, []).append(
+            {"offset": len(table.rows) - count, "count": count}
         )
 
     async def auth_metadata(self, request: web.Request) -> web.Response:
@@ -526,6 +550,7 @@ class KustoService:
 
     def _drop_table(self, database: KustoDatabase, match: Any) -> Result:
         name = unquote_name(match["table"])
+        self.answers_lost.pop((database.name.lower(), name), None)
         if database.tables.pop(name, None) is None and not match["ifexists"]:
             raise table_not_found(database.name, name)
         return self._show_tables(database, match)
@@ -785,6 +810,9 @@ class KustoService:
                             "rows": len(table.rows),
                             "mappings": sorted(table.mappings),
                             "streaming_policy": table.streaming,
+                            "answersLost": list(
+                                self.answers_lost.get((database.name.lower(), table.name), [])
+                            ),
                         }
                         for table in database.tables.values()
                     ],
@@ -851,6 +879,7 @@ class KustoService:
             database.streaming = False
         self.counters.clear()
         self.failures.clear()
+        self.answers_lost.clear()
         self.changed()
         return web.json_response(self.snapshot())
 

@@ -323,6 +323,10 @@ def test_injected_500_is_transient_and_accept_then_fail_stores_the_rows(
             streaming_ingest(kusto, table, [{"id": 1}])
         assert caught.value.error.permanent is False
     assert rows_of(kusto, f"{table} | count") == [[1]]  # the second one was stored
+    # ... and recorded as stored with its answer lost (the reliability ledger traces
+    # duplicates to these).
+    tables = {t["name"]: t for d in kusto_state(kusto_emulator)["databases"] for t in d["tables"]}
+    assert tables[table]["answersLost"] == [{"offset": 0, "count": 1}]
 
 
 def test_dropped_connection(kusto_emulator: EmulatorProcess, kusto: KustoClient) -> None:

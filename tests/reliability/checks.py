@@ -6,7 +6,15 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from tests.reliability.harness import KINDS, PATHS, Ledger
+from tests.reliability.harness import (
+    EVENTHOUSE,
+    KINDS,
+    KUSTO_KINDS,
+    PATHS,
+    POWERBI,
+    DatasetLedger,
+    Ledger,
+)
 
 
 def check_accounting(ledger: Ledger) -> None:
@@ -123,3 +131,92 @@ def check_scale_out(ledger: Ledger, crashes: int = 0, carry_on_within: float | N
                 f"(bound {carry_on_within} s)"
             )
     assert not problems, "scale-out:\n  " + "\n  ".join(problems)
+
+
+def check_destination_faults(ledger: Ledger, faulted: str) -> None:
+    """Faults on one destination only (issue 18, "What must be shown"): the other destination
+    holds every valid row exactly once, as it would alone, and each invalid row is
+    dead-lettered exactly once naming no destination; the faulted one holds every valid row
+    or has it dead-lettered naming it, a duplicate there only where the emulator stored a
+    batch and lost its answer; nothing lost, nothing invented, in either. Every path carried
+    rows, every fault kind of the faulted surface was met, the other surface injected none.
+
+    Every property is checked and all that fail are reported together, so that one run shows
+    the whole picture."""
+    problems: list[str] = []
+    other = EVENTHOUSE if faulted == POWERBI else POWERBI
+    assert ledger.eventhouse, "not a routed run: no Eventhouse ledger"
+    for destination in (POWERBI, EVENTHOUSE):
+        for d in ledger.of(destination):
+            where = f"{destination} {d.name}"
+            problems += _common(where, d)
+            if destination == other:
+                problems += _as_alone(where, d)
+            else:
+                if d.unexplained_duplicates:
+                    problems.append(
+                        f"{where}: {d.duplicates} duplicates, only "
+                        f"{d.explained_by_lost_answers} after a lost answer"
+                    )
+                if d.good_dead_lettered != d.named_letters:
+                    problems.append(f"{where}: valid rows dead-lettered naming no destination")
+    for d in ledger.datasets:
+        if d.avoidable_429s:
+            problems.append(f"powerbi {d.name}: {d.avoidable_429s} 429s it could have avoided")
+    powerbi, kusto = ledger.injected, ledger.kusto_injected
+    met, quiet = (powerbi, kusto) if faulted == POWERBI else (kusto, powerbi)
+    for kind in KINDS if faulted == POWERBI else KUSTO_KINDS:
+        if not met[f"injected_{kind}"]:
+            problems.append(f"no {kind} was injected on {faulted}: {dict(met)}")
+    if sum(quiet.values()):
+        problems.append(f"faults injected on {other}, which should have none: {dict(quiet)}")
+    if ledger.replayed != ledger.poisoned:
+        problems.append(f"{ledger.poisoned} messages poisoned, {ledger.replayed} replayed")
+    assert not problems, f"faults on {faulted} only:\n  " + "\n  ".join(problems)
+
+
+def _common(where: str, d: DatasetLedger) -> list[str]:
+    """What holds in both destinations: every path carried rows, no row lost or invented,
+    no invalid row stored, each invalid one dead-lettered (naming no destination), and no
+    queued ingestion failed after it was accepted."""
+    problems = []
+    if not all(d.sent[path] > 0 for path in PATHS):
+        problems.append(f"{where}: a path carried no rows: {d.sent}")
+    if d.lost:
+        problems.append(f"{where}: {d.lost} rows neither stored nor dead-lettered")
+    if d.phantom:
+        problems.append(f"{where}: {d.phantom} rows nobody sent")
+    if d.bad_stored:
+        problems.append(f"{where}: {d.bad_stored} invalid rows stored")
+    if not d.bad or d.dead_lettered - d.named_letters != d.bad:
+        problems.append(
+            f"{where}: {d.bad} invalid rows, {d.dead_lettered - d.named_letters} "
+            "dead-lettered naming no destination"
+        )
+    if d.distinct + d.dead_lettered != d.sent_total:
+        problems.append(
+            f"{where}: {d.distinct:,} stored + {d.dead_lettered:,} dead-lettered "
+            f"!= {d.sent_total:,} sent"
+        )
+    if d.failed_ingestions:
+        problems.append(f"{where}: {d.failed_ingestions} queued ingestions failed in Kusto")
+    return problems
+
+
+def _as_alone(where: str, d: DatasetLedger) -> list[str]:
+    """The destination without faults: exactly the valid rows, each once, and each invalid
+    row's dead letter written once (not again on a re-send for the other destination)."""
+    problems = []
+    if d.duplicates:
+        problems.append(f"{where}: {d.duplicates} duplicates (max {d.max_copies} copies)")
+    if d.stored != d.sent_total - d.bad:
+        problems.append(f"{where}: {d.stored:,} rows stored, {d.sent_total - d.bad:,} valid sent")
+    if d.named_letters:
+        problems.append(f"{where}: {d.named_letters} rows dead-lettered naming it")
+    if d.refused_letter_lines != d.bad:
+        problems.append(
+            f"{where}: {d.refused_letter_lines} dead letters naming no destination for "
+            f"{d.bad} invalid rows (each once); extra letters by path {d.refused_again}, "
+            f"e.g. {d.refused_again_sources}"
+        )
+    return problems

@@ -15,8 +15,17 @@ HTTP goes to the hosts in turn (synchronous requests too: :attr:`LoadPlan.http_m
 backlog can wait on the queue before they start, datasets can be left for the bundle to create
 (every host meets each one at once), and the ledger counts the datasets of each name.
 
-Used by ``test_fault_accounting.py``, ``test_outage.py``, ``test_scale_out.py`` (in ``make
-test``) and by ``python -m tests.reliability.soak`` (``make soak``).
+A rig may also serve a KQL database (:meth:`Rig.launch` with ``kusto_database``: the
+emulator's Kusto surface, queued ingestion through the rig's Azurite, devhost given
+``EVENTHOUSE_URI``/``EVENTHOUSE_DATABASE``); a plan with ``destinations`` routes its datasets
+there too (``datasets/<name>.destinations.json``), fault phases may target either destination
+(:attr:`FaultPhase.target`), and the ledger accounts for each destination on its own
+(:attr:`Ledger.eventhouse`, :meth:`Ledger.destination_table`), dead letters by the destination
+they name (null: refused by validation before any destination).
+
+Used by ``test_fault_accounting.py``, ``test_outage.py``, ``test_scale_out.py``,
+``test_destination_faults.py`` (in ``make test``) and by ``python -m tests.reliability.soak``
+(``make soak``).
 """
 
 from __future__ import annotations
@@ -61,6 +70,11 @@ PATHS = ("http", "queue", "blob")
 #: The emulator's fault kinds a fault run must have met (latency is counted separately).
 KINDS = ("throttle", "error_500", "error_503", "drop", "accept_then_fail", "latency")
 BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
+#: The destinations a table can be routed to (shared/engine/routing.py).
+POWERBI = "powerbi"
+EVENTHOUSE = "eventhouse"
+#: The fault kinds the Kusto surface injects (emulator/kusto.py); its latency is not counted.
+KUSTO_KINDS = ("throttle", "error_500", "error_503", "drop", "accept_then_fail")
 
 
 # -- faults and crashes ----------------------------------------------------------------------
@@ -68,10 +82,12 @@ BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
 
 @dataclass(frozen=True)
 class FaultPhase:
-    """One stretch of the fault schedule: a name for the table and the emulator's plan."""
+    """One stretch of the fault schedule: a name for the table and the emulator's plan, for
+    Power BI's surface (``/_emulator/faults``) or the Kusto one (``/_emulator/kusto/faults``)."""
 
     name: str
     plan: dict[str, Any]
+    target: str = POWERBI
 
 
 #: The cycle the fault scenario runs through, phase after phase, for as long as rows flow.
@@ -132,6 +148,10 @@ class LoadPlan:
     bundle_creates: bool = False
     senders: int = 8
     one_dataset_first: bool = False
+    #: When set, every dataset is defined for the bundle to create (as ``bundle_creates``)
+    #: and routed to these destinations (``datasets/<name>.destinations.json``, its table
+    #: in the KQL database prefixed per dataset); the rig needs a ``kusto_database``.
+    destinations: tuple[str, ...] = ()
 
     @property
     def rows_per_dataset(self) -> int:
@@ -216,6 +236,10 @@ class Rig:
     emulator_outages: int = 0
     #: What each host printed in its earlier runs (before a restart, a crash or a stop).
     logs: list[list[str]] = field(default_factory=list)
+    #: The KQL database the emulator serves and devhost's EVENTHOUSE_DATABASE (None: no
+    #: Kusto in this rig), and the environment the emulator runs with (kept for a restart).
+    kusto_database: str | None = None
+    emulator_env: dict[str, str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _turn: int = 0
     _rows_queue: QueueClient | None = None
@@ -240,24 +264,49 @@ class Rig:
         time_scale: float | None = None,
         emulator_args: Sequence[str] = (),
         settings: Mapping[str, str] | None = None,
+        kusto_database: str | None = None,
     ) -> Rig:
         """:meth:`start` for ``hosts`` devhost processes (they start with :meth:`start_hosts`),
         the emulator run with ``emulator_args`` and, when ``time_scale`` is given,
         ``--time-scale`` (its quota windows that much shorter), the app told the same with
-        ``POWERBI_QUOTA_TIME_SCALE``."""
+        ``POWERBI_QUOTA_TIME_SCALE``. With ``kusto_database`` the emulator also serves that
+        KQL database, its queued ingestion through the rig's Azurite (started first, then),
+        and devhost gets ``EVENTHOUSE_URI`` and ``EVENTHOUSE_DATABASE`` for it."""
         workdir.mkdir(parents=True, exist_ok=True)
         arguments = tuple(emulator_args)
         values = dict(settings or {})
         if time_scale is not None:
             arguments += ("--time-scale", f"{time_scale:g}")
             values.setdefault("POWERBI_QUOTA_TIME_SCALE", f"{time_scale:g}")
+        emulator_env: dict[str, str] | None = None
+        own_azurite = None
+        if kusto_database is not None:
+            if azurite is None:
+                own_azurite = azurite = start_azurite()
+            arguments += ("--kusto-database", kusto_database)
+            # As make run and tests/emulator/kusto_fixtures.py start it.
+            emulator_env = {
+                **os.environ,
+                "EMULATOR_KUSTO_STORAGE_CONNECTION": azurite.connection_string,
+            }
         port = free_port()
-        emulator = _emulator(workdir, port, arguments)
         try:
-            return cls._around(workdir, emulator, port, azurite, values, hosts, arguments)
+            emulator = _emulator(workdir, port, arguments, emulator_env)
+        except BaseException:
+            if own_azurite is not None:
+                own_azurite.stop()
+            raise
+        try:
+            setup = cls._around(workdir, emulator, port, azurite, values, hosts, arguments)
         except BaseException:
             emulator.stop()  # nothing left running when the set-up fails
             raise
+        if kusto_database is not None:
+            setup.kusto_database = kusto_database
+            setup.emulator_env = emulator_env
+            setup.env.setdefault("EVENTHOUSE_URI", emulator.base)
+            setup.env.setdefault("EVENTHOUSE_DATABASE", kusto_database)
+        return setup
 
     @classmethod
     def _around(
@@ -315,12 +364,17 @@ class Rig:
             emulator_args,
         )
 
-    def define(self, name: str) -> None:
+    def define(self, name: str, destinations: Sequence[str] = (), table_prefix: str = "") -> None:
         """Write dataset ``name``'s definition (the scenario's one table) into DATASETS_DIR, so
-        that the bundle creates the dataset on first use. Before the hosts start: each reads
-        the definitions once."""
+        that the bundle creates the dataset on first use, and with ``destinations`` its
+        routing file (every table to those, the KQL table named ``table_prefix`` + table).
+        Before the hosts start: each reads the definitions once."""
         body = {"name": name, "tables": [{"name": TABLE, "columns": COLUMNS}]}
-        (Path(self.env["DATASETS_DIR"]) / f"{name}.json").write_text(json.dumps(body))
+        folder = Path(self.env["DATASETS_DIR"])
+        (folder / f"{name}.json").write_text(json.dumps(body))
+        if destinations:
+            routing = {"default": list(destinations), "eventhouse": {"table_prefix": table_prefix}}
+            (folder / f"{name}.destinations.json").write_text(json.dumps(routing))
 
     # -- processes
 
@@ -417,8 +471,31 @@ class Rig:
 
     def restart_emulator(self) -> None:
         """Bring the emulator back on the same port with the same database and arguments."""
-        self.emulator = _emulator(self.workdir, self.emulator_port, self.emulator_args)
+        self.emulator = _emulator(
+            self.workdir, self.emulator_port, self.emulator_args, self.emulator_env
+        )
         self.api.emulator = self.emulator
+
+    def set_faults(self, target: str, plan: Mapping[str, Any]) -> None:
+        """Replace the fault plan of one destination's surface: Power BI's or Kusto's (which
+        applies it to every operation, commands and queries too, not only to streaming
+        ingestion, when the plan says ``all_operations``)."""
+        if target == POWERBI:
+            self.api.set_faults(**plan)
+            return
+        answer = self.api.session.put(
+            f"{self.emulator.base}/_emulator/kusto/faults", json=dict(plan), timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+
+    def clear_faults(self) -> None:
+        """No fault on either surface (the emulator may be down: then nothing to clear)."""
+        paths = ["/_emulator/faults"]
+        if self.kusto_database is not None:
+            paths.append("/_emulator/kusto/faults")
+        for path in paths:
+            with contextlib.suppress(requests.RequestException):
+                self.api.session.delete(f"{self.emulator.base}{path}", timeout=10)
 
     def output(self) -> list[str]:
         """Everything the hosts printed, over every start, host after host."""
@@ -473,6 +550,40 @@ class Rig:
         """``python -m shared replay poison``, as an operator would run it."""
         return replay_poison(self.settings, self.env, timeout=300)
 
+    def kusto_flush(self) -> None:
+        """Have the emulator ingest every queued-ingestion message waiting now (the service
+        would after its batching delay), so that what the app queued is counted."""
+        self.api.session.post(f"{self.emulator.base}/_emulator/kusto/flush", timeout=60)
+
+    def kusto_state(self) -> dict[str, Any]:
+        """The Kusto surface's state (``GET /_emulator/kusto/state``)."""
+        state: dict[str, Any] = self.api.session.get(
+            f"{self.emulator.base}/_emulator/kusto/state", timeout=60
+        ).json()
+        return state
+
+    def kusto_tables(self) -> dict[str, dict[str, Any]]:
+        """The rig's KQL database's tables by name (rows, answersLost, ...)."""
+        wanted = (self.kusto_database or "").lower()
+        return {
+            table["name"]: table
+            for database in self.kusto_state()["databases"]
+            if database["name"].lower() == wanted
+            for table in database["tables"]
+        }
+
+    def kusto_ids(self, table: str) -> list[int]:
+        """The ids (``n``) stored in a KQL table, in the table's order; none when it does not
+        exist yet."""
+        answer = self.api.session.get(
+            f"{self.emulator.base}/_emulator/kusto/tables/{self.kusto_database}/{table}/rows",
+            timeout=120,
+        )
+        if answer.status_code == 404:
+            return []
+        answer.raise_for_status()
+        return [int(r["n"]) for r in answer.json()["rows"]]
+
     def datasets(self, names: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         """The emulator's state of every dataset of each name (``GET /_emulator/state``),
         smallest id first: one per name, unless the bundle created a name twice."""
@@ -512,9 +623,17 @@ def _log_reached(host: Devhost, seen: dict[str, Any]) -> bool:
     return executing >= sum(started.values()) and executed >= sum(finished.values())
 
 
-def _emulator(workdir: Path, port: int, arguments: Sequence[str] = ()) -> EmulatorProcess:
+def _emulator(
+    workdir: Path, port: int, arguments: Sequence[str] = (), env: dict[str, str] | None = None
+) -> EmulatorProcess:
     return start_emulator(
-        "--port", str(port), "--db", str(workdir / "emulator.sqlite"), *arguments, tmp=workdir
+        "--port",
+        str(port),
+        "--db",
+        str(workdir / "emulator.sqlite"),
+        *arguments,
+        tmp=workdir,
+        env=env,
     )
 
 
@@ -535,10 +654,12 @@ def rig_with(
     time_scale: float | None = None,
     emulator_args: Sequence[str] = (),
     settings: Mapping[str, str] | None = None,
+    kusto_database: str | None = None,
 ) -> Iterator[Rig]:
     """:func:`rig` with ``hosts`` devhost processes (all started, unless ``start`` is False:
-    then :func:`run_scenario` starts them once a backlog is queued) and the emulator's
-    arguments (:meth:`Rig.launch`), stopped afterwards whatever happens."""
+    then :func:`run_scenario` starts them once a backlog is queued, after the datasets'
+    definitions are written) and the emulator's arguments and KQL database
+    (:meth:`Rig.launch`), stopped afterwards whatever happens."""
     setup = Rig.launch(
         workdir,
         azurite,
@@ -546,6 +667,7 @@ def rig_with(
         time_scale=time_scale,
         emulator_args=emulator_args,
         settings=settings,
+        kusto_database=kusto_database,
     )
     try:
         if start:
@@ -596,6 +718,19 @@ class DatasetLedger:
     resent_rows: int = 0
     http_cut_rows: int = 0
     http_failures: list[str] = field(default_factory=list)
+    #: The destination this ledger counts (``powerbi`` or ``eventhouse``); its dead letters
+    #: are those naming it and those naming none (refused by validation, before any
+    #: destination); ``refused_letter_lines`` counts the latter's lines, ``named_letters``
+    #: the distinct rows of the former (a destination that gave up on them).
+    destination: str = POWERBI
+    refused_letter_lines: int = 0
+    named_letters: int = 0
+    #: Invalid rows dead-lettered more than once (naming no destination): the extra letters
+    #: by the path the row came by, and a few of their sources (for the report of a bug).
+    refused_again: dict[str, int] = field(default_factory=dict)
+    refused_again_sources: list[str] = field(default_factory=list)
+    #: Queued ingestions the Kusto surface failed (rows the client was told were accepted).
+    failed_ingestions: int = 0
 
     @property
     def sent_total(self) -> int:
@@ -624,6 +759,25 @@ class Ledger:
     #: For each host killed and not restarted: seconds until a surviving host next finished an
     #: invocation successfully (None: nothing was left for them to do).
     carried_on: list[float | None] = field(default_factory=list)
+    #: Routed runs: each dataset's Eventhouse ledger (:attr:`datasets` stays Power BI's), and
+    #: the Kusto surface's counters (``fault_*``: the faults it injected, over every table).
+    eventhouse: list[DatasetLedger] = field(default_factory=list)
+    kusto_counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kusto_injected(self) -> Counter[str]:
+        """The faults the Kusto surface injected, as ``injected_<kind>`` like Power BI's."""
+        return Counter(
+            {
+                f"injected_{k.removeprefix('fault_')}": v
+                for k, v in self.kusto_counters.items()
+                if k.startswith("fault_")
+            }
+        )
+
+    def of(self, destination: str) -> list[DatasetLedger]:
+        """The datasets' ledgers of one destination."""
+        return self.eventhouse if destination == EVENTHOUSE else self.datasets
 
     def total(self, name: str) -> int:
         return sum(int(getattr(d, name)) for d in self.datasets)
@@ -691,6 +845,42 @@ class Ledger:
             )
         return "\n".join(lines)
 
+    def destination_table(self) -> str:
+        """Routed runs: the accounting per destination and dataset, as Markdown (dead letters
+        split into those refused by validation, naming no destination, and those naming the
+        destination), then the faults each surface injected."""
+        lines = [
+            "| destination | dataset | sent | stored | distinct | refused (null letters) "
+            "| dead-lettered naming it | duplicates | of which after a lost answer | lost |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for destination in (POWERBI, EVENTHOUSE):
+            for d in self.of(destination):
+                lines.append(
+                    f"| {destination} | {d.name} ({d.dataset_id}) | {d.sent_total:,} | "
+                    f"{d.stored:,} | {d.distinct:,} | {d.bad:,} ({d.refused_letter_lines:,}) | "
+                    f"{d.named_letters:,} | {d.duplicates:,} | "
+                    f"{d.explained_by_lost_answers:,} | **{d.lost:,}** |"
+                )
+        powerbi = ", ".join(
+            f"{k.removeprefix('injected_')} {v:,}" for k, v in self.injected.items()
+        )
+        kusto = ", ".join(
+            f"{k.removeprefix('injected_')} {v:,}" for k, v in self.kusto_injected.items()
+        )
+        counters = self.kusto_counters
+        lines += [
+            "",
+            f"Faults injected: Power BI {powerbi or 'none'}; Eventhouse {kusto or 'none'}. "
+            "Fault phases: "
+            + (", ".join(f"{k} x{v}" for k, v in self.phases.items()) or "none")
+            + f". Kusto: {counters.get('streaming_requests', 0):,} streaming requests, "
+            f"{counters.get('queued_blobs', 0):,} queued blobs ingested, "
+            f"{counters.get('failed_ingestions', 0):,} failed. Messages poisoned: "
+            f"{self.poisoned}, replayed: {self.replayed}. Seed {self.seed}; {self.seconds:.0f} s.",
+        ]
+        return "\n".join(lines)
+
     def cut_short(self) -> Counter[str]:
         """Invocations the crashes cut short, by function."""
         found: Counter[str] = Counter()
@@ -718,6 +908,8 @@ class Ledger:
             "injected": dict(self.injected),
             "hosts": self.hosts,
             "carried_on": self.carried_on,
+            "eventhouse": [{**d.__dict__, "sent_total": d.sent_total} for d in self.eventhouse],
+            "kusto_counters": self.kusto_counters,
         }
 
 
@@ -741,6 +933,8 @@ class Sender:
     http_failures: list[str] = field(default_factory=list)
     #: Leading HTTP requests taken by :meth:`opening` (not among :meth:`jobs`).
     opened: int = 0
+    #: The dataset's table in the rig's KQL database, when it is routed there.
+    kusto_table: str | None = None
 
     def _chunks(self, ids: range, size: int) -> list[range]:
         return [range(n, min(n + size, ids.stop)) for n in range(ids.start, ids.stop, size)]
@@ -937,12 +1131,21 @@ def run_scenario(
     started = time.monotonic()
     prefix = f"Rel-{uuid.uuid4().hex[:6]}"
     names = [f"{prefix}-{i}" for i in range(plan.datasets)]
-    for name in names:
-        if plan.bundle_creates:
+    senders = [Sender(setup, plan, name) for name in names]
+    if plan.destinations:
+        # The ledger counts Power BI's datasets always (the scenarios route to it as well).
+        assert POWERBI in plan.destinations and setup.kusto_database, plan.destinations
+    for i, sender in enumerate(senders):
+        name = sender.name
+        if plan.destinations:
+            table_prefix = f"{prefix.replace('-', '_')}_{i}_"
+            setup.define(name, plan.destinations, table_prefix)
+            if EVENTHOUSE in plan.destinations:
+                sender.kusto_table = table_prefix + TABLE
+        elif plan.bundle_creates:
             setup.define(name)
         else:
             setup.api.create_dataset([{"name": TABLE, "columns": COLUMNS}], WORKSPACE_ID, name=name)
-    senders = [Sender(setup, plan, name) for name in names]
     if plan.backlog_messages:
         senders[0].backlog()
         progress(f"{plan.backlog_messages:,} messages queued for {names[0]} beforehand")
@@ -951,7 +1154,7 @@ def run_scenario(
         progress(f"{len(setup.running())} hosts up at {time.monotonic() - started:.1f} s")
     most_hosts = len(setup.running())
     openings: list[list[Callable[[], None]]] = []
-    if plan.bundle_creates and most_hosts > 1:
+    if (plan.bundle_creates or plan.destinations) and most_hosts > 1:
         # Every host meets every dataset at once, before the rest of the load: for one dataset
         # after another, its first requests, one to each host, all sent together when all are
         # ready, as when a burst of a new dataset's first requests is spread over the
@@ -978,7 +1181,7 @@ def run_scenario(
             phase = phases[k % len(phases)]
             # The emulator may be down (an outage scenario): the next phase tries again.
             with contextlib.suppress(requests.RequestException, AssertionError):
-                setup.api.set_faults(**{**phase.plan, "seed": chance.randrange(1 << 30)})
+                setup.set_faults(phase.target, {**phase.plan, "seed": chance.randrange(1 << 30)})
                 phase_counts[phase.name] += 1
             k += 1
             stop.wait(phase_seconds)
@@ -1060,8 +1263,7 @@ def run_scenario(
         stop.set()
         for thread in background:
             thread.join(timeout=30)
-        with contextlib.suppress(requests.RequestException):
-            setup.api.session.delete(f"{setup.emulator.base}/_emulator/faults", timeout=10)
+        setup.clear_faults()
     replayed = 0
     if setup.poisoned():
         progress(f"{setup.poisoned()} poisoned messages: replaying")
@@ -1131,24 +1333,32 @@ def _wait_until_settled(
     are quiet (:func:`_quiet`), so that a late re-send would still be counted."""
     names = [s.name for s in senders]
     expected_good = {s.name: sum(map(len, s.sent.values())) - len(s.bad) for s in senders}
+    routed = any(s.kusto_table for s in senders)
     last = 0.0
     previous, changed = -1, time.monotonic()
     while time.monotonic() < deadline:
         try:
             found = setup.datasets(names)
+            kusto = _kusto_counts(setup, senders) if routed else {}
         except requests.RequestException:
             time.sleep(1)
             continue
         counts = {name: _rows_in(copies) for name, copies in found.items()}
-        stored = sum(counts.values())
+        stored = sum(counts.values()) + sum(kusto.values())
         if stored != previous:
             previous, changed = stored, time.monotonic()
         waiting = setup.waiting()
         if time.monotonic() - last > 10:
-            progress(f"{stored:,} rows stored; {waiting:,} messages waiting")
+            also = f" (of which {sum(kusto.values()):,} in the Eventhouse)" if routed else ""
+            progress(f"{stored:,} rows stored{also}; {waiting:,} messages waiting")
             last = time.monotonic()
+        # The Eventhouse's rows may be dead-lettered naming it instead (:func:`_complete`).
         settled = all(counts[n] >= expected_good[n] for n in names) and waiting == 0
-        if settled and _complete(setup, senders, found) and _quiet(setup, names, counts, deadline):
+        if (
+            settled
+            and _complete(setup, senders, found)
+            and _quiet(setup, names, counts, deadline, senders, kusto)
+        ):
             progress("every row accounted for; the hosts have scanned and polled again, idle")
             return
         if waiting == 0 and time.monotonic() - changed > 8 and setup.poisoned():
@@ -1171,7 +1381,24 @@ def _activity(setup: Rig, index: int = 0) -> dict[str, Any] | None:
     return answer
 
 
-def _quiet(setup: Rig, names: list[str], counts: dict[str, int], deadline: float) -> bool:
+def _kusto_counts(setup: Rig, senders: list[Sender]) -> dict[str, int]:
+    """Rows in each routed sender's KQL table, once the queued ingestions waiting now are
+    ingested (:meth:`Rig.kusto_flush`)."""
+    setup.kusto_flush()
+    tables = setup.kusto_tables()
+    return {
+        s.name: int(tables.get(s.kusto_table, {}).get("rows", 0)) for s in senders if s.kusto_table
+    }
+
+
+def _quiet(
+    setup: Rig,
+    names: list[str],
+    counts: dict[str, int],
+    deadline: float,
+    senders: Sequence[Sender] = (),
+    kusto: Mapping[str, int] | None = None,
+) -> bool:
     """Whether nothing can still add a row, shown by every running host doing the work that
     would start one and starting none (instead of waiting a while and hoping).
 
@@ -1181,8 +1408,9 @@ def _quiet(setup: Rig, names: list[str], counts: dict[str, int], deadline: float
     on any host; then each host lists the ingest container twice more and polls the rows queue
     twice more (at least one full look that began after this point), and in that time none
     starts an invocation, the queue stays empty, the emulator has no POST pending and no
-    table's row count moved. False (and the caller looks again) when anything moved, or a
-    host restarted, went down or came up meanwhile."""
+    table's row count moved (in the Eventhouse too, ``kusto``: after the queued ingestions
+    are flushed, none is left pending). False (and the caller looks again) when anything
+    moved, or a host restarted, went down or came up meanwhile."""
     container, queue = setup.env["INGEST_CONTAINER"], setup.env["ROWS_QUEUE"]
     up = setup.running()
     if not up:
@@ -1217,6 +1445,11 @@ def _quiet(setup: Rig, names: list[str], counts: dict[str, int], deadline: float
     for name, copies in setup.datasets(names).items():
         if any(d["usage"]["pending"] for d in copies) or _rows_in(copies) != counts[name]:
             return False
+    if kusto:
+        if _kusto_counts(setup, list(senders)) != dict(kusto):
+            return False
+        if setup.kusto_state()["pending_messages"]:
+            return False
     return True
 
 
@@ -1232,20 +1465,40 @@ def _stored_ids(setup: Rig, copies: list[dict[str, Any]]) -> list[int]:
 
 
 def _complete(setup: Rig, senders: list[Sender], found: dict[str, list[dict[str, Any]]]) -> bool:
+    """Whether every row sent is stored or dead-lettered, in Power BI and, for a routed
+    dataset, in the Eventhouse (each with the letters naming it or none)."""
     letters = setup.dead_letters()
     for sender in senders:
+        sent = set().union(*sender.sent.values())
         stored = set(_stored_ids(setup, found[sender.name]))
-        dead = _dead_ids(letters, sender.name)
-        if not set().union(*sender.sent.values()) <= stored | dead:
+        if not sent <= stored | _dead_ids(letters, sender.name):
             return False
+        if sender.kusto_table:
+            kept = set(setup.kusto_ids(sender.kusto_table))
+            if not sent <= kept | _dead_ids(letters, sender.name, EVENTHOUSE):
+                return False
     return True
 
 
-def _dead_ids(letters: list[dict[str, Any]], name: str) -> set[int]:
+def _for(letter: dict[str, Any], name: str, destination: str | None) -> bool:
+    """Whether a dead letter is dataset ``name``'s and counts for ``destination``: it names
+    that destination or none (refused before delivery: for every destination). ``None``:
+    the letters naming no destination only."""
+    if _dataset_of(letter) != name:
+        return False
+    named = letter.get("destination")
+    return named is None or (destination is not None and named == destination)
+
+
+def _dead_ids(
+    letters: list[dict[str, Any]], name: str, destination: str | None = POWERBI
+) -> set[int]:
+    """The ids of dataset ``name``'s dead-lettered rows that count for ``destination``
+    (:func:`_for`)."""
     found = set()
     for letter in letters:
         body = letter.get("row")
-        if _dataset_of(letter) == name and isinstance(body, dict) and "n" in body:
+        if _for(letter, name, destination) and isinstance(body, dict) and "n" in body:
             found.add(int(body["n"]))
     return found
 
@@ -1295,7 +1548,7 @@ def _account(
                 stored=len(stored_ids),
                 distinct=len(copies_of),
                 dead_lettered=len(dead),
-                dead_letter_lines=sum(1 for x in letters if _dataset_of(x) == sender.name),
+                dead_letter_lines=sum(1 for x in letters if _for(x, sender.name, POWERBI)),
                 duplicates=len(stored_ids) - len(copies_of),
                 explained_by_lost_answers=explained,
                 lost=len(sent - set(copies_of) - dead),
@@ -1316,9 +1569,25 @@ def _account(
                 resent_rows=sender.resent_rows,
                 http_cut_rows=sender.http_cut_rows,
                 http_failures=list(sender.http_failures),
+                refused_letter_lines=sum(1 for x in letters if _for(x, sender.name, None)),
+                named_letters=len(dead - _dead_ids(letters, sender.name, None)),
+                **_refused_again(letters, sender.name),
             )
         )
-    return Ledger(
+    kusto_counters: dict[str, int] = {}
+    eventhouse: list[DatasetLedger] = []
+    if any(s.kusto_table for s in senders):
+        setup.kusto_flush()
+        kusto_counters = {k: int(v) for k, v in setup.kusto_state()["counters"].items()}
+        tables = setup.kusto_tables()
+        for sender in senders:
+            if sender.kusto_table:
+                eventhouse.append(
+                    _eventhouse_ledger(setup, sender, letters, tables.get(sender.kusto_table, {}))
+                )
+        for d in eventhouse:
+            d.failed_ingestions = kusto_counters.get("failed_ingestions", 0)
+    ledger = Ledger(
         ledgers,
         seconds,
         phases,
@@ -1328,4 +1597,69 @@ def _account(
         poisoned,
         replayed,
         seed,
+        eventhouse=eventhouse,
+        kusto_counters=kusto_counters,
     )
+    return ledger
+
+
+def _eventhouse_ledger(
+    setup: Rig, sender: Sender, letters: list[dict[str, Any]], table: Mapping[str, Any]
+) -> DatasetLedger:
+    """Where each row of one dataset went in the Eventhouse: its KQL table's ids read back
+    in order, duplicates traced to the streaming ingestions whose answer the emulator lost
+    after storing (``answersLost``: positions in the table), dead letters naming the
+    Eventhouse or none."""
+    assert sender.kusto_table is not None
+    kept = setup.kusto_ids(sender.kusto_table)
+    lost_positions = {
+        p
+        for batch in table.get("answersLost", [])
+        for p in range(int(batch["offset"]), int(batch["offset"]) + int(batch["count"]))
+    }
+    in_lost = Counter(n for position, n in enumerate(kept) if position in lost_positions)
+    copies_of = Counter(kept)
+    sent = set().union(*sender.sent.values())
+    dead = _dead_ids(letters, sender.name, EVENTHOUSE)
+    return DatasetLedger(
+        name=sender.name,
+        dataset_id=sender.kusto_table,
+        sent={p: len(sender.sent[p]) for p in (*PATHS, *sorted(set(sender.sent) - set(PATHS)))},
+        bad=len(sender.bad),
+        stored=len(kept),
+        distinct=len(copies_of),
+        dead_lettered=len(dead),
+        dead_letter_lines=sum(1 for x in letters if _for(x, sender.name, EVENTHOUSE)),
+        duplicates=len(kept) - len(copies_of),
+        explained_by_lost_answers=sum(
+            min(c - 1, in_lost[n]) for n, c in copies_of.items() if c > 1
+        ),
+        lost=len(sent - set(copies_of) - dead),
+        phantom=len((set(copies_of) | dead) - sent),
+        good_dead_lettered=len(dead - sender.bad),
+        bad_stored=len(set(copies_of) & sender.bad),
+        max_copies=max(copies_of.values(), default=0),
+        destination=EVENTHOUSE,
+        refused_letter_lines=sum(1 for x in letters if _for(x, sender.name, None)),
+        named_letters=len(dead - _dead_ids(letters, sender.name, None)),
+        **_refused_again(letters, sender.name),
+    )
+
+
+def _refused_again(letters: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """Dataset ``name``'s rows with more than one letter naming no destination: the extra
+    letters by the row's path, and up to five ``id (path): source, source`` lines."""
+    by_id: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
+    for letter in letters:
+        body = letter.get("row")
+        if _for(letter, name, None) and isinstance(body, dict) and "n" in body:
+            by_id[int(body["n"])].append(letter)
+    again: Counter[str] = Counter()
+    sources: list[str] = []
+    for n, found in sorted(by_id.items()):
+        if len(found) > 1:
+            path = str(found[0]["row"].get("path"))
+            again[path] += len(found) - 1
+            if len(sources) < 5:
+                sources.append(f"{n} ({path}): " + ", ".join(str(x.get("source")) for x in found))
+    return {"refused_again": dict(again), "refused_again_sources": sources}
