@@ -2,8 +2,9 @@
 
 The seed's steps and a few chores, through the same settings, auth and engine as the functions:
 ``groups``, ``datasets``, ``provision FILE``, ``push FILE``, ``infer FILE``, ``delete-rows``,
-``doctor`` (what stops a push: :mod:`shared.cli.doctor`) and ``grant`` (the workspace role, as
-its Admin: :mod:`shared.cli.grant`).
+``doctor`` (what stops a push: :mod:`shared.cli.doctor`), ``grant`` (the workspace role, as
+its Admin: :mod:`shared.cli.grant`) and ``migrate`` (a dataset's tables into the Eventhouse and
+routed there: :mod:`shared.cli.migrate`).
 Settings come from the environment, completed by the ``Values`` of ``local.settings.json`` when
 it exists, as the Functions host completes them.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from shared import limits
-from shared.cli import doctor, grant, infer
+from shared.cli import doctor, grant, infer, migrate
 from shared.cli.replay import BLOB_POISON_QUEUE, replay_dead_letters, replay_poison
 from shared.contracts import PushResult, Target
 from shared.destinations.powerbi import PowerBIClient
@@ -96,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="machine-readable output")
     grant.add_parser(commands)
+    migrate.add_parser(commands)
     delete = commands.add_parser("delete-rows", help="delete every row of a table")
     delete.add_argument("--dataset", required=True)
     delete.add_argument("--table", required=True)
@@ -233,6 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
         return grant.run(args, env)  # the operator's identity, not the app's
+    if args.command == "migrate":
+        try:
+            env = load_environment(Path(args.settings))
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+        # The Eventhouse only: no Power BI client, token or workspace is needed.
+        return migrate.run(args, env, stdout=sys.stdout, stderr=sys.stderr)
     try:
         env = load_environment(Path(args.settings))
         settings = Settings.from_env(env)

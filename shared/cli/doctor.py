@@ -16,7 +16,12 @@ fails; a check that needs a failed one is "skipped (needs X)"):
 6. ``dataset:<name>``, one per definition in ``DATASETS_DIR``: absent (created on the first
    push), or present with every table and column of the definition, of the same type (columns
    only in the definition are added on the next push, as the engine does).
-7. ``storage:<setting>``, one per connection the app uses (``STORAGE_CONNECTION``,
+7. Only when ``DATASETS_DIR`` holds routing files (``<Dataset>.destinations.json``, issue 18):
+   ``routing:<name>``, each file parses (the runtime's loader); and when a table is routed to the
+   Eventhouse, ``eventhouse``: it answers this identity (``.show version``), and
+   ``eventhouse:<name>`` per dataset routed there: its database exists and each routed table
+   exists with the definition's columns (else: ``python -m shared migrate --dataset <name>``).
+8. ``storage:<setting>``, one per connection the app uses (``STORAGE_CONNECTION``,
    ``DEADLETTER_CONNECTION``): reachable, and its containers, rows queue and pacing table exist
    (one that does not is created, as the app would at first use: that proves it may).
 
@@ -31,19 +36,25 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from shared.cli.migrate import inspect
 from shared.destinations.auth import TokenProvider, make_token_provider
+from shared.destinations.kusto_schema import kusto_table
 from shared.destinations.powerbi import (
     TENANT_SETTING_FIX,
     PowerBIClient,
     without_hint,
 )
 from shared.engine.retry import RetryPolicy
+from shared.engine.routing import EVENTHOUSE, ROUTING_SUFFIX, Routing, RoutingError, load_routing
 from shared.engine.schema import DatasetDefinition, load_definitions
-from shared.errors import AuthError, ConfigError, PushError, TransientError
+from shared.errors import AuthError, ConfigError, NotFoundError, PushError, TransientError
 from shared.settings import Settings
 from shared.stores import storage
+
+if TYPE_CHECKING:
+    from shared.destinations.eventhouse import EventhouseClient
 
 #: (connect, read) seconds for Power BI: a host that does not answer fails in 3 s.
 POWERBI_TIMEOUT = (3.0, 10.0)
@@ -137,19 +148,22 @@ def identity_of(claims: Mapping[str, Any], auth_mode: str) -> Identity:
 class Doctor:
     """Runs the checks once over ``env`` (the app's settings); see the module docstring.
 
-    ``tokens`` replaces the token provider the settings ask for; ``unreadable``: the settings
-    file could not be read (the settings check fails with it)."""
+    ``tokens`` replaces the token provider the settings ask for; ``eventhouse`` the Eventhouse
+    client the settings describe; ``unreadable``: the settings file could not be read (the
+    settings check fails with it)."""
 
     def __init__(
         self,
         env: Mapping[str, str],
         *,
         tokens: Callable[[Settings], TokenProvider] | None = None,
+        eventhouse: Callable[[Settings], EventhouseClient] | None = None,
         unreadable: ConfigError | None = None,
     ) -> None:
         self.env = env
         self._unreadable = unreadable
         self._tokens = tokens or (lambda s: make_token_provider(s, storage.managed_identity))
+        self._eventhouse_client = eventhouse or _eventhouse_client
         self.checks: list[Check] = []
         self.settings: Settings | None = None
         self.identity: Identity | None = None
@@ -168,6 +182,7 @@ class Doctor:
             self._workspace()
             self._my_workspace()
             self._datasets()
+            self._eventhouse()
             self._storage()
         finally:
             if self.client is not None:  # its connections; GET /api/doctor runs it repeatedly
@@ -500,7 +515,118 @@ class Doctor:
                 continue
             self._add(_compare(key, definition, dataset_id, tables, len(matches)))
 
-    # -- 7. storage -----------------------------------------------------------------------
+    # -- 7. routing files and the Eventhouse ------------------------------------------------
+
+    def _eventhouse(self) -> None:
+        settings = self.settings
+        if settings is None:  # the settings check failed: it says why
+            return
+        folder = settings.datasets_dir
+        if not folder.is_dir() or not any(folder.glob(f"*{ROUTING_SUFFIX}")):
+            return  # Power BI only: nothing more to check, the report is as before
+        try:
+            definitions = load_definitions(folder)
+        except ConfigError as error:
+            self._add(
+                Check(
+                    "routing",
+                    FAIL,
+                    f"the routing files in {folder} cannot be checked: the definitions do not load",
+                    cause=str(error),
+                    fix="correct the definition named",
+                )
+            )
+            return
+        routed: list[Routing] = []
+        for name, found in load_routing(folder, definitions, settings).items():
+            key = f"routing:{name}"
+            if isinstance(found, RoutingError):
+                fix = f"correct {found.key} in {found.where}"
+                setting = found.__cause__
+                if isinstance(setting, ConfigError):  # the file is right, a setting is missing
+                    fix = f"set {setting.setting} in the app settings, or {fix}"
+                self._add(
+                    Check(
+                        key,
+                        FAIL,
+                        f"{found.where} cannot be used (the dataset's rows are dead-lettered "
+                        "until it is fixed)",
+                        cause=found.message,
+                        fix=f"{fix} (python -m shared migrate --dataset {name} writes a valid "
+                        "file)",
+                    )
+                )
+                continue
+            self._add(Check(key, OK, _describe_routing(found, definitions[found.dataset])))
+            if found.uses(EVENTHOUSE):
+                routed.append(found)
+        if not routed:
+            return
+        self._eventhouse_checks(settings, routed, definitions)
+
+    def _eventhouse_checks(
+        self,
+        settings: Settings,
+        routed: list[Routing],
+        definitions: Mapping[str, DatasetDefinition],
+    ) -> None:
+        eventhouse = settings.eventhouse
+        assert eventhouse is not None  # a routing that uses it was checked against the settings
+        try:
+            client = self._eventhouse_client(settings)
+        except PushError as error:
+            self._add(
+                Check(
+                    "eventhouse",
+                    FAIL,
+                    f"no Eventhouse client for {eventhouse.uri}",
+                    cause=str(error),
+                    fix="correct EVENTHOUSE_URI and EVENTHOUSE_AUTH / EVENTHOUSE_CLIENT_ID",
+                )
+            )
+            for routing in routed:
+                self._skip(f"eventhouse:{routing.dataset}", "eventhouse")
+        else:
+            with client:
+                self._eventhouse_ping(client)
+                for routing in routed:
+                    key = f"eventhouse:{routing.dataset}"
+                    if self._skip(key, "eventhouse"):
+                        continue
+                    self._add(_eventhouse_tables(key, client, routing, definitions))
+
+    def _eventhouse_ping(self, client: EventhouseClient) -> None:
+        try:
+            version = client.ping()
+        except PushError as error:
+            if isinstance(error, AuthError):
+                fix = (
+                    "give the app's identity Database Ingestor and Database Viewer on the KQL "
+                    "database (Fabric: the database's Manage permissions; Azure Data Explorer: "
+                    "Permissions, or .add database <db> ingestors/viewers ('aadapp=<client "
+                    "id>;<tenant id>')), and check EVENTHOUSE_CLIENT_ID"
+                )
+            elif isinstance(error, TransientError) and error.status is None:
+                fix = (
+                    f"check EVENTHOUSE_URI ({client.uri}: the Eventhouse's Query URI, or the "
+                    "cluster URI) and that this machine reaches it (proxy, firewall)"
+                )
+            else:
+                fix = "check EVENTHOUSE_URI; if it persists, see the Eventhouse's answer above"
+            self._add(
+                Check(
+                    "eventhouse",
+                    FAIL,
+                    f"{client.uri} does not answer this identity",
+                    cause=str(error),
+                    fix=fix,
+                )
+            )
+            return
+        build = version.get("BuildVersion") or version.get("ProductVersion") or "unknown"
+        self._add(Check("eventhouse", OK, f"{client.uri} answers this identity (build {build})"))
+
+    # -- 8. storage -----------------------------------------------------------------------
 
     def _storage(self) -> None:
         if self._skip("storage", "settings"):
@@ -588,6 +714,84 @@ def _compare(
     if widen:
         detail += f" (columns added on the next push: {', '.join(widen)})"
     return Check(key, OK, detail)
+
+
+def _eventhouse_client(settings: Settings) -> EventhouseClient:
+    from shared.destinations.eventhouse import EventhouseClient
+
+    return EventhouseClient.from_settings(settings, storage.managed_identity)
+
+
+def _describe_routing(routing: Routing, definition: DatasetDefinition) -> str:
+    """``Product: powerbi+eventhouse, Notes: powerbi`` and the database, for an ok check."""
+    tables = ", ".join(f"{t}: {'+'.join(routing.destinations(t))}" for t in definition.tables)
+    if routing.eventhouse is not None:
+        prefix = routing.eventhouse.table_prefix
+        tables += f" (KQL database {routing.eventhouse.database}"
+        tables += f", table prefix {prefix!r})" if prefix else ")"
+    return tables
+
+
+def _eventhouse_tables(
+    key: str,
+    client: EventhouseClient,
+    routing: Routing,
+    definitions: Mapping[str, DatasetDefinition],
+) -> Check:
+    """The database of a dataset routed to the Eventhouse exists, and each table routed there
+    exists with the definition's columns, of the same types."""
+    route = routing.eventhouse
+    assert route is not None
+    definition = definitions[routing.dataset]
+    migrate = f"run python -m shared migrate --dataset {routing.dataset}"
+    try:
+        targets = {
+            t: kusto_table(schema, route.table(t))
+            for t, schema in definition.tables.items()
+            if EVENTHOUSE in routing.destinations(t)
+        }
+        states = inspect(client, route.database, targets)
+    except NotFoundError as error:
+        return Check(
+            key,
+            FAIL,
+            f"KQL database {route.database} not found at {client.uri}",
+            cause=str(error),
+            fix=f"create the KQL database {route.database} (Fabric: in the Eventhouse), or name "
+            "the right one in EVENTHOUSE_DATABASE or the routing file's eventhouse.database",
+        )
+    except PushError as error:
+        return Check(
+            key,
+            FAIL,
+            f"the tables of {route.database} cannot be read",
+            cause=str(error),
+            fix="give the app's identity Database Viewer on the database (it reads the schema)",
+        )
+    missing = [s.kusto.name for s in states if not s.exists]
+    short = [f"{s.kusto.name} lacks {', '.join(s.added)}" for s in states if s.added]
+    conflicts = [f"{s.kusto.name}: {c}" for s in states for c in s.conflicts]
+    if conflicts:
+        return Check(
+            key,
+            FAIL,
+            f"KQL database {route.database}: a table differs from the definition",
+            cause="; ".join(conflicts),
+            fix=f"make {definition.name}.json match the KQL table, or rename or drop the KQL "
+            "column or table (Kusto never retypes a column), or set a table_prefix in "
+            f"{definition.name}{ROUTING_SUFFIX}",
+        )
+    if missing or short:
+        problems = ([f"table(s) {', '.join(missing)} missing"] if missing else []) + short
+        return Check(
+            key,
+            FAIL,
+            f"KQL database {route.database}: not ready for the routed tables",
+            cause="; ".join(problems),
+            fix=migrate,
+        )
+    names = ", ".join(s.kusto.name for s in states)
+    return Check(key, OK, f"KQL database {route.database}: {names} with the definition's columns")
 
 
 #: What an app's storage identity needs (README "Deploying"; reference azure-functions-python).

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from emulator.identity import IdentityConfig
 from tests.azurite import Azurite
@@ -398,3 +399,126 @@ def test_the_apps_doctor_route_runs_the_checks_with_its_own_identity(
     assert passed.status_code == 200, body
     assert body["ok"] is True and all(c["status"] == "ok" for c in body["checks"])
     assert api.token not in passed.get_body().decode() and "eyJ" not in passed.get_body().decode()
+
+
+def routed(run: Any, tmp_path: Path, body: dict[str, Any]) -> Path:
+    """The run's dataset routed by ``body`` (its routing file, beside the definition)."""
+    path = tmp_path / "datasets" / f"{run.dataset}.destinations.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
+def test_a_table_routed_to_the_eventhouse_needs_its_kql_table_and_migrate_makes_it(
+    run: Any, api: Api, tmp_path: Path
+) -> None:
+    """Events routed to both destinations, its KQL table absent: the routing file is fine,
+    the Eventhouse answers, the missing table is named with the migrate command; after that
+    command every check passes."""
+    workspace_id = workspace(api, member(APP_OID, "Contributor"))
+    prefix = f"D{uuid.uuid4().hex[:6]}_"
+    routed(
+        run,
+        tmp_path,
+        {"tables": {"Events": ["powerbi", "eventhouse"]}, "eventhouse": {"table_prefix": prefix}},
+    )
+    eventhouse = {"EVENTHOUSE_URI": api.emulator.base, "EVENTHOUSE_DATABASE": "Sales"}
+
+    code, checks = doctor(run, POWERBI_WORKSPACE_ID=workspace_id, **eventhouse)
+
+    assert code == 1
+    assert checks[f"routing:{run.dataset}"]["status"] == "ok"
+    assert checks[f"routing:{run.dataset}"]["detail"] == (
+        f"Events: powerbi+eventhouse (KQL database Sales, table prefix '{prefix}')"
+    )
+    assert checks["eventhouse"]["status"] == "ok"
+    assert checks["eventhouse"]["detail"].startswith(f"{api.emulator.base} answers this identity")
+    tables = checks[f"eventhouse:{run.dataset}"]
+    assert tables["status"] == "fail"
+    assert tables["cause"] == f"table(s) {prefix}Events missing"
+    assert tables["fix"] == f"run python -m shared migrate --dataset {run.dataset}"
+    assert [k for k, c in checks.items() if c["status"] != "ok"] == [f"eventhouse:{run.dataset}"]
+
+    migrated = run("migrate", "--dataset", run.dataset, **eventhouse)
+    text = run("doctor", POWERBI_WORKSPACE_ID=workspace_id, **eventhouse)
+
+    assert migrated.returncode == 0, migrated.stderr
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert (
+        f"[ok  ] eventhouse:{run.dataset}: KQL database Sales: {prefix}Events with the "
+        "definition's columns"
+    ) in text.stdout
+
+
+def test_a_broken_routing_file_is_named_with_its_key(run: Any, api: Api, tmp_path: Path) -> None:
+    workspace_id = workspace(api, member(APP_OID, "Contributor"))
+    path = routed(run, tmp_path, {"tables": {"Events": ["powerbi", "fabric"]}})
+
+    code, checks = doctor(run, POWERBI_WORKSPACE_ID=workspace_id)
+
+    check = checks[f"routing:{run.dataset}"]
+    assert code == 1 and check["status"] == "fail"
+    assert check["cause"].startswith(f"{path}: tables.Events: unknown destination 'fabric'")
+    assert check["fix"] == (
+        f"correct tables.Events in {path} (python -m shared migrate --dataset {run.dataset} "
+        "writes a valid file)"
+    )
+    assert "eventhouse" not in checks  # nothing routed there: no Eventhouse check
+
+
+@pytest.mark.parametrize("problem", ["unreachable", "no database", "conflict"])
+def test_eventhouse_problems_are_named_with_their_fix(
+    run: Any, api: Api, tmp_path: Path, problem: str
+) -> None:
+    """A port nothing listens on (the tables check skipped), a database that does not exist,
+    and a KQL table whose column the definition types otherwise."""
+    workspace_id = workspace(api, member(APP_OID, "Contributor"))
+    prefix = f"D{uuid.uuid4().hex[:6]}_"
+    routed(
+        run,
+        tmp_path,
+        {"tables": {"Events": ["eventhouse"]}, "eventhouse": {"table_prefix": prefix}},
+    )
+    env = {"EVENTHOUSE_URI": api.emulator.base, "EVENTHOUSE_DATABASE": "Sales"}
+    if problem == "unreachable":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            env["EVENTHOUSE_URI"] = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    elif problem == "no database":
+        env["EVENTHOUSE_DATABASE"] = "Nowhere"
+    else:
+        token = api.session.post(
+            f"{api.emulator.base}/_emulator/token",
+            json={"audience": "https://kusto.kusto.windows.net", "identityType": "app"},
+            timeout=10,
+        ).json()["access_token"]
+        response = requests.post(
+            f"{api.emulator.base}/v1/rest/mgmt",
+            json={"db": "Sales", "csl": f".create-merge table {prefix}Events (Id:string)"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+
+    code, checks = doctor(run, POWERBI_WORKSPACE_ID=workspace_id, **env)
+
+    assert code == 1
+    tables = checks[f"eventhouse:{run.dataset}"]
+    if problem == "unreachable":
+        assert checks["eventhouse"]["status"] == "fail"
+        assert "EVENTHOUSE_URI" in checks["eventhouse"]["fix"]
+        assert "network" in checks["eventhouse"]["fix"] or "reaches" in checks["eventhouse"]["fix"]
+        assert tables["status"] == "skipped" and tables["needs"] == "eventhouse"
+    elif problem == "no database":
+        assert checks["eventhouse"]["status"] == "ok"
+        assert tables["detail"] == f"KQL database Nowhere not found at {api.emulator.base}"
+        assert "create the KQL database Nowhere" in tables["fix"]
+    else:
+        assert tables["cause"] == (
+            f"{prefix}Events: column 'Id' is string in the KQL database, long in the definition"
+        )
+        assert "Kusto never retypes a column" in tables["fix"]
+    assert [k for k, c in checks.items() if c["status"] != "ok"] == (
+        ["eventhouse", f"eventhouse:{run.dataset}"]
+        if problem == "unreachable"
+        else [f"eventhouse:{run.dataset}"]
+    )

@@ -6,9 +6,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
+from typing import Any
 
 from shared.cli.doctor import Check, Doctor, _compare, identity_of, jwt_claims, report
 from shared.engine.schema import DatasetDefinition
+from shared.errors import ConfigError
+from shared.settings import Settings
 
 
 def unsigned(claims: dict[str, object]) -> str:
@@ -109,3 +113,53 @@ def test_plain_report_shows_cause_and_fix_under_a_failure() -> None:
         "       fix:   do this",
         "1 failed, 0 skipped of 2 checks",
     ]
+
+
+def routing_doctor(tmp_path: Path, routing: dict[str, object] | None, **env: str) -> Doctor:
+    """A doctor whose settings passed, over a datasets folder with one definition (D, table
+    T) and, when given, its routing file; only the routing and Eventhouse checks are run."""
+    folder = tmp_path / "datasets"
+    folder.mkdir(parents=True)
+    body = {"name": "D", "tables": [{"name": "T", "columns": [{"name": "A", "dataType": "Int64"}]}]}
+    (folder / "D.json").write_text(json.dumps(body))
+    if routing is not None:
+        (folder / "D.destinations.json").write_text(json.dumps(routing))
+
+    def no_client(_: Settings) -> Any:
+        raise ConfigError("EVENTHOUSE_URI", "no client in this test")
+
+    doctor = Doctor({"DATASETS_DIR": str(folder), **env}, eventhouse=no_client)
+    doctor.settings = Settings.from_env(doctor.env)
+    doctor._eventhouse()
+    return doctor
+
+
+def test_without_a_routing_file_there_is_no_eventhouse_check(tmp_path: Path) -> None:
+    assert routing_doctor(tmp_path, None).checks == []
+
+
+def test_routing_files_are_checked_and_eventhouse_checks_need_a_client(tmp_path: Path) -> None:
+    powerbi_only = routing_doctor(tmp_path / "a", {"tables": {"T": ["powerbi"]}})
+    broken = routing_doctor(tmp_path / "b", {"tables": {"T": ["eventhouse"]}})
+    no_client = routing_doctor(
+        tmp_path / "c",
+        {"default": ["eventhouse"]},
+        EVENTHOUSE_URI="https://h.kusto.windows.net",
+        EVENTHOUSE_DATABASE="Db",
+    )
+
+    assert [(c.key, c.status, c.detail) for c in powerbi_only.checks] == [
+        ("routing:D", "ok", "T: powerbi")
+    ]
+    (check,) = broken.checks
+    assert (check.key, check.status) == ("routing:D", "fail")
+    assert "tables.T: routes rows to the Eventhouse, but" in (check.cause or "")
+    assert "EVENTHOUSE_URI" in (check.cause or "")
+    assert check.fix and check.fix.startswith("set EVENTHOUSE_URI in the app settings, or ")
+    assert "python -m shared migrate --dataset D" in check.fix
+    assert [(c.key, c.status) for c in no_client.checks] == [
+        ("routing:D", "ok"),
+        ("eventhouse", "fail"),
+        ("eventhouse:D", "skipped"),
+    ]
+    assert no_client.checks[0].detail == "T: eventhouse (KQL database Db)"
