@@ -32,6 +32,7 @@ import hmac
 import json
 import math
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,7 +240,9 @@ class Webhook:
         try:
             if mode == "queue":
                 return self._enqueue(found)
-            return self._push(found, settings, profiles, single=single)
+            # Named in dead letters, as a queue message or a file is.
+            source = f"HTTP request {request.header('x-request-id') or uuid.uuid4()}"
+            return self._push(found, settings, profiles, single=single, source=source)
         except ConfigError as exc:
             return error(500, "ConfigError", str(exc))
 
@@ -279,13 +282,14 @@ class Webhook:
         profiles: list[TableProfile | None],
         *,
         single: bool,
+        source: str,
     ) -> WebResponse:
         ingestor = self._ingestor()
         deadline = Deadline.after(settings.http_time_budget, self._clock)
         results: list[PushResult] = []
         requeued: dict[int, Envelope] = {}
         incomplete: PushIncomplete | None = None
-        for item, profile in zip(found, profiles, strict=True):
+        for number, (item, profile) in enumerate(zip(found, profiles, strict=True)):
             assert item.rows is not None
             try:
                 results.append(
@@ -293,6 +297,7 @@ class Webhook:
                         item.target,
                         item.rows,
                         deadline=deadline,
+                        source=source if len(found) == 1 else f"{source}, body[{number}]",
                         # Refused rows are dead-lettered as well as listed: a 2xx never hides a
                         # row that went nowhere (the sender may not read the body).
                         dead_letter=True,
