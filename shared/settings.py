@@ -111,6 +111,8 @@ class EventhouseSettings:
     client_id: str | None
     #: The service principal's authority (``POWERBI_AUTHORITY_URL`` or cloud host + tenant).
     authority: str | None = None
+    #: The longest one Kusto call may take (``EVENTHOUSE_TIMEOUT_SECONDS``).
+    timeout: float = 60.0
 
     @property
     def is_fabric(self) -> bool:
@@ -198,6 +200,7 @@ def _eventhouse(
         database=database,
         auth_mode=auth_mode,
         client_id=client_id,
+        timeout=_positive(get, "EVENTHOUSE_TIMEOUT_SECONDS", 60.0),
         authority=authority,
     )
 

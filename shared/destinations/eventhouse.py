@@ -36,6 +36,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from os import PathLike
 from typing import IO, TYPE_CHECKING, Any, Final
 
@@ -292,6 +293,23 @@ class IngestOutcome:
     source_id: str
 
 
+def bound_timeouts(client: KustoClient, seconds: float) -> None:
+    """Make every call of ``client`` give up after about ``seconds``. The client's defaults
+    (azure-kusto-data 6.0.4, client.py) are 1 h for commands, 10 min for streaming ingestion
+    and 4 min for queries, each plus 30 s: one unanswered call would outlive the function's
+    10-minute timeout (host.json), when the engine's time budget should bound it. No public
+    option reaches the ingest clients' own KustoClients, so the instance's defaults are set
+    (the class attributes the request reads, ``client_base.ExecuteRequestParams``)."""
+    limit = timedelta(seconds=seconds)
+    vars(client).update(
+        _mgmt_default_timeout=limit,
+        _query_default_timeout=limit,
+        _streaming_ingest_default_timeout=limit,
+        # The client waits this long past the server's timeout before giving up itself.
+        _client_server_delta=timedelta(seconds=min(5.0, seconds)),
+    )
+
+
 def encode_rows(rows: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
     """Rows as JSON lines (the ``json`` format: one object per line,
     https://learn.microsoft.com/azure/data-explorer/ingestion-supported-formats), and their
@@ -351,12 +369,14 @@ class EventhouseClient:
         database: str | None = None,
         streaming_policy: bool = True,
         streaming_attempts: int = 1,
+        timeout: float = 60.0,
     ) -> None:
         """``streaming_policy``: whether :meth:`ensure_table` enables the table's streaming
         policy (not on Fabric, where it is always on). ``streaming_attempts``: streaming tries
         per batch before queued ingestion takes it; 1 because the engine's retry policy owns
         retries, and the managed client's own retries (with random sleeps) would retry even
-        permanent refusals (managed_streaming_ingest_client.py retries every exception)."""
+        permanent refusals (managed_streaming_ingest_client.py retries every exception).
+        ``timeout``: the longest one call may take, in seconds (:func:`bound_timeouts`)."""
         from azure.kusto.data import KustoClient
         from azure.kusto.ingest import ManagedStreamingIngestClient
 
@@ -373,6 +393,12 @@ class EventhouseClient:
         )
         # A private method, the one way to set the managed client's retries (6.0.4).
         self._ingest._set_retry_settings(num_of_attempts=streaming_attempts)
+        for client in (
+            self._kusto,
+            self._ingest.streaming_client._kusto_client,
+            self._ingest.queued_client._resource_manager._kusto_client,
+        ):
+            bound_timeouts(client, timeout)
         self._lock = threading.Lock()
         self._ready: set[tuple[str, KustoTable]] = set()
         #: Set when the cluster says streaming is off: every later batch goes queued.
@@ -392,6 +418,7 @@ class EventhouseClient:
             tokens=token_provider(eventhouse, settings, managed_identity),
             database=eventhouse.database,
             streaming_policy=not eventhouse.is_fabric,
+            timeout=eventhouse.timeout,
         )
 
     def close(self) -> None:

@@ -162,3 +162,34 @@ def test_a_column_retyped_in_the_definition_is_refused_with_the_cause(
     with pytest.raises(PermanentError) as caught:
         client.ensure_table(DatasetDefinition.from_body(body), "Product")
     assert "ProductID" in str(caught.value)
+
+
+def test_an_unanswered_call_gives_up_after_eventhouse_timeout_seconds(
+    kusto: EmulatorProcess, client: EventhouseClient, sales: DatasetDefinition
+) -> None:
+    """The clients' own defaults would wait 10 minutes (streaming) to an hour (commands) for
+    an answer; ``EVENTHOUSE_TIMEOUT_SECONDS`` bounds every call, streaming and queued
+    ingestion's resource lookup too, and the stall is a transient failure."""
+    client.ensure_table(sales, "Product")
+    settings = Settings.from_env(
+        {
+            "EVENTHOUSE_URI": kusto.base,
+            "EVENTHOUSE_DATABASE": DATABASE,
+            "EVENTHOUSE_TIMEOUT_SECONDS": "1",
+        }
+    )
+    assert settings.require_eventhouse().timeout == 1.0
+    # Every Kusto request is answered 8 s late: past 1 s plus the client's 1 s margin.
+    requests.put(
+        f"{kusto.base}/_emulator/kusto/faults",
+        json={"latency_ms": 8000, "latency_rate": 1.0, "all_operations": True},
+        timeout=10,
+    ).raise_for_status()
+    with EventhouseClient.from_settings(settings) as impatient:
+        with pytest.raises(TransientError) as stalled:
+            impatient.ping()
+        assert "timed out" in str(stalled.value).lower() or "timeout" in str(stalled.value).lower()
+        with pytest.raises(TransientError):
+            impatient.ingest("Product", products(0, 3))
+    requests.delete(f"{kusto.base}/_emulator/kusto/faults", timeout=10).raise_for_status()
+    assert client.ping()  # a client with the default timeout still answers
