@@ -147,6 +147,12 @@ class KustoService:
         #: the rows failed) from one it made (Power BI's surface keeps the same, app.py).
         self.answers_lost: dict[tuple[str, str], list[dict[str, int]]] = {}
         self.storage = KustoStorage(config.storage) if config.storage else None
+        #: Database roles by principal (a token's ``appid`` or ``oid``), set through
+        #: ``/_emulator/kusto/principals``; empty: every authenticated caller is an admin.
+        self.principals: dict[str, frozenset[str]] = {}
+        #: Who created each table (``(database, table)``, lower-cased database): Kusto makes
+        #: a table's creator its Table Admin ([DXD] access-control/role-based-access-control).
+        self.table_admins: dict[tuple[str, str], set[str]] = {}
         self.batches: dict[tuple[str, ...], Batch] = {}
         self._worker: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -202,6 +208,9 @@ class KustoService:
         app.router.add_post("/_emulator/kusto/flush", self.flush)
         app.router.add_post("/_emulator/kusto/databases", self.post_database)
         app.router.add_post("/_emulator/kusto/reset", self.reset)
+        app.router.add_get("/_emulator/kusto/principals", self.get_principals)
+        app.router.add_put("/_emulator/kusto/principals", self.set_principals)
+        app.router.add_delete("/_emulator/kusto/principals", self.clear_principals)
         app.router.add_get("/_emulator/kusto/tables/{database}/{table}/rows", self.rows)
         app.on_startup.append(lambda _app: self.start())
         app.on_shutdown.append(lambda _app: self.stop())
@@ -230,7 +239,7 @@ class KustoService:
             client_request_id = request.headers.get("x-ms-client-request-id") or str(uuid.uuid4())
             activity_id = str(uuid.uuid4())
             try:
-                self._authenticate(request)
+                request["kusto_claims"] = self._authenticate(request)
                 response = await self._with_faults(request, handler, operation)
             except KustoError as exc:
                 if exc.status == 429:
@@ -278,9 +287,9 @@ class KustoService:
         own = tuple(f"{scheme}://{host}" for scheme in ("https", "http"))
         return tuple(a + tail for a in (*KUSTO_AUDIENCES, *own) for tail in ("", "/"))
 
-    def _authenticate(self, request: web.Request) -> None:
+    def _authenticate(self, request: web.Request) -> dict[str, Any]:
         try:
-            self.tokens.verify(request.headers.get("Authorization"), self.audiences(request))
+            return self.tokens.verify(request.headers.get("Authorization"), self.audiences(request))
         except TokenRejected as exc:
             # Kusto answers an absent or unacceptable token 401 ("Client needs to authenticate
             # first", [DXD] response.md); the client turns any 401 into KustoServiceError
@@ -292,6 +301,39 @@ class KustoService:
                 exc.message,
                 "Kusto.Data.Exceptions.KustoClientAuthenticationException",
             ) from None
+
+    def _authorize(
+        self, request: web.Request, role: str, db: str | None, operation: str, table: str = ""
+    ) -> None:
+        """Refuse the caller 403 unless one of its database roles allows ``role`` (see
+        :data:`ROLES`); no principals configured: everyone may do everything, as before."""
+        if not self.principals:
+            return
+        claims: dict[str, Any] = request.get("kusto_claims") or {}
+        keys = {str(claims[k]) for k in ("appid", "oid") if claims.get(k)}
+        granted: set[str] = set()
+        for key in keys:
+            for held in self.principals.get(key, frozenset()):
+                granted |= ROLES[held]
+        if role in granted:
+            return
+        if role in ("admin", "ingestor") and keys & self.table_admins.get(
+            ((db or "").lower(), table), set()
+        ):
+            return  # the table's creator is its Table Admin, which includes Table Ingestor
+        who = f"aadapp={claims.get('appid')}" if claims.get("appid") else "the caller"
+        raise KustoError(
+            403,
+            "Forbidden",
+            "Caller is not authorized to perform this action",
+            f"Principal '{who}' is not authorized to perform operation '{operation}' on "
+            f"'{db or 'the cluster'}' (it needs the {role} role; it has "
+            f"{', '.join(sorted(self._held(keys))) or 'none'}).",
+            "Kusto.DataNode.Exceptions.UnauthorizedDatabaseAccessException",
+        )
+
+    def _held(self, keys: set[str]) -> set[str]:
+        return {role for key in keys for role in self.principals.get(key, frozenset())}
 
     async def _with_faults(
         self, request: web.Request, handler: Handler, operation: str
@@ -383,6 +425,7 @@ class KustoService:
     async def query(self, request: web.Request) -> web.Response:
         """``POST /v2/rest/query``: a frame array (§1.3)."""
         db, csl = await self._request_body(request)
+        self._authorize(request, "viewer", db, "query")
         self.count("queries")
         result = run_query(self.database(db), csl)
         frames = [
@@ -402,8 +445,23 @@ class KustoService:
     async def mgmt(self, request: web.Request) -> web.Response:
         """``POST /v1/rest/mgmt``: a management command, answered as one v1 table (§1.4)."""
         db, csl = await self._request_body(request)
+        role, table = required_role(csl.strip())
+        self._authorize(request, role, db, csl.strip().split("\n", 1)[0][:60], table)
+        creating = (
+            role == "user"
+            and bool(table)
+            and (self._database_or_none(db or "") is not None)
+            and table not in self.database(db).tables
+        )
         self.count("commands")
         result = self.command(db, csl.strip())
+        if role == "admin" and csl.lower().split()[:1] == [".drop"]:
+            self.table_admins.pop(((db or "").lower(), table), None)
+        if creating and table in self.database(db).tables:
+            claims: dict[str, Any] = request.get("kusto_claims") or {}
+            self.table_admins.setdefault(((db or "").lower(), table), set()).update(
+                str(claims[k]) for k in ("appid", "oid") if claims.get(k)
+            )
         self.changed()
         return web.json_response(
             {
@@ -566,6 +624,17 @@ class KustoService:
 
     async def ingest(self, request: web.Request) -> web.Response:
         """``POST /v1/rest/ingest/{db}/{table}?streamFormat=&mappingName=`` (§1.5)."""
+        try:
+            self._authorize(
+                request,
+                "ingestor",
+                request.match_info["database"],
+                "StreamingIngest",
+                request.match_info["table"],
+            )
+        except KustoError:
+            await request.read()  # the body is the client's to send in full before the answer
+            raise
         if self.config.streaming == "off":
             # The cluster capability is off: 404, which the client reports as "The ingestion
             # endpoint does not exist. Please enable streaming ingestion on your cluster." (§3.2)
@@ -872,6 +941,34 @@ class KustoService:
         self.changed()
         return web.json_response(self.snapshot())
 
+    async def get_principals(self, request: web.Request) -> web.Response:
+        return web.json_response({k: sorted(v) for k, v in self.principals.items()})
+
+    async def set_principals(self, request: web.Request) -> web.Response:
+        """Replace the database roles: ``{"<appid or oid>": ["ingestor", "viewer"], ...}``
+        (roles: :data:`ROLES`; they hold in every database, as ``.add database ... ingestors``
+        given for each would)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "send a JSON object"}, status=400)
+        if not isinstance(body, dict) or not all(
+            isinstance(roles, list) and roles and all(r in ROLES for r in roles)
+            for roles in body.values()
+        ):
+            return web.json_response(
+                {"error": f"send {{principal: [roles]}}, roles among {', '.join(ROLES)}"},
+                status=400,
+            )
+        self.principals = {str(k): frozenset(v) for k, v in body.items()}
+        self.changed()
+        return web.json_response({k: sorted(v) for k, v in self.principals.items()})
+
+    async def clear_principals(self, request: web.Request) -> web.Response:
+        self.principals = {}
+        self.changed()
+        return web.json_response({})
+
     async def reset(self, request: web.Request) -> web.Response:
         """Drop every table, policy and counter (the databases stay)."""
         for database in self.databases.values():
@@ -880,6 +977,7 @@ class KustoService:
         self.counters.clear()
         self.failures.clear()
         self.answers_lost.clear()
+        self.table_admins.clear()
         self.changed()
         return web.json_response(self.snapshot())
 
@@ -1213,6 +1311,39 @@ _COMMAND_PATTERNS: list[
         KustoService._drop_table,
     ),
 ]
+#: Database roles and what each includes ([DXD] access-control/role-based-access-control:
+#: Admin "can perform any action in the scope"; User "can read all data and metadata ... and
+#: create tables"; Viewer "can read all data and metadata"; Ingestor "can ingest data to all
+#: tables in the database without access to query the data").
+ROLES: dict[str, frozenset[str]] = {
+    "admin": frozenset({"admin", "user", "viewer", "ingestor"}),
+    "user": frozenset({"user", "viewer"}),
+    "viewer": frozenset({"viewer"}),
+    "ingestor": frozenset({"ingestor"}),
+}
+
+
+def required_role(csl: str) -> tuple[str, str]:
+    """The role a management command needs, and the table it names (for Table Admin): the
+    documented permission of each command the emulator serves (each command's page,
+    "Permissions")."""
+    words = csl.lower().split()
+    table = ""
+    if len(words) > 2 and words[1] == "table":
+        table = unquote_name(csl.split()[2])
+    if words[:1] == [".show"]:
+        return "viewer", table  # ".show tables": Database Viewer; schema, mappings: Viewer
+    if words[:2] == [".get", "ingestion"] or words[:2] == [".get", "kusto"]:
+        return "ingestor", table  # the queued ingestion's resources and identity token
+    if words[:1] == [".create-or-alter"] and "ingestion" in words and "mapping" in words:
+        return "ingestor", table  # "at least Table Ingestor permissions" for a table mapping
+    if words[:1] == [".alter"] and "policy" in words:
+        return "admin", table  # streaming ingestion policy: Table Admin (or Database Admin)
+    if words[:1] == [".drop"]:
+        return "admin", table
+    return "user", table  # .create-merge table: "requires Database User permissions"
+
+
 #: The commands served, for error messages and docs.
 COMMANDS = (
     ".create-merge table T (c:type, ...)",

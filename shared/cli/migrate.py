@@ -39,7 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from shared.destinations.kusto_schema import MAPPING_NAME, KustoTable, kusto_table, quote_name
+from shared.destinations.kusto_schema import (
+    MAPPING_NAME,
+    KustoTable,
+    canonical_type,
+    compare_columns,
+    kusto_table,
+)
 from shared.engine.routing import EVENTHOUSE, POWERBI, ROUTING_SUFFIX, Routing, parse_routing
 from shared.engine.schema import DatasetDefinition, load_definitions
 from shared.errors import AuthError, ConfigError, NotFoundError, PushError, TransientError
@@ -47,24 +53,6 @@ from shared.settings import Settings
 
 if TYPE_CHECKING:
     from shared.destinations.eventhouse import EventhouseClient
-
-#: Spellings of the same Kusto type (https://learn.microsoft.com/kusto/query/scalar-data-types/:
-#: ``real`` alias ``double``, ``bool`` alias ``boolean``, ``datetime`` alias ``date``), and the
-#: .NET names a schema may carry; compared by the canonical name.
-_ALIASES: dict[str, str] = {
-    "double": "real",
-    "boolean": "bool",
-    "date": "datetime",
-    "int64": "long",
-    "system.int64": "long",
-    "system.double": "real",
-    "system.decimal": "decimal",
-    "system.data.sqltypes.sqldecimal": "decimal",
-    "system.boolean": "bool",
-    "system.sbyte": "bool",
-    "system.datetime": "datetime",
-    "system.string": "string",
-}
 
 #: What the command says about rows already in Power BI (also in the README).
 NOT_COPIED = (
@@ -75,12 +63,6 @@ NOT_COPIED = (
 
 class MigrateError(Exception):
     """A problem the operator must fix first, told on one line (exit 2)."""
-
-
-def canonical_type(name: str) -> str:
-    """A Kusto type name in one spelling (``double`` -> ``real``)."""
-    lowered = name.strip().lower()
-    return _ALIASES.get(lowered, lowered)
 
 
 # --- the routing file ---------------------------------------------------------------------
@@ -154,42 +136,10 @@ class TableState:
     conflicts: tuple[str, ...] = ()
 
 
-def compare_columns(
-    target: KustoTable, live: Mapping[str, str]
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The definition's columns (``target``) against a KQL table's (``live``: name -> type):
-    those missing from it, and those typed otherwise (each described)."""
-    added: list[str] = []
-    conflicts: list[str] = []
-    for column, kusto_type in target.columns:
-        found = live.get(column)
-        if found is None:
-            added.append(column)
-        elif canonical_type(found) != canonical_type(kusto_type):
-            conflicts.append(
-                f"column {column!r} is {canonical_type(found)} in the KQL database, "
-                f"{kusto_type} in the definition"
-            )
-    return tuple(added), tuple(conflicts)
-
-
 def live_tables(client: EventhouseClient, database: str) -> set[str]:
     """The tables of ``database`` (``.show tables``); a :class:`NotFoundError` when the
     database does not exist."""
     return {str(row.get("TableName")) for row in client.execute(".show tables", database)}
-
-
-def live_columns(client: EventhouseClient, database: str, table: str) -> dict[str, str]:
-    """A KQL table's columns, name -> type (``.show table T schema as json``: the ``Schema``
-    cell's ``OrderedColumns``, each with ``Name`` and ``CslType``)."""
-    rows = client.execute(f".show table {quote_name(table)} schema as json", database)
-    if not rows:
-        return {}
-    schema = json.loads(str(rows[0].get("Schema") or "{}"))
-    return {
-        str(c["Name"]): str(c.get("CslType") or c.get("Type") or "")
-        for c in schema.get("OrderedColumns", [])
-    }
 
 
 def inspect(
@@ -202,7 +152,7 @@ def inspect(
         if target.name not in present:
             states.append(TableState(table, target, exists=False))
             continue
-        added, conflicts = compare_columns(target, live_columns(client, database, target.name))
+        added, conflicts = compare_columns(target, client.columns(target.name, database))
         states.append(TableState(table, target, True, added, conflicts))
     return states
 
@@ -471,7 +421,6 @@ __all__ = [
     "compare_columns",
     "execute",
     "inspect",
-    "live_columns",
     "live_tables",
     "merge_routing",
     "prepare",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import logging
 import re
 import tempfile
@@ -47,7 +48,13 @@ from shared.destinations.auth import (
     check_token_destination,
     token_provider_for,
 )
-from shared.destinations.kusto_schema import MAPPING_NAME, KustoTable, kusto_table, quote_name
+from shared.destinations.kusto_schema import (
+    MAPPING_NAME,
+    KustoTable,
+    compare_columns,
+    kusto_table,
+    quote_name,
+)
 from shared.engine.retry import parse_retry_after
 from shared.errors import (
     AuthError,
@@ -482,6 +489,19 @@ class EventhouseClient:
         """Up to ``limit`` rows of ``table`` (``T | take n``: any ``n`` rows, in no order)."""
         return self.execute(f"{quote_name(table)} | take {int(limit)}", database)
 
+    def columns(self, table: str, database: str | None = None) -> dict[str, str]:
+        """A KQL table's columns, name -> Kusto type (``.show table T schema as json``: the
+        ``Schema`` cell's ``OrderedColumns``, each with ``Name`` and ``CslType``); a
+        :class:`NotFoundError` when the table does not exist. Database Viewer may run it."""
+        rows = self.execute(f".show table {quote_name(table)} schema as json", database)
+        if not rows:
+            return {}
+        schema = json.loads(str(rows[0].get("Schema") or "{}"))
+        return {
+            str(c["Name"]): str(c.get("CslType") or c.get("Type") or "")
+            for c in schema.get("OrderedColumns", [])
+        }
+
     # -- schema --
 
     def ensure_table(
@@ -503,21 +523,47 @@ class EventhouseClient:
         with self._lock:
             if (db, target) in self._ready:
                 return target
-        for command in (target.create_merge(), target.create_mapping()):
-            self.execute(command, db)
+        try:
+            self.execute(target.create_merge(), db)
+        except AuthError as refused:
+            # ``.create-merge table`` needs Database User; an identity given only Ingestor and
+            # Viewer (least privilege, once `migrate` made the table) may use a table that
+            # already has every column as it is.
+            if refused.status != 403 or not self._complete(target, db):
+                raise
+            log.info(
+                "table %s.%s: this identity may not run .create-merge (%s); the table has "
+                "every column, so it is used as it is",
+                db,
+                target.name,
+                refused.message[:200],
+            )
+        # A table's JSON mapping needs at least Table Ingestor: the identity that ingests has it.
+        self.execute(target.create_mapping(), db)
         if self._streaming_policy:
             try:
                 self.execute(target.enable_streaming(), db)
             except PermanentError as error:
                 # A cluster without streaming ingestion refuses the policy ("Admin command
-                # cannot be executed as streaming ingestion is not enabled"): queued ingestion
-                # still works, and the managed client falls back to it.
-                if isinstance(error, AuthError):
+                # cannot be executed as streaming ingestion is not enabled"); an identity that
+                # is not the table's admin may not set it (403). Queued ingestion still works,
+                # and batches fall back to it when the cluster refuses streaming.
+                if isinstance(error, AuthError) and error.status != 403:
                     raise
                 log.warning("streaming policy of %s not enabled: %s", target.name, error)
         with self._lock:
             self._ready.add((db, target))
         return target
+
+    def _complete(self, target: KustoTable, db: str) -> bool:
+        """Whether ``target`` exists in ``db`` with every column of the definition, typed as
+        it says (read only: Database Viewer)."""
+        try:
+            live = self.columns(target.name, db)
+        except PushError:
+            return False
+        added, conflicts = compare_columns(target, live)
+        return not added and not conflicts
 
     # -- ingestion --
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -172,3 +173,47 @@ __all__ = [
     "tables_of",
     "valid_name",
 ]
+
+
+def compare_columns(
+    target: KustoTable, live: Mapping[str, str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The definition's columns (``target``) against a KQL table's (``live``: name -> type):
+    those missing from it, and those typed otherwise (each described)."""
+    added: list[str] = []
+    conflicts: list[str] = []
+    for column, kusto_type in target.columns:
+        found = live.get(column)
+        if found is None:
+            added.append(column)
+        elif canonical_type(found) != canonical_type(kusto_type):
+            conflicts.append(
+                f"column {column!r} is {canonical_type(found)} in the KQL database, "
+                f"{kusto_type} in the definition"
+            )
+    return tuple(added), tuple(conflicts)
+
+
+#: Spellings of the same Kusto type (https://learn.microsoft.com/kusto/query/scalar-data-types/:
+#: ``real`` alias ``double``, ``bool`` alias ``boolean``, ``datetime`` alias ``date``), and the
+#: .NET names a schema may carry; compared by the canonical name.
+_ALIASES: dict[str, str] = {
+    "double": "real",
+    "boolean": "bool",
+    "date": "datetime",
+    "int64": "long",
+    "system.int64": "long",
+    "system.double": "real",
+    "system.decimal": "decimal",
+    "system.data.sqltypes.sqldecimal": "decimal",
+    "system.boolean": "bool",
+    "system.sbyte": "bool",
+    "system.datetime": "datetime",
+    "system.string": "string",
+}
+
+
+def canonical_type(name: str) -> str:
+    """A Kusto type name in one spelling (``double`` -> ``real``)."""
+    lowered = name.strip().lower()
+    return _ALIASES.get(lowered, lowered)

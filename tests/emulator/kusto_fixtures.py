@@ -20,11 +20,13 @@ KUSTO_RESOURCE = "https://kusto.kusto.windows.net"
 DATABASE = "Sales"
 
 
-def kusto_token(emulator: EmulatorProcess, audience: str = KUSTO_RESOURCE) -> str:
-    """An app token from the emulator's admin call, for ``audience``."""
+def kusto_token(
+    emulator: EmulatorProcess, audience: str = KUSTO_RESOURCE, app: str = "kusto-test-app"
+) -> str:
+    """An app token (``appid`` ``app``) from the emulator's admin call, for ``audience``."""
     response = requests.post(
         f"{emulator.base}/_emulator/token",
-        json={"audience": audience, "identityType": "app", "subject": "kusto-test-app"},
+        json={"audience": audience, "identityType": "app", "subject": app},
         timeout=10,
     )
     assert response.status_code == 200, response.text

@@ -193,3 +193,47 @@ def test_an_unanswered_call_gives_up_after_eventhouse_timeout_seconds(
             impatient.ingest("Product", products(0, 3))
     requests.delete(f"{kusto.base}/_emulator/kusto/faults", timeout=10).raise_for_status()
     assert client.ping()  # a client with the default timeout still answers
+
+
+def test_least_privilege_an_ingestor_and_viewer_uses_the_table_migrate_made(
+    kusto: EmulatorProcess, client: EventhouseClient, sales: DatasetDefinition
+) -> None:
+    """An identity given Database Ingestor and Viewer only (no Database User, so no
+    ``.create-merge``) uses a table an operator made with every column, makes its mapping and
+    ingests; a table that lacks a column is refused with the cause."""
+    from shared.destinations.auth import StaticTokenProvider
+    from tests.emulator.kusto_fixtures import kusto_token
+
+    def as_app(app: str) -> EventhouseClient:
+        token = kusto_token(kusto, app=app)
+        return EventhouseClient(
+            uri=kusto.base,
+            ingest_uri=kusto.base,
+            tokens=StaticTokenProvider(token),
+            database=DATABASE,
+        )
+
+    principals = {"operator-app": ["user"], "writer-app": ["ingestor", "viewer"]}
+    requests.put(
+        f"{kusto.base}/_emulator/kusto/principals", json=principals, timeout=10
+    ).raise_for_status()
+    try:
+        with as_app("writer-app") as writer, as_app("operator-app") as operator:
+            with pytest.raises(PermanentError) as missing:  # no table yet: not its to create
+                writer.ensure_table(sales, "Product")
+            assert missing.value.status == 403 and "user role" in str(missing.value)
+            operator.ensure_table(sales, "Product")  # what `migrate` runs
+        with as_app("writer-app") as writer:  # a fresh process: nothing cached
+            writer.ensure_table(sales, "Product")
+            outcome = writer.ingest("Product", products(0, 5))
+            assert outcome.rows == 5
+            body = json.loads(json.dumps(sales.body))
+            body["tables"][0]["columns"].append({"name": "Margin", "dataType": "Double"})
+            wider = DatasetDefinition.from_body(body)
+            with pytest.raises(PermanentError) as lacking:
+                writer.ensure_table(wider, "Product")
+            assert lacking.value.status == 403
+    finally:
+        requests.delete(f"{kusto.base}/_emulator/kusto/principals", timeout=10).raise_for_status()
+    flush(kusto)
+    assert client.count("Product") == 5
