@@ -335,7 +335,8 @@ class Webhook:
             )
         failures = [r.failure for r in results if r.failure is not None]
         status = 200
-        if not any(r.sent for r in results) and any(r.rejected for r in results):
+        stored = any(r.sent or any(d.sent for d in r.destinations.values()) for r in results)
+        if not stored and not requeued and any(r.rejected for r in results):
             # Nothing stored and something refused: a 4xx, never a 2xx a sender reads as done.
             status = 400
             rejected = sum(r.rejected for r in results)

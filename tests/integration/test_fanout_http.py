@@ -223,3 +223,32 @@ def test_the_power_bi_surface_routes_by_dataset_id_and_queues_what_the_eventhous
     handle_messages(case, store, checks, second.messages)
     assert case.kusto_ids() == list(range(700))
     assert case.powerbi_ids_by_name() == list(range(700))
+
+
+def test_the_mirror_power_bi_stops_and_its_rows_are_queued_for_it_alone(
+    both: EmulatorProcess, kusto: EventhouseClient, store: BlobDeadLetterStore, azurite: Azurite
+) -> None:
+    """Power BI answers 503 to every Add Rows while the Eventhouse takes every row: 202, the
+    rows re-queued for Power BI only; handled once Power BI is back, Power BI gets each row
+    once and the Eventhouse none twice."""
+    case = Case(both, kusto, store, ["powerbi", "eventhouse"])
+    case.ingestor.resolve(case.target)  # the dataset exists: only Add Rows fails
+    rows, good = case.rows(1_200)
+    checks = claim_checks(azurite)
+    webhook = Webhook(lambda: Settings.from_env({}), lambda: case.ingestor, lambda: checks)
+    requests.put(f"{both.base}/_emulator/faults", json={"error_503": 1.0}, timeout=10)
+    try:
+        answer = post(webhook, {"dataset": case.name, "table": "Product", "rows": rows})
+    finally:
+        requests.delete(f"{both.base}/_emulator/faults", timeout=10).raise_for_status()
+    assert answer.status == 202, answer.body
+    assert answer.body["requeued"] == {"destinations": ["powerbi"], "rows": 1_200}
+    assert answer.body["destinations"]["eventhouse"]["sent"] == len(good)
+    assert answer.body["sent"] == 0 and answer.body["stopped"]  # the top level is Power BI's
+    assert case.kusto_ids() == good and case.powerbi_ids_by_name() == []
+    (later,) = handle_messages(case, store, checks, answer.messages)
+    # Power BI alone: the result is its own (no per-destination map).
+    assert later.destinations == {} and later.sent == len(good) and later.dead_lettered == 2
+    assert case.powerbi_ids_by_name() == good
+    assert case.kusto_ids() == good
+    assert len(letters_of(store)) == 2  # rows 7 and 1,007, once each
