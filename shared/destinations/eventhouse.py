@@ -76,6 +76,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: gzip level of the rows sent (see :meth:`EventhouseClient.ingest`).
+GZIP_LEVEL: Final = 1
+
 #: The token audience: the clients' own default when the cluster's /v1/rest/auth/metadata has
 #: none (azure-kusto-data _cloud_settings.DEFAULT_KUSTO_SERVICE_RESOURCE_ID); ADX and Fabric
 #: Eventhouse both accept it (https://learn.microsoft.com/kusto/api/rest/authenticate-with-msal).
@@ -590,12 +593,19 @@ class EventhouseClient:
 
         db = self._db(database)
         body, count = encode_rows(rows)
+        # Compressed here, at a fast level: the client would gzip at level 9 (80 ms for a
+        # 10,000-row chunk of 1.8 MB, against 7 ms at level 1 for 252 KB instead of 175 KB;
+        # bench figure 8), the larger part of the Eventhouse's CPU per row.
+        packed = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
         source_id = uuid.uuid4()
         properties = self._properties(db, table)
         what = f"ingest {count} rows into {db}.{table}"
 
         def descriptor() -> StreamDescriptor:
-            return StreamDescriptor(io.BytesIO(body), source_id=source_id, size=len(body))
+            # ``size``: the raw size, the queued path's ``rawDataSize`` hint.
+            return StreamDescriptor(
+                io.BytesIO(packed), source_id=source_id, is_compressed=True, size=len(body)
+            )
 
         if self.streaming_off:
             result = self._call(
