@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -889,23 +890,27 @@ class Ingestor:
                 raise
 
         stream = tapped()
-        if powerbi is not None and POWERBI not in failed and POWERBI not in fan.causes:
-            batches = pack_blocks(
-                stream,
-                on_reject=lambda problem, row: powerbi.reject(problem, row, shared=False),
-                keep_together=leader.groups(),
-            )
-            try:
-                self._deliver_all(batches, powerbi, deadline)
-            except TransientError as error:
-                if error is fan.source_error:
-                    raise
-                # Power BI stops here; the other destinations still get every row.
-                fan.causes[POWERBI] = error
-        for _ in stream:  # the rest of the rows, for the destinations still going
-            pass
-        if sink is not None:
-            sink.finish()
+        try:
+            if powerbi is not None and POWERBI not in failed and POWERBI not in fan.causes:
+                batches = pack_blocks(
+                    stream,
+                    on_reject=lambda problem, row: powerbi.reject(problem, row, shared=False),
+                    keep_together=leader.groups(),
+                )
+                try:
+                    self._deliver_all(batches, powerbi, deadline)
+                except TransientError as error:
+                    if error is fan.source_error:
+                        raise
+                    # Power BI stops here; the other destinations still get every row.
+                    fan.causes[POWERBI] = error
+            for _ in stream:  # the rest of the rows, for the destinations still going
+                pass
+            if sink is not None:
+                sink.finish()
+        finally:
+            if sink is not None:
+                sink.settle()  # a chunk still in flight when the source failed is accounted
 
     def _store_fan(self, fan: _Fanout) -> None:
         """Every destination's dead letters; rows refused before delivery are kept once (by
@@ -1292,10 +1297,34 @@ class _Fanout:
         return tops
 
 
+@dataclass
+class _ChunkOutcome:
+    """What delivering one Eventhouse chunk came to (on the sink's worker): the failure, if
+    any, and at which step; the retries and pacing waits, accounted on the reading thread."""
+
+    error: PushError | None = None
+    preparing: bool = False  # the failure came while making the table ready
+    retries: int = 0
+    waited: float = 0.0
+
+
+#: The threads that deliver Eventhouse chunks while the reading thread goes on (validating,
+#: packing, Power BI's POSTs): each push has at most one chunk in flight, and KustoPacing caps
+#: the calls per process, so a few threads serve every concurrent push.
+_EVENTHOUSE_WORKERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eventhouse")
+
+
 class _EventhouseSink:
     """The Eventhouse side of a :class:`_Fanout`: valid rows in chunks of
     :data:`EVENTHOUSE_CHUNK_ROWS`, the table and mapping made ready once, each chunk ingested
-    through the ingestor's retry policy and the cluster's own pacing, accounted on its run."""
+    through the retry policy and the Eventhouse's own pacing.
+
+    A full chunk is delivered on a worker thread while the reading thread goes on, so the
+    Eventhouse's round trips overlap Power BI's instead of adding to them (bench figure 8:
+    one after the other, both destinations ran at 0.43x Power BI alone). One chunk is in
+    flight at a time and its outcome is accounted on the reading thread before the next is
+    sent, so chunks are acknowledged in order (positions, ``resume_from``) and every counter
+    and dead letter is written by one thread."""
 
     def __init__(
         self,
@@ -1318,15 +1347,16 @@ class _EventhouseSink:
         self.table = self.route.table(run.target.table)
         self.indices: list[int] = []
         self.rows: list[Any] = []
-        self.failed: PermanentError | None = None
+        self.failed: PushError | None = None
         self.ready = False
+        self._flight: tuple[Future[_ChunkOutcome], list[int], list[Any]] | None = None
 
     @property
     def stopped(self) -> bool:
         return EVENTHOUSE in self.fan.causes
 
     def accept(self, block: Block) -> None:
-        """Take a block of valid rows; send every full chunk."""
+        """Take a block of valid rows; send every full chunk (one in flight)."""
         if self.failed is not None:
             self._refuse(block.indices, block.rows, self.failed)
             return
@@ -1335,39 +1365,56 @@ class _EventhouseSink:
         self.indices.extend(block.indices)
         self.rows.extend(block.rows)
         while len(self.indices) >= EVENTHOUSE_CHUNK_ROWS and self.failed is None:
-            if self.stopped:
+            self.settle()  # the chunk before first: in order, and it may stop or fail this one
+            if self.stopped or self.failed is not None:
                 break
-            self._send(EVENTHOUSE_CHUNK_ROWS)
+            indices, rows = self._take(EVENTHOUSE_CHUNK_ROWS)
+            future = _EVENTHOUSE_WORKERS.submit(self._deliver, indices, rows)
+            self._flight = (future, indices, rows)
 
     def finish(self) -> None:
-        """Send what is left."""
+        """Send what is left (on this thread: nothing else is left to overlap it)."""
+        self.settle()
         while self.indices and self.failed is None and not self.stopped:
-            self._send(len(self.indices))
+            indices, rows = self._take(len(self.indices))
+            self._account(self._deliver(indices, rows), indices, rows)
+
+    def settle(self) -> None:
+        """Wait for the chunk in flight, if any, and account for it."""
+        if self._flight is not None:
+            future, indices, rows = self._flight
+            self._flight = None
+            self._account(future.result(), indices, rows)
+
+    def _take(self, count: int) -> tuple[list[int], list[Any]]:
+        indices, rows = self.indices[:count], self.rows[:count]
+        del self.indices[:count], self.rows[:count]
+        return indices, rows
 
     def _refuse(self, indices: Sequence[int], rows: Sequence[Any], error: PushError) -> None:
         if indices:
             self.run.reject_all(zip(indices, _dicts(rows), strict=True), error, shared=False)
             self.fan.passed(EVENTHOUSE, indices[-1] + 1)
 
-    def _send(self, count: int) -> None:
-        indices, rows = self.indices[:count], self.rows[:count]
-        del self.indices[:count], self.rows[:count]
-        batch = Batch(b"", tuple(indices), tuple(rows))
+    def _deliver(self, indices: list[int], rows: list[Any]) -> _ChunkOutcome:
+        """Make the table ready (once) and ingest one chunk: the network part, on a worker.
+        Touches no result: what happened is returned for :meth:`_account`."""
         ingestor = self.ingestor
         pacing = ingestor.eventhouse_pacing
         label = f"{self.route.database}.{self.table}"
+        outcome = _ChunkOutcome()
 
         def on_retry(error: PushError, wait: float) -> None:
-            self.run.retried(batch)
+            outcome.retries += 1
             log.warning("eventhouse %s: %s; retrying in %.1f s", label, error, wait)
 
         def attempt() -> None:
             with pacing.slot(self.deadline) as waited:
-                self.run.waited(batch, waited)
+                outcome.waited += waited
                 self.client.ingest(self.table, rows, self.route.database)
 
-        try:
-            if not self.ready:
+        if not self.ready:
+            try:
                 # Idempotent commands (.create-merge, .create-or-alter): safe to re-send.
                 ingestor.retry.run(
                     lambda: self.client.ensure_table(
@@ -1381,15 +1428,10 @@ class _EventhouseSink:
                     sleep=ingestor._sleep,
                     pause=pacing.pause,
                 )
-                self.ready = True
-        except PermanentError as error:
-            self._fail(error, indices, rows)
-            return
-        except TransientError as error:
-            self.fan.causes[EVENTHOUSE] = error
-            self.indices.clear()
-            self.rows.clear()
-            return
+            except PushError as error:
+                outcome.error, outcome.preparing = error, True
+                return outcome
+            self.ready = True  # one chunk in flight at a time: no other thread reads it now
         try:
             ingestor.retry.run(
                 attempt,
@@ -1399,26 +1441,37 @@ class _EventhouseSink:
                 on_retry=on_retry,
                 pause=pacing.pause,
             )
-        except ValidationError as error:
-            # The cluster refused this chunk's rows (a 400): they are dead-lettered naming
-            # the Eventhouse and the reason; the next chunks still go.
-            self._refuse(indices, rows, error)
-            return
-        except PermanentError as error:
-            self._fail(error, indices, rows)
-            return
-        except TransientError as error:
-            if not stored_nothing(error):
+        except PushError as error:
+            outcome.error = error
+        return outcome
+
+    def _account(self, outcome: _ChunkOutcome, indices: list[int], rows: list[Any]) -> None:
+        """A chunk's outcome in the run's results and dead letters (the reading thread)."""
+        batch = Batch(b"", tuple(indices), tuple(rows))
+        for _ in range(outcome.retries):
+            self.run.retried(batch)
+        if outcome.waited:
+            self.run.waited(batch, outcome.waited)
+        error = outcome.error
+        if error is None:
+            self.run.acknowledged(batch)
+            self.fan.passed(EVENTHOUSE, indices[-1] + 1)
+        elif isinstance(error, TransientError):
+            if not outcome.preparing and not stored_nothing(error):
                 self.run.unconfirmed(batch)
             # As for Power BI: delivery to this destination stops; the rest stay unsent.
             self.fan.causes[EVENTHOUSE] = error
             self.indices.clear()
             self.rows.clear()
-            return
-        self.run.acknowledged(batch)
-        self.fan.passed(EVENTHOUSE, indices[-1] + 1)
+        elif isinstance(error, ValidationError) and not outcome.preparing:
+            # The cluster refused this chunk's rows (a 400): they are dead-lettered naming
+            # the Eventhouse and the reason; the next chunks still go. Kusto names no row (a
+            # value that does not fit a column is stored as null), so the chunk is not split.
+            self._refuse(indices, rows, error)
+        else:
+            self._fail(error, indices, rows)
 
-    def _fail(self, error: PermanentError, indices: list[int], rows: list[Any]) -> None:
+    def _fail(self, error: PushError, indices: list[int], rows: list[Any]) -> None:
         """The table or the identity is unusable: this chunk and every row after it are
         dead-lettered with the reason."""
         self.failed = error
