@@ -228,6 +228,9 @@ def build_blob_ingest(
         continuation=hand_on,
         time_budget=settings.blob_time_budget,
         max_bytes=settings.blob_max_bytes,
+        queued_file_bytes=(
+            settings.eventhouse.queued_file_bytes if settings.eventhouse else 16 * 1024**2
+        ),
     )
 
 

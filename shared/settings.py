@@ -113,6 +113,8 @@ class EventhouseSettings:
     authority: str | None = None
     #: The longest one Kusto call may take (``EVENTHOUSE_TIMEOUT_SECONDS``).
     timeout: float = 60.0
+    #: Files at least this big go by queued ingestion (``EVENTHOUSE_QUEUED_FILE_BYTES``).
+    queued_file_bytes: int = 16 * 1024**2
 
     @property
     def is_fabric(self) -> bool:
@@ -201,6 +203,7 @@ def _eventhouse(
         auth_mode=auth_mode,
         client_id=client_id,
         timeout=_positive(get, "EVENTHOUSE_TIMEOUT_SECONDS", 60.0),
+        queued_file_bytes=int(_positive(get, "EVENTHOUSE_QUEUED_FILE_BYTES", 16 * 1024**2)),
         authority=authority,
     )
 

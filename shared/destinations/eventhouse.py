@@ -583,12 +583,18 @@ class EventhouseClient:
         )
 
     def ingest(
-        self, table: str, rows: Iterable[Mapping[str, Any]], database: str | None = None
+        self,
+        table: str,
+        rows: Iterable[Mapping[str, Any]],
+        database: str | None = None,
+        *,
+        queued: bool = False,
     ) -> IngestOutcome:
         """Ingest a batch of validated rows into ``table`` (made ready by
         :meth:`ensure_table`): streamed when small, queued when over 4 MiB compressed,
-        throttled, or when streaming is off. Not idempotent: a :class:`TransientError` with
-        ``maybe_delivered`` may have stored the rows."""
+        throttled, or when streaming is off; always queued with ``queued`` (a big file's rows:
+        bulk ingestion, as Kusto recommends for high volumes per table). Not idempotent: a
+        :class:`TransientError` with ``maybe_delivered`` may have stored the rows."""
         from azure.kusto.ingest import IngestionStatus, StreamDescriptor
 
         db = self._db(database)
@@ -607,7 +613,7 @@ class EventhouseClient:
                 io.BytesIO(packed), source_id=source_id, is_compressed=True, size=len(body)
             )
 
-        if self.streaming_off:
+        if self.streaming_off or queued:
             result = self._call(
                 what,
                 lambda: self._ingest.queued_client.ingest_from_stream(descriptor(), properties),

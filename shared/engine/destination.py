@@ -101,8 +101,14 @@ class TableStore(Protocol):
         ...
 
     def ingest(
-        self, table: str, rows: Iterable[Mapping[str, Any]], database: str | None = None
+        self,
+        table: str,
+        rows: Iterable[Mapping[str, Any]],
+        database: str | None = None,
+        *,
+        queued: bool = False,
     ) -> Any:
         """Ingest one batch of rows into ``table``, once (not idempotent: a
-        :class:`~shared.errors.TransientError` with ``maybe_delivered`` may have stored them)."""
+        :class:`~shared.errors.TransientError` with ``maybe_delivered`` may have stored them);
+        ``queued``: by queued (bulk) ingestion, not streaming."""
         ...

@@ -502,6 +502,7 @@ class Ingestor:
         destinations: Sequence[str] | None = None,
         on_positions: Callable[[Mapping[str, int]], None] | None = None,
         refused_kept: bool = False,
+        bulk: bool = False,
     ) -> PushResult:
         """Push ``rows`` (an iterable: a list, or a stream read lazily) to ``target``.
 
@@ -526,7 +527,8 @@ class Ingestor:
         kept), so a caller can checkpoint each destination on its own; it is never called for
         a table delivered to Power BI alone (``on_progress`` says it all). ``refused_kept``:
         the rows are a restricted re-send whose refused rows were dead-lettered already
-        (:class:`Part`).
+        (:class:`Part`). ``bulk``: the rows are a big file's, for the Eventhouse's queued
+        ingestion rather than streaming.
         """
         (result,) = self.push_parts(
             target,
@@ -537,6 +539,7 @@ class Ingestor:
             profile=profile,
             destinations=destinations,
             on_positions=on_positions,
+            bulk=bulk,
         )
         stopped = result.incomplete
         if stopped is not None and stopped.cause is not None:
@@ -554,13 +557,14 @@ class Ingestor:
         profile: TableProfile | None = None,
         destinations: Sequence[str] | None = None,
         on_positions: Callable[[Mapping[str, int]], None] | None = None,
+        bulk: bool = False,
     ) -> list[PushResult]:
         """Push several callers' rows together (the fewest POSTs for all of them) and account
         for each part separately: one :class:`PushResult` per part, in order.
 
         A transient failure does not raise here: each part whose rows were not all delivered
         has ``stopped`` set (and ``cause``), so each caller can decide on its own.
-        ``destinations`` and ``on_positions``: as for :meth:`push`.
+        ``destinations``, ``on_positions`` and ``bulk``: as for :meth:`push`.
         """
         target = self._by_name(target, deadline)
         try:
@@ -576,7 +580,15 @@ class Ingestor:
             return refused.results
         if chosen != DEFAULT:
             return self._push_fanout(
-                target, parts, chosen, deadline, dead_letter, on_progress, profile, on_positions
+                target,
+                parts,
+                chosen,
+                deadline,
+                dead_letter,
+                on_progress,
+                profile,
+                on_positions,
+                bulk,
             )
         run = _Run(target, parts, dead_letter)
         run.on_progress = on_progress
@@ -804,6 +816,7 @@ class Ingestor:
         on_progress: Callable[[int, PushResult], None] | None,
         profile: TableProfile | None,
         on_positions: Callable[[Mapping[str, int]], None] | None = None,
+        bulk: bool = False,
     ) -> list[PushResult]:
         """:meth:`push_parts` for a table with destinations other than Power BI alone: the
         rows are read and validated once, and each destination gets every valid row, paced,
@@ -811,6 +824,7 @@ class Ingestor:
         fan = _Fanout({name: _Run(target, parts, dead_letter, name) for name in chosen})
         fan.on_progress = on_progress
         fan.on_positions = on_positions
+        fan.bulk = bulk
         fan.store = lambda: self._store_fan(fan)
         try:
             self._run_fanout(fan, deadline, profile)
@@ -1251,6 +1265,8 @@ class _Fanout:
         self.source_error: Exception | None = None
         self.on_progress: Callable[[int, PushResult], None] | None = None
         self.on_positions: Callable[[Mapping[str, int]], None] | None = None
+        #: A big file's rows: the Eventhouse takes them by queued ingestion.
+        self.bulk = False
         self.store: Callable[[], None] = lambda: None
         self._positions = dict.fromkeys(runs, 0)
         self._reported = 0
@@ -1411,7 +1427,7 @@ class _EventhouseSink:
         def attempt() -> None:
             with pacing.slot(self.deadline) as waited:
                 outcome.waited += waited
-                self.client.ingest(self.table, rows, self.route.database)
+                self.client.ingest(self.table, rows, self.route.database, queued=self.fan.bulk)
 
         if not self.ready:
             try:

@@ -92,6 +92,7 @@ class BlobIngest:
         time_budget: float = 540.0,
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], float] = time.monotonic,
+        queued_file_bytes: int = 16 * 1024**2,
     ) -> None:
         self.ingestor = ingestor
         self.checkpoints = checkpoints
@@ -100,6 +101,8 @@ class BlobIngest:
         self.time_budget = time_budget
         self.max_bytes = max_bytes
         self._clock = clock
+        #: A file at least this big is bulk: the Eventhouse takes it by queued ingestion.
+        self.queued_file_bytes = queued_file_bytes
 
     def handle(self, blob: BlobClient) -> BlobOutcome:
         """Push one blob version's rows, from its checkpoint on. Raises TransientError when the
@@ -166,8 +169,13 @@ class BlobIngest:
             )
 
         names = self._destinations(target)
+        # A big file is bulk: the Eventhouse takes it by queued ingestion (Kusto recommends it
+        # over streaming for high volumes per table); a small one streams, for latency.
+        bulk = int(props.size) >= self.queued_file_bytes
         if len(names) > 1:
-            return self._push_each(source, etag, target, rows, checkpoint, names, profile, start)
+            return self._push_each(
+                source, etag, target, rows, checkpoint, names, profile, start, bulk
+            )
         log.info(
             "ingesting %s (%s, gzip=%s) into %s/%s from row %d",
             source,
@@ -185,6 +193,7 @@ class BlobIngest:
                 source=source,
                 on_progress=progress,
                 profile=profile,
+                bulk=bulk,
             )
         except PushIncomplete as stopped:
             return self._hand_on(source, etag, stopped, stopped.result, start)
@@ -257,6 +266,7 @@ class BlobIngest:
         names: tuple[str, ...],
         profile: TableProfile | None,
         start: int,
+        bulk: bool = False,
     ) -> BlobOutcome:
         """A table with several destinations: each has its own position in the checkpoint,
         and a re-run sends each one only the rows it lacks. The rows from ``start`` (the least
@@ -319,6 +329,7 @@ class BlobIngest:
                     # A lagging part's refused rows were dead-lettered when another
                     # destination passed them: not twice.
                     refused_kept=end is not None,
+                    bulk=bulk,
                 )
             except PushIncomplete as stopped:
                 return self._hand_on(source, etag, stopped, stopped.result, start)

@@ -406,3 +406,48 @@ def test_a_blob_resumes_each_destination_from_its_own_checkpoint(
     assert outcome.status == "done"
     assert case.kusto_ids() == good
     assert case.powerbi_ids_by_name() == good  # not one row twice
+
+
+def test_a_big_file_goes_to_the_eventhouse_by_queued_ingestion_a_small_one_streams(
+    both: EmulatorProcess,
+    kusto: EventhouseClient,
+    store: BlobDeadLetterStore,
+    azurite: Azurite,
+) -> None:
+    """Files at least EVENTHOUSE_QUEUED_FILE_BYTES big are bulk (queued ingestion: a blob and
+    a queue message per chunk, read by the service later); smaller ones stream. Power BI's
+    side is the same either way."""
+    case = Case(both, kusto, store, ["powerbi", "eventhouse"])
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    files = service.get_container_client(f"files-{uuid.uuid4().hex[:10]}")
+    files.create_container()
+    small = [product(i) for i in range(0, 300)]
+    big = [product(i) for i in range(300, 15_300)]
+    for name, rows in (("small.ndjson", small), ("big.ndjson", big)):
+        files.upload_blob(
+            f"{case.name}/Product/{name}", "\n".join(json.dumps(r) for r in rows).encode()
+        )
+    size = files.get_blob_client(f"{case.name}/Product/big.ndjson").get_blob_properties().size
+    checkpoints = CheckpointStore(service.get_container_client(f"cp-{uuid.uuid4().hex[:10]}"))
+    blobs = BlobIngest(case.ingestor, checkpoints, store, queued_file_bytes=size)
+
+    def counters() -> dict[str, int]:
+        state = requests.get(f"{both.base}/_emulator/kusto/state", timeout=10).json()
+        return {
+            k: int(state["counters"].get(k, 0)) for k in ("streaming_requests", "queued_messages")
+        }
+
+    kusto.ensure_table(case.definition, "Product", name=case.table)
+    assert case.kusto_ids() == []  # flushes what is queued: the counters are this test's alone
+    before = counters()
+    blobs.handle(files.get_blob_client(f"{case.name}/Product/small.ndjson"))
+    assert case.kusto_ids() == list(range(300))
+    middle = counters()
+    assert middle["streaming_requests"] - before["streaming_requests"] == 1
+    assert middle["queued_messages"] == before["queued_messages"]
+    blobs.handle(files.get_blob_client(f"{case.name}/Product/big.ndjson"))
+    assert case.kusto_ids() == list(range(15_300))  # kusto_ids flushes the queued batches
+    after = counters()
+    assert after["streaming_requests"] == middle["streaming_requests"]
+    assert after["queued_messages"] - middle["queued_messages"] == 2  # 10,000 + 5,000 rows
+    assert case.powerbi_ids_by_name() == list(range(15_300))

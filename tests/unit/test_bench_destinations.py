@@ -86,7 +86,7 @@ def _outcome(plan: Plan, wall: float, posts: int, calls: int, rows: int = 200_00
     return outcome
 
 
-def test_figures_hold_8c_to_half_8a_rows_per_second_and_to_8a_posts() -> None:
+def test_figures_hold_8c_to_half_8a_rows_per_cpu_second_and_to_8a_posts() -> None:
     plans = {p.id: p for p in destinations.PLANS[:3]}
     runs = [
         _outcome(plans["8a"], 4.0, 20, 0),
@@ -94,7 +94,7 @@ def test_figures_hold_8c_to_half_8a_rows_per_second_and_to_8a_posts() -> None:
         _outcome(plans["8c"], 7.9, 20, 20),
     ]
     by_id = {f.id: f for f in figures(runs, 200_000)}
-    assert by_id["8c"].met is True  # 4.0 / 7.9 = 0.506x
+    assert by_id["8c"].met is True  # CPU 2.0 / 3.95 = 0.506x
     assert by_id["8d"].met is True
     assert "100 POSTs (8a: 100)" in by_id["8d"].measured
     assert "8e" not in by_id  # one chunk size: nothing to compare

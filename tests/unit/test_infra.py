@@ -45,6 +45,7 @@ LEFT_TO_DEFAULTS: dict[str, str] = {
     "DATASETS_DIR": "defaults to the datasets/ folder deployed with the code",
     "POWERBI_TIMEOUT_SECONDS": "tuning knob; the default suits Power BI",
     "EVENTHOUSE_TIMEOUT_SECONDS": "tuning knob; the default suits a KQL database",
+    "EVENTHOUSE_QUEUED_FILE_BYTES": "tuning knob: latency against bulk ingestion",
     "POWERBI_MAX_RETRY_AFTER_SECONDS": "tuning knob",
     "HTTP_MAX_BODY_BYTES": "tuning knob",
     "HTTP_TIME_BUDGET_SECONDS": "tuning knob, under the front end's 230 s",

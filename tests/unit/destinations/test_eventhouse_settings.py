@@ -47,6 +47,7 @@ def test_a_fabric_eventhouse_with_the_defaults() -> None:
     assert eventhouse.client_id == "11111111-1111-1111-1111-111111111111"
     assert eventhouse.is_fabric
     assert settings.describe()["eventhouse"] == eventhouse.describe()
+    assert (eventhouse.timeout, eventhouse.queued_file_bytes) == (60.0, 16 * 1024**2)
 
 
 def test_its_own_identity_and_ingest_uri() -> None:
@@ -90,6 +91,10 @@ def test_the_ingest_rule_spares_an_emulator(uri: str, ingest: str) -> None:
         ("EVENTHOUSE_INGEST_URI", "http://ingest-help.kusto.windows.net"),
         ("EVENTHOUSE_AUTH", "password"),
         ("EVENTHOUSE_DATABASE", "Sales;drop"),
+        ("EVENTHOUSE_TIMEOUT_SECONDS", "0"),
+        ("EVENTHOUSE_TIMEOUT_SECONDS", "soon"),
+        ("EVENTHOUSE_QUEUED_FILE_BYTES", "-1"),
+        ("EVENTHOUSE_QUEUED_FILE_BYTES", "16MB"),
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_it(name: str, value: str) -> None:
