@@ -1322,6 +1322,8 @@ class _ChunkOutcome:
     preparing: bool = False  # the failure came while making the table ready
     retries: int = 0
     waited: float = 0.0
+    #: The client's outcome of the ingestion that was accepted (IngestOutcome).
+    accepted: Any = None
 
 
 #: The threads that deliver Eventhouse chunks while the reading thread goes on (validating,
@@ -1427,7 +1429,9 @@ class _EventhouseSink:
         def attempt() -> None:
             with pacing.slot(self.deadline) as waited:
                 outcome.waited += waited
-                self.client.ingest(self.table, rows, self.route.database, queued=self.fan.bulk)
+                outcome.accepted = self.client.ingest(
+                    self.table, rows, self.route.database, queued=self.fan.bulk
+                )
 
         if not self.ready:
             try:
@@ -1472,6 +1476,16 @@ class _EventhouseSink:
         if error is None:
             self.run.acknowledged(batch)
             self.fan.passed(EVENTHOUSE, indices[-1] + 1)
+            if getattr(outcome.accepted, "method", None) == "queued":
+                # Accepted by Kusto's queue, stored later: a failure after this is Kusto's to
+                # report (.show ingestion failures, the failed-ingestions queue), by this id.
+                log.info(
+                    "eventhouse %s.%s: %d rows queued for ingestion (source id %s)",
+                    self.route.database,
+                    self.table,
+                    len(indices),
+                    getattr(outcome.accepted, "source_id", "?"),
+                )
         elif isinstance(error, TransientError):
             if not outcome.preparing and not stored_nothing(error):
                 self.run.unconfirmed(batch)
