@@ -86,6 +86,15 @@ class PushResult:
                 return result
         return None
 
+    @property
+    def partly_failed(self) -> list[str]:
+        """The destinations that refused these rows for good (their rows dead-lettered, naming
+        them) while another one stored some; empty otherwise. An answer is then not the
+        failure's: a sender that retries would add the stored rows a second time."""
+        failed = [name for name, each in self.destinations.items() if each.failure is not None]
+        stored = any(each.sent for name, each in self.destinations.items() if name not in failed)
+        return failed if failed and stored else []
+
     def to_json(self) -> dict[str, Any]:
         """A summary for HTTP answers and the one structured log line per invocation; with
         several destinations, ``destinations`` holds each one's summary (without ``target``)."""

@@ -511,12 +511,16 @@ class _RowsPlan:
 def _rows_answer(result: PushResult, count: int) -> WebResponse:
     """Power BI's Add Rows answer for a delivered request (200, empty body), with the counts in
     headers; a request none of whose rows went anywhere but the dead letters is never a 2xx."""
-    if result.failure is not None:
+    if result.failure is not None and not result.partly_failed:
         return _permanent(result.failure)
     headers = {"X-Rows-Sent": str(result.sent), "X-Rows-Rejected": str(result.rejected)}
+    if result.partly_failed:
+        # Another destination stored the rows: Power BI's 200 (a retry would add them there a
+        # second time); these destinations' rows are dead-lettered, naming them.
+        headers["X-Destinations-Failed"] = ",".join(result.partly_failed)
     if result.dead_letter_location:
         headers["X-Dead-Letters"] = result.dead_letter_location
-    if result.rejected and not result.sent:
+    if result.rejected and not result.sent and not result.partly_failed:
         return _row_problems(result.problems, count, headers)
     return WebResponse(200, None, headers)
 

@@ -333,7 +333,9 @@ class Webhook:
             return WebResponse(
                 429 if throttled else 503, body, {"Retry-After": str(wait)}, messages=messages
             )
-        failures = [r.failure for r in results if r.failure is not None]
+        # A destination's refusal is the answer's only when no other destination stored rows.
+        failures = [r.failure for r in results if r.failure is not None and not r.partly_failed]
+        partly = sorted({name for r in results for name in r.partly_failed})
         status = 200
         stored = any(r.sent or any(d.sent for d in r.destinations.values()) for r in results)
         if not stored and not requeued and any(r.rejected for r in results):
@@ -357,6 +359,11 @@ class Webhook:
             status = 500
         elif status == 200 and requeued:
             status = 202  # delivered where it could be; the rest is on the rows queue
+        elif status == 200 and partly:
+            # Stored at one destination, refused for good by another (its rows dead-lettered
+            # naming it): Multi-Status, a 2xx a sender does not retry, each destination's
+            # outcome in the body.
+            status = 207
         return WebResponse(status, body, messages=messages)
 
     def _enqueue(self, found: list[Envelope]) -> WebResponse:

@@ -252,3 +252,88 @@ def test_the_mirror_power_bi_stops_and_its_rows_are_queued_for_it_alone(
     assert case.powerbi_ids_by_name() == good
     assert case.kusto_ids() == good
     assert len(letters_of(store)) == 2  # rows 7 and 1,007, once each
+
+
+def test_a_destination_refusing_for_good_while_the_other_stored_is_a_207_not_a_retry(
+    both: EmulatorProcess, kusto: EventhouseClient, store: BlobDeadLetterStore, azurite: Azurite
+) -> None:
+    """Power BI's dataset of that name has no Product table (a permanent refusal there) while
+    the Eventhouse stores every row: not the refusal's status (a sender retrying a 4xx/5xx
+    would add the rows to the Eventhouse again) but 207, each destination's outcome in the
+    body, Power BI's rows dead-lettered naming it. Through the Power BI surface the dataset is
+    named by id, which is looked up with its table: Power BI's own 404, and no row moves."""
+    case = Case(both, kusto, store, ["powerbi", "eventhouse"])
+    created = case.api.request(
+        "POST",
+        f"{both.api}/datasets",
+        json={
+            "name": case.name,
+            "defaultMode": "Push",
+            "tables": [{"name": "Other", "columns": [{"name": "x", "dataType": "String"}]}],
+        },
+    )
+    assert created.status_code == 201, created.text
+    rows = [product(i) for i in range(50)]
+    checks = claim_checks(azurite)
+    webhook = Webhook(lambda: Settings.from_env({}), lambda: case.ingestor, lambda: checks)
+    answer = post(webhook, {"dataset": case.name, "table": "Product", "rows": rows})
+    assert answer.status == 207, answer.body
+    per = answer.body["destinations"]
+    assert per["eventhouse"]["sent"] == 50 and per["powerbi"]["sent"] == 0
+    assert per["powerbi"]["deadLettered"] == 50 and answer.messages == []
+    assert case.kusto_ids() == list(range(50))
+    letters = letters_of(store)
+    assert len(letters) == 50 and {letter["destination"] for letter in letters} == {"powerbi"}
+
+    door = FrontDoor(
+        lambda: Settings.from_env({"FRONTDOOR_KEYS": KEY}),
+        lambda: case.ingestor,
+        lambda: case.ingestor.client,  # type: ignore[arg-type,return-value]
+        claim_checks=lambda: checks,
+    )
+    dataset_id = created.json()["id"]
+    more = door.handle(
+        WebRequest(
+            "POST",
+            json.dumps({"rows": [product(i) for i in range(50, 60)]}).encode(),
+            {"content-type": "application/json", "authorization": f"Bearer {KEY}"},
+            {"partial": "true"},
+            {"path": f"datasets/{dataset_id}/tables/Product/rows"},
+        )
+    )
+    assert more.status == 404, more.body
+    assert "has no table 'Product'" in more.body["error"]["message"]
+    assert case.kusto_ids() == list(range(50))
+
+
+def test_the_power_bi_surface_names_a_destination_that_refused_for_good(
+    both: EmulatorProcess, kusto: EventhouseClient, store: BlobDeadLetterStore, azurite: Azurite
+) -> None:
+    """The KQL table's ProductID is a string (the definition says Int64): the Eventhouse refuses
+    every row for good (dead-lettered naming it) while Power BI stores them: Power BI's 200,
+    with the destination that failed in X-Destinations-Failed."""
+    case = Case(both, kusto, store, ["powerbi", "eventhouse"])
+    kusto.execute(f".create-merge table {case.table} (ProductID: string)")
+    dataset_id = case.ingestor.resolve(case.target).dataset_id
+    checks = claim_checks(azurite)
+    door = FrontDoor(
+        lambda: Settings.from_env({"FRONTDOOR_KEYS": KEY}),
+        lambda: case.ingestor,
+        lambda: case.ingestor.client,  # type: ignore[arg-type,return-value]
+        claim_checks=lambda: checks,
+    )
+    answer = door.handle(
+        WebRequest(
+            "POST",
+            json.dumps({"rows": [product(i) for i in range(20)]}).encode(),
+            {"content-type": "application/json", "authorization": f"Bearer {KEY}"},
+            {},
+            {"path": f"datasets/{dataset_id}/tables/Product/rows"},
+        )
+    )
+    assert answer.status == 200, answer.body
+    assert answer.headers["X-Rows-Sent"] == "20"
+    assert answer.headers["X-Destinations-Failed"] == "eventhouse"
+    assert case.powerbi_ids_by_name() == list(range(20))
+    letters = letters_of(store)
+    assert len(letters) == 20 and {letter["destination"] for letter in letters} == {"eventhouse"}
