@@ -87,6 +87,8 @@ from azure.storage.queue import (
 )
 from multidict import CIMultiDict
 
+from shared.stores.storage import expand_connection_string
+
 log = logging.getLogger("devhost")
 
 #: Settings files tried in the app directory when none is given.
@@ -334,7 +336,7 @@ def connection_string(binding: Mapping[str, Any], env: Mapping[str, str]) -> str
     for candidate in (name, f"AzureWebJobs{name}"):
         value = env.get(candidate, "").strip()
         if value:
-            return value
+            return expand_connection_string(value)
     if any(f"{name}__{suffix}" in env for suffix in ("queueServiceUri", "serviceUri")):
         raise BindingError(
             f"connection {name!r} is identity-based; devhost supports connection strings only"

@@ -38,6 +38,35 @@ IDENTITY_VARIABLES = (
     "IMDS_ENDPOINT",
 )
 
+#: What ``UseDevelopmentStorage=true`` stands for: Azurite's well-known account on its default
+#: ports, on 127.0.0.1 or the ``DevelopmentStorageProxyUri`` host
+#: (https://learn.microsoft.com/azure/storage/common/storage-use-azurite#connection-strings; the
+#: key is Azurite's published development key, not a secret). The storage SDKs that
+#: azure-kusto-ingest 6.0.4 pins (azure-storage-blob 12.26.0, azure-storage-queue 12.13.0) refuse
+#: the shorthand ("Connection string missing required connection details"), and it is the
+#: Functions default in local.settings.json.
+DEVELOPMENT_STORAGE = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint={host}:10000/devstoreaccount1;QueueEndpoint={host}:10001/devstoreaccount1;"
+    "TableEndpoint={host}:10002/devstoreaccount1;"
+)
+
+
+def expand_connection_string(value: str) -> str:
+    """``value`` with ``UseDevelopmentStorage=true`` spelled out (:data:`DEVELOPMENT_STORAGE`);
+    any other connection string as it is."""
+    fields = {
+        key.strip().lower(): text.strip()
+        for key, _, text in (part.partition("=") for part in value.split(";"))
+        if key.strip()
+    }
+    if fields.get("usedevelopmentstorage", "").lower() != "true":
+        return value
+    host = fields.get("developmentstorageproxyuri") or "http://127.0.0.1"
+    return DEVELOPMENT_STORAGE.format(host=host.rstrip("/"))
+
+
 _T = TypeVar("_T")
 _lock = threading.RLock()  # re-entered: a client's build gets its credential here too
 _built: dict[Hashable, Any] = {}
@@ -95,7 +124,7 @@ def _client(
     """The ``kind`` (blob, queue, table) client of the connection ``connection``: from its
     connection string, else from ``X__<kind>ServiceUri`` (or ``X__serviceUri``) with the
     managed identity (``X__clientId``: user-assigned), built once per ``key``."""
-    value = env.get(connection, "").strip()
+    value = expand_connection_string(env.get(connection, "").strip())
     uri = env.get(f"{connection}__{kind}ServiceUri") or env.get(f"{connection}__serviceUri")
     if value:
 
