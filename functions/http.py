@@ -19,7 +19,6 @@ from typing import cast
 
 import azure.functions as func
 
-from shared.cli.doctor import diagnose
 from shared.runtime import get_http_coalescer, get_ingestor, get_settings
 from shared.sources.claimcheck import ClaimCheckStore
 from shared.sources.frontdoor import ROUTE, FrontDoor, PowerBIService
@@ -98,6 +97,10 @@ def doctor(req: func.HttpRequest) -> func.HttpResponse:
     """``python -m shared doctor`` run inside the app, with its own identity and settings: 200
     when every check passes, 503 otherwise; the body lists each check with its cause and fix.
     The master key only (auth level admin): it names the workspace, identity and storage."""
+    # Imported here: the checks' modules (migrate, the Kusto schema) would cost every cold start
+    # for a route an operator calls now and then (bench figure 5a).
+    from shared.cli.doctor import diagnose
+
     report = diagnose(os.environ)
     return func.HttpResponse(
         json.dumps(report, indent=2),
