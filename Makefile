@@ -53,7 +53,7 @@ run: setup
 	$(BIN)/python -m devhost.run
 
 # Benchmarks (bench/): prints the figures with their targets and writes bench/results/latest.json.
-# About eight minutes on two cores; `make bench BENCH_ARGS=--quick` for a smaller run.
+# About twenty minutes on two cores; `make bench BENCH_ARGS=--quick` for a smaller run.
 bench: setup
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

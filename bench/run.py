@@ -1,9 +1,9 @@
 """Run every benchmark figure, print the table and write ``bench/results/latest.json``.
 
 ``python -m bench.run [--quick] [--no-1gib] [--only 1]`` (``make bench`` runs the full set).
-The full run takes about 28 minutes on two cores (figures 3 and 7, which run several processes
-and real-time loads, about 10 of them; figure 8, fifteen pushes of 1,000,000 rows against the
-emulator, about 11); ``--quick`` runs smaller versions of the same figures in about ten (the
+The full run takes about 20 minutes on two cores (figures 3 and 7, which run several processes
+and real-time loads, about 6 of them; figure 8, fifteen pushes of 1,000,000 rows against the
+emulator, about 8); ``--quick`` runs smaller versions of the same figures in about ten (the
 quota figure cannot be much shorter: each of its two file runs needs an emulated hour, a real
 minute); ``--only 1`` runs figure 1 alone (``--only`` may be given more than once).
 """
