@@ -72,6 +72,16 @@ def handle_messages(
     ]
 
 
+def front_door(case: Case, checks: ClaimCheckStore) -> FrontDoor:
+    """The Power BI surface over the case's ingestor, as functions/http.py builds it."""
+    return FrontDoor(
+        lambda: Settings.from_env({"FRONTDOOR_KEYS": KEY}),
+        lambda: case.ingestor,
+        lambda: case.ingestor.client,  # type: ignore[arg-type,return-value]
+        claim_checks=lambda: checks,
+    )
+
+
 def decoded(message: str) -> dict[str, Any]:
     return json.loads(base64.b64decode(message))
 
@@ -191,12 +201,7 @@ def test_the_power_bi_surface_routes_by_dataset_id_and_queues_what_the_eventhous
     kusto.ensure_table(case.definition, "Product", name=case.table)
     dataset_id = case.ingestor.resolve(case.target).dataset_id
     checks = claim_checks(azurite)
-    door = FrontDoor(
-        lambda: Settings.from_env({"FRONTDOOR_KEYS": KEY}),
-        lambda: case.ingestor,
-        lambda: case.ingestor.client,  # type: ignore[arg-type,return-value]
-        claim_checks=lambda: checks,
-    )
+    door = front_door(case, checks)
 
     def add_rows(ids: range) -> WebResponse:
         body = json.dumps({"rows": [product(i) for i in ids]}).encode()
@@ -285,12 +290,7 @@ def test_a_destination_refusing_for_good_while_the_other_stored_is_a_207_not_a_r
     letters = letters_of(store)
     assert len(letters) == 50 and {letter["destination"] for letter in letters} == {"powerbi"}
 
-    door = FrontDoor(
-        lambda: Settings.from_env({"FRONTDOOR_KEYS": KEY}),
-        lambda: case.ingestor,
-        lambda: case.ingestor.client,  # type: ignore[arg-type,return-value]
-        claim_checks=lambda: checks,
-    )
+    door = front_door(case, checks)
     dataset_id = created.json()["id"]
     more = door.handle(
         WebRequest(
@@ -316,12 +316,7 @@ def test_the_power_bi_surface_names_a_destination_that_refused_for_good(
     kusto.execute(f".create-merge table {case.table} (ProductID: string)")
     dataset_id = case.ingestor.resolve(case.target).dataset_id
     checks = claim_checks(azurite)
-    door = FrontDoor(
-        lambda: Settings.from_env({"FRONTDOOR_KEYS": KEY}),
-        lambda: case.ingestor,
-        lambda: case.ingestor.client,  # type: ignore[arg-type,return-value]
-        claim_checks=lambda: checks,
-    )
+    door = front_door(case, checks)
     answer = door.handle(
         WebRequest(
             "POST",
