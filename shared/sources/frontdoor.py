@@ -475,7 +475,10 @@ class FrontDoor:
                 plan.target, plan.rows, source=plan.source, deadline=plan.deadline
             )
         except PushIncomplete as exc:
-            answer = await loop.run_in_executor(None, self._requeue_stopped, plan, exc)
+            try:
+                answer = await loop.run_in_executor(None, self._requeue_stopped, plan, exc)
+            except TransientError as failed:  # the claim check could not be stored
+                return _transient(failed)
             return answer or _transient(exc)
         except TransientError as exc:
             return _transient(exc)

@@ -41,7 +41,14 @@ from shared.contracts import PushResult, Target
 from shared.engine.ingest import Ingestor, PushIncomplete
 from shared.engine.profile import ProfileError, TableProfile, parse_override
 from shared.engine.retry import Deadline
-from shared.errors import AuthError, ConfigError, ForbiddenError, NotFoundError, PushError
+from shared.errors import (
+    AuthError,
+    ConfigError,
+    ForbiddenError,
+    NotFoundError,
+    PushError,
+    TransientError,
+)
 from shared.settings import Settings
 from shared.sources.claimcheck import ClaimCheckStore, queue_messages
 from shared.sources.envelope import (
@@ -315,7 +322,21 @@ class Webhook:
                     continue
                 incomplete = exc
                 break  # the budget is spent; later envelopes are not attempted
-        messages = queue_messages(list(requeued.values()), self._claim_checks) if requeued else []
+        try:
+            messages = (
+                queue_messages(list(requeued.values()), self._claim_checks) if requeued else []
+            )
+        except TransientError as exc:
+            # A big re-queue needs a claim check and storage failed: the rows are not safe
+            # anywhere but with the sender, so it must send them again (the destination
+            # that has them gets them twice: a duplicate, never a loss).
+            names = sorted({n for rest in requeued.values() for n in rest.destinations or ()})
+            return error(
+                503,
+                "RequeueFailed",
+                f"the rows for {', '.join(names)} could not be put on the rows queue: "
+                f"{exc.message}; send the request again",
+            )
         bodies = [r.to_json() for r in results]
         for number, rest in requeued.items():
             bodies[number]["requeued"] = {

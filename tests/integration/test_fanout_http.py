@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -332,3 +333,29 @@ def test_the_power_bi_surface_names_a_destination_that_refused_for_good(
     assert case.powerbi_ids_by_name() == list(range(20))
     letters = letters_of(store)
     assert len(letters) == 20 and {letter["destination"] for letter in letters} == {"eventhouse"}
+
+
+def test_a_re_queue_that_storage_refuses_is_a_503_never_a_silent_2xx(
+    both: EmulatorProcess, kusto: EventhouseClient, store: BlobDeadLetterStore
+) -> None:
+    """The Eventhouse is down and the rows it lacks need a claim check (over 45,000 bytes), but
+    the claim-check storage does not answer: the rows are safe nowhere but with the sender, so
+    the answer is 503 (sending again duplicates Power BI's copy, never loses a row)."""
+    case = Case(both, kusto, store, ["powerbi", "eventhouse"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    nowhere = BlobServiceClient(
+        f"http://127.0.0.1:{closed}/devstoreaccount1", credential=None, retry_total=0
+    )
+    checks = ClaimCheckStore(nowhere.get_container_client("claims"))
+    webhook = Webhook(lambda: Settings.from_env({}), lambda: case.ingestor, lambda: checks)
+    rows = [product(i) for i in range(600)]  # about 60 KB of JSON: a claim check
+    kusto_down(both)
+    try:
+        answer = post(webhook, {"dataset": case.name, "table": "Product", "rows": rows})
+    finally:
+        kusto_up(both)
+    assert answer.status == 503 and answer.body["error"]["code"] == "RequeueFailed"
+    assert "eventhouse" in answer.body["error"]["message"] and answer.messages == []
+    assert case.powerbi_ids_by_name() == list(range(600))
