@@ -29,7 +29,7 @@ from shared.engine.schema import load_definitions
 from shared.engine.shared_governor import SharedGovernor
 from shared.engine.targets import TargetPolicy
 from shared.errors import ConfigError
-from shared.settings import Settings
+from shared.settings import DEFAULT_QUEUED_FILE_BYTES, Settings
 from shared.sources.blob_events import BlobEvents, client_options
 from shared.sources.blob_ingest import BlobIngest
 from shared.sources.claimcheck import ClaimCheckStore
@@ -229,7 +229,9 @@ def build_blob_ingest(
         time_budget=settings.blob_time_budget,
         max_bytes=settings.blob_max_bytes,
         queued_file_bytes=(
-            settings.eventhouse.queued_file_bytes if settings.eventhouse else 16 * 1024**2
+            settings.eventhouse.queued_file_bytes
+            if settings.eventhouse
+            else DEFAULT_QUEUED_FILE_BYTES
         ),
     )
 

@@ -92,6 +92,11 @@ def is_loopback(url: str) -> bool:
 FABRIC_KUSTO_SUFFIX: Final = ".kusto.fabric.microsoft.com"
 
 
+#: Files at least this big go to the Eventhouse by queued ingestion
+#: (``EVENTHOUSE_QUEUED_FILE_BYTES``; README, Local settings).
+DEFAULT_QUEUED_FILE_BYTES: Final = 16 * 1024**2
+
+
 @dataclass(frozen=True)
 class EventhouseSettings:
     """Where and as whom the Eventhouse (KQL database) destination writes.
@@ -114,7 +119,7 @@ class EventhouseSettings:
     #: The longest one Kusto call may take (``EVENTHOUSE_TIMEOUT_SECONDS``).
     timeout: float = 60.0
     #: Files at least this big go by queued ingestion (``EVENTHOUSE_QUEUED_FILE_BYTES``).
-    queued_file_bytes: int = 16 * 1024**2
+    queued_file_bytes: int = DEFAULT_QUEUED_FILE_BYTES
 
     @property
     def is_fabric(self) -> bool:
@@ -203,7 +208,9 @@ def _eventhouse(
         auth_mode=auth_mode,
         client_id=client_id,
         timeout=_positive(get, "EVENTHOUSE_TIMEOUT_SECONDS", 60.0),
-        queued_file_bytes=int(_positive(get, "EVENTHOUSE_QUEUED_FILE_BYTES", 16 * 1024**2)),
+        queued_file_bytes=int(
+            _positive(get, "EVENTHOUSE_QUEUED_FILE_BYTES", DEFAULT_QUEUED_FILE_BYTES)
+        ),
         authority=authority,
     )
 

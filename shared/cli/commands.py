@@ -228,19 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor.run(
             lambda: load_environment(Path(args.settings)), as_json=args.json, stream=sys.stdout
         )
-    if args.command == "grant":
+    if args.command in ("grant", "migrate"):
         try:
             env = load_environment(Path(args.settings))
         except ConfigError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
-        return grant.run(args, env)  # the operator's identity, not the app's
-    if args.command == "migrate":
-        try:
-            env = load_environment(Path(args.settings))
-        except ConfigError as exc:
-            print(f"configuration error: {exc}", file=sys.stderr)
-            return 2
+        if args.command == "grant":
+            return grant.run(args, env)  # the operator's identity, not the app's
         # The Eventhouse only: no Power BI client, token or workspace is needed.
         return migrate.run(args, env, stdout=sys.stdout, stderr=sys.stderr)
     try:

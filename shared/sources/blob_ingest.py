@@ -27,6 +27,7 @@ from shared.engine.ingest import Ingestor, PushIncomplete
 from shared.engine.profile import ProfileError, TableProfile, parse_override
 from shared.engine.retry import Deadline
 from shared.errors import ForbiddenError, PermanentError, TransientError
+from shared.settings import DEFAULT_QUEUED_FILE_BYTES
 from shared.sources.formats import DEFAULT_MAX_BYTES, FormatError, detect, read_rows
 from shared.stores.checkpoint import Checkpoint, CheckpointStore
 from shared.stores.deadletter import DeadLetter, DeadLetterStore
@@ -92,7 +93,7 @@ class BlobIngest:
         time_budget: float = 540.0,
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], float] = time.monotonic,
-        queued_file_bytes: int = 16 * 1024**2,
+        queued_file_bytes: int = DEFAULT_QUEUED_FILE_BYTES,
     ) -> None:
         self.ingestor = ingestor
         self.checkpoints = checkpoints
